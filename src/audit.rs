@@ -1,0 +1,100 @@
+//! The audit trail: one JSON line per decision, to the policy's `audit_log` file and to the
+//! tracing log (target `buildbroker::audit`).
+//!
+//! Records carry ids, source names, peers and decisions. They never carry values: nothing in
+//! [`SecretEvent`] can hold secret bytes.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+use serde::Serialize;
+
+/// One GetSecret decision.
+#[derive(Debug, Serialize)]
+pub struct SecretEvent<'a> {
+    /// The session's UUID as the client announced it.
+    pub session: &'a str,
+    pub peer_uid: u32,
+    pub peer_pid: Option<i32>,
+    /// The secret id the daemon asked for.
+    pub id: &'a str,
+    /// The kind of the source that answered (`env`, `file`, `client`), if one did.
+    pub source: Option<&'static str>,
+    /// `served`, `not_found`, `denied`, `required_missing` or `error`.
+    pub decision: &'static str,
+    /// What went wrong, for `required_missing` and `error`.
+    pub error: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct Line<'a, E: Serialize> {
+    time: String,
+    event: &'static str,
+    #[serde(flatten)]
+    body: &'a E,
+}
+
+/// Where audit records go.
+pub struct AuditLog {
+    file: Option<Mutex<File>>,
+}
+
+impl AuditLog {
+    /// Records only to the tracing log.
+    pub fn tracing_only() -> Self {
+        AuditLog { file: None }
+    }
+
+    /// Appends to `path` (created 0600, parent directory 0750) as well as the tracing log.
+    pub fn open(path: &Path) -> std::io::Result<Self> {
+        if let Some(dir) = path.parent() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o750)
+                .create(dir)?;
+        }
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(path)?;
+        Ok(AuditLog {
+            file: Some(Mutex::new(file)),
+        })
+    }
+
+    pub fn secret(&self, event: &SecretEvent<'_>) {
+        tracing::info!(
+            target: "buildbroker::audit",
+            session = event.session,
+            peer_uid = event.peer_uid,
+            id = event.id,
+            source = event.source,
+            decision = event.decision,
+            error = event.error,
+            "secret request"
+        );
+        self.write("secret", event);
+    }
+
+    fn write<E: Serialize>(&self, event: &'static str, body: &E) {
+        let Some(file) = &self.file else { return };
+        let line = Line {
+            time: humantime::format_rfc3339_micros(SystemTime::now()).to_string(),
+            event,
+            body,
+        };
+        let Ok(mut text) = serde_json::to_vec(&line) else {
+            return;
+        };
+        text.push(b'\n');
+        let mut f = file.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(e) = f.write_all(&text) {
+            tracing::error!(error = %e, "cannot write the audit log");
+        }
+    }
+}

@@ -1,0 +1,548 @@
+//! The policy file: TOML text → a checked [`Policy`].
+//!
+//! Parsing happens in two stages, as in aws-secretsmanager-agent: serde reads a raw structure
+//! that rejects unknown keys, then [`Policy::parse`] checks every value and collects *all* the
+//! problems it finds, each with `file:line:column` and what was expected. Config lookup
+//! (design.md §8) lives here too. This module never touches secret values: it only describes
+//! where they come from.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::source::SourceSpec;
+
+/// The policy compiled into the binary; used when no policy file is found.
+pub const EMBEDDED_DEFAULT: &str = include_str!("../config/default.toml");
+
+/// A checked policy: everything the daemon needs to decide, nothing it must still validate.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub origin: PolicyOrigin,
+    pub server: Server,
+    pub access: Access,
+    pub secrets: BTreeMap<String, SecretRule>,
+    pub ssh: BTreeMap<String, SshRule>,
+}
+
+/// Where a policy was read from; reloads read the same place again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PolicyOrigin {
+    File(PathBuf),
+    Embedded,
+}
+
+impl fmt::Display for PolicyOrigin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PolicyOrigin::File(p) => write!(f, "{}", p.display()),
+            PolicyOrigin::Embedded => f.write_str("<embedded default policy>"),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Server {
+    /// Docker Engine API endpoints buildbroker serves (what users put in `DOCKER_HOST`).
+    pub listen: Vec<Endpoint>,
+    /// The real engine every request is relayed to.
+    pub upstream: Endpoint,
+    /// What to do with secret ids the policy does not list.
+    pub unknown_secrets: UnknownIds,
+    /// What to do with ssh ids the policy does not list.
+    pub unknown_ssh: UnknownIds,
+    /// Optional JSON-lines audit file (never values).
+    pub audit_log: Option<PathBuf>,
+}
+
+/// How ids that the policy does not name are treated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnknownIds {
+    /// Ask the build client's own providers (`--secret` / `--ssh` flags): transparent.
+    Client,
+    /// Answer NotFound: only the ids the policy lists exist.
+    Deny,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Access {
+    /// Unix uids allowed to connect (root is always allowed).
+    pub uids: Vec<u32>,
+    /// Unix gids allowed to connect (a peer whose primary gid is listed is allowed).
+    pub gids: Vec<u32>,
+}
+
+/// What the policy says about one secret id.
+#[derive(Debug, Clone)]
+pub struct SecretRule {
+    /// Tried in order; the first that resolves wins.
+    pub sources: Vec<SourceSpec>,
+    /// Unresolvable → the build fails loudly, even for optional mounts.
+    pub required: bool,
+    /// Widest file mode a Dockerfile may mount it with (checked by `buildbroker check`).
+    pub mode: Option<u32>,
+    /// The only uid it may be mounted for (checked by `buildbroker check`).
+    pub uid: Option<u32>,
+    /// The only gid it may be mounted for (checked by `buildbroker check`).
+    pub gid: Option<u32>,
+}
+
+/// What the policy says about one ssh id. Parsed and validated now so policy files written
+/// for SSH brokering are accepted; the session relays ssh calls to the client until the SSH
+/// broker lands.
+#[derive(Debug, Clone)]
+pub struct SshRule {
+    pub agent: Option<String>,
+    pub keys: Vec<String>,
+}
+
+/// A listening or upstream address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    Unix(PathBuf),
+    /// `host:port`, plain TCP (upstream only).
+    Tcp(String),
+}
+
+impl Endpoint {
+    /// Parses `unix:///path` or `tcp://host:port`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        if let Some(path) = text.strip_prefix("unix://") {
+            if !path.starts_with('/') {
+                return Err(format!(
+                    "expected an absolute socket path after unix://, as in unix:///run/x.sock; got {text:?}"
+                ));
+            }
+            return Ok(Endpoint::Unix(PathBuf::from(path)));
+        }
+        if let Some(hostport) = text.strip_prefix("tcp://") {
+            let hostport = hostport.trim_end_matches('/');
+            if hostport.rsplit_once(':').is_none_or(|(_, p)| p.parse::<u16>().is_err()) {
+                return Err(format!("expected tcp://HOST:PORT; got {text:?}"));
+            }
+            return Ok(Endpoint::Tcp(hostport.to_string()));
+        }
+        Err(format!(
+            "expected an address such as unix:///run/buildbroker/docker.sock or tcp://127.0.0.1:2375; got {text:?}"
+        ))
+    }
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Endpoint::Unix(p) => write!(f, "unix://{}", p.display()),
+            Endpoint::Tcp(h) => write!(f, "tcp://{h}"),
+        }
+    }
+}
+
+/// The parts of the process environment that shape defaults. Passed in, so defaults are
+/// testable without touching the real environment.
+#[derive(Debug, Clone, Default)]
+pub struct HostEnv {
+    pub euid: u32,
+    pub docker_host: Option<String>,
+    pub xdg_runtime_dir: Option<String>,
+    pub xdg_config_home: Option<String>,
+    pub home: Option<String>,
+    pub buildbroker_config: Option<String>,
+}
+
+impl HostEnv {
+    /// Reads the real process environment.
+    pub fn current() -> Self {
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        HostEnv {
+            euid: rustix::process::geteuid().as_raw(),
+            docker_host: var("DOCKER_HOST"),
+            xdg_runtime_dir: var("XDG_RUNTIME_DIR"),
+            xdg_config_home: var("XDG_CONFIG_HOME"),
+            home: var("HOME"),
+            buildbroker_config: var("BUILDBROKER_CONFIG"),
+        }
+    }
+
+    /// design.md §8: `/run/buildbroker/docker.sock` for root, else under `$XDG_RUNTIME_DIR`.
+    pub fn default_listen(&self) -> PathBuf {
+        match (&self.xdg_runtime_dir, self.euid) {
+            (Some(dir), uid) if uid != 0 => Path::new(dir).join("buildbroker/docker.sock"),
+            _ => PathBuf::from("/run/buildbroker/docker.sock"),
+        }
+    }
+
+    /// Where the policy is read from when `--config` is absent (design.md §8), in order.
+    pub fn config_candidates(&self) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        if let Some(p) = &self.buildbroker_config {
+            out.push(PathBuf::from(p));
+        }
+        if let Some(x) = &self.xdg_config_home {
+            out.push(Path::new(x).join("buildbroker/policy.toml"));
+        } else if let Some(h) = &self.home {
+            out.push(Path::new(h).join(".config/buildbroker/policy.toml"));
+        }
+        out.push(PathBuf::from("/etc/buildbroker/policy.toml"));
+        out
+    }
+}
+
+/// One problem in a policy file, located by line and column (1-based).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub origin: String,
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}: {}", self.origin, self.line, self.column, self.message)
+    }
+}
+
+/// Every problem found in a policy file, in file order.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Failure to obtain a policy at all.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The named file could not be read (missing, permissions).
+    #[error("cannot read policy file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The file was read but is not a valid policy.
+    #[error("{0}")]
+    Invalid(#[from] ConfigErrors),
+}
+
+// ---- raw stage -------------------------------------------------------------------------------
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    #[serde(default)]
+    server: RawServer,
+    #[serde(default)]
+    access: RawAccess,
+    #[serde(default)]
+    secrets: BTreeMap<Spanned<String>, Spanned<RawSecret>>,
+    #[serde(default)]
+    ssh: BTreeMap<Spanned<String>, Spanned<RawSsh>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    listen: Option<Vec<Spanned<String>>>,
+    upstream: Option<Spanned<String>>,
+    unknown_secrets: Option<UnknownIds>,
+    unknown_ssh: Option<UnknownIds>,
+    audit_log: Option<Spanned<String>>,
+    buildkit_listen: Option<Spanned<Vec<Spanned<String>>>>,
+    buildkit_upstream: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAccess {
+    #[serde(default)]
+    uids: Vec<u32>,
+    #[serde(default)]
+    gids: Vec<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSecret {
+    sources: Spanned<Vec<Spanned<String>>>,
+    #[serde(default)]
+    required: bool,
+    mode: Option<Spanned<u32>>,
+    uid: Option<u32>,
+    gid: Option<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSsh {
+    agent: Option<Spanned<String>>,
+    #[serde(default)]
+    keys: Vec<Spanned<String>>,
+}
+
+// ---- checked stage ---------------------------------------------------------------------------
+
+struct Collector<'a> {
+    text: &'a str,
+    origin: String,
+    errors: Vec<ConfigError>,
+}
+
+impl Collector<'_> {
+    fn push(&mut self, span: Range<usize>, message: impl Into<String>) {
+        let (line, column) = line_column(self.text, span.start);
+        self.errors.push(ConfigError {
+            origin: self.origin.clone(),
+            line,
+            column,
+            message: message.into(),
+        });
+    }
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+pub fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let column = before[line_start..].chars().count() + 1;
+    (line, column)
+}
+
+impl Policy {
+    /// Loads the policy from `explicit` (`--config`), else the lookup order of design.md §8,
+    /// else the embedded default.
+    pub fn load(explicit: Option<&Path>, env: &HostEnv) -> Result<Policy, LoadError> {
+        let path = match explicit {
+            Some(p) => Some(p.to_path_buf()),
+            None => env.config_candidates().into_iter().find(|p| p.exists()),
+        };
+        match path {
+            Some(path) => Policy::load_file(&path, env),
+            None => Ok(Policy::parse(EMBEDDED_DEFAULT, PolicyOrigin::Embedded, env)?),
+        }
+    }
+
+    /// Reads and checks one policy file.
+    pub fn load_file(path: &Path, env: &HostEnv) -> Result<Policy, LoadError> {
+        let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Ok(Policy::parse(&text, PolicyOrigin::File(path.to_path_buf()), env)?)
+    }
+
+    /// Reads the policy at `origin` again (SIGHUP).
+    pub fn reload(origin: &PolicyOrigin, env: &HostEnv) -> Result<Policy, LoadError> {
+        match origin {
+            PolicyOrigin::File(p) => Policy::load_file(p, env),
+            PolicyOrigin::Embedded => Ok(Policy::parse(EMBEDDED_DEFAULT, origin.clone(), env)?),
+        }
+    }
+
+    /// Checks policy text, collecting every problem with its line and column.
+    pub fn parse(text: &str, origin: PolicyOrigin, env: &HostEnv) -> Result<Policy, ConfigErrors> {
+        let mut c = Collector {
+            text,
+            origin: origin.to_string(),
+            errors: Vec::new(),
+        };
+        let raw: RawPolicy = match toml::from_str(text) {
+            Ok(raw) => raw,
+            Err(e) => {
+                c.push(e.span().unwrap_or(0..0), tidy_serde_message(e.message()));
+                return Err(ConfigErrors(c.errors));
+            }
+        };
+
+        let listen: Vec<Endpoint> = match &raw.server.listen {
+            None => vec![Endpoint::Unix(env.default_listen())],
+            Some(list) => list
+                .iter()
+                .filter_map(|s| match Endpoint::parse(s.get_ref()) {
+                    Ok(Endpoint::Tcp(_)) => {
+                        c.push(
+                            s.span(),
+                            "[server] listen: only unix:// sockets are served for now (the Docker API is root-equivalent; TCP needs mutual TLS, not yet available)",
+                        );
+                        None
+                    }
+                    Ok(e) => Some(e),
+                    Err(m) => {
+                        c.push(s.span(), format!("[server] listen: {m}"));
+                        None
+                    }
+                })
+                .collect(),
+        };
+        if raw.server.listen.as_ref().is_some_and(|l| l.is_empty()) {
+            c.push(0..0, "[server] listen: expected at least one address");
+        }
+
+        let upstream = match &raw.server.upstream {
+            Some(s) => match Endpoint::parse(s.get_ref()) {
+                Ok(e) => {
+                    if listen.contains(&e) {
+                        c.push(
+                            s.span(),
+                            format!("[server] upstream {e} is also one of buildbroker's own listen addresses: that would loop; point upstream at the real engine socket"),
+                        );
+                    }
+                    Some(e)
+                }
+                Err(m) => {
+                    c.push(s.span(), format!("[server] upstream: {m}"));
+                    None
+                }
+            },
+            None => match env.docker_host.as_deref().map(Endpoint::parse) {
+                Some(Ok(e)) if listen.contains(&e) => {
+                    c.push(
+                        0..0,
+                        format!("DOCKER_HOST={e} points at buildbroker's own listener, so it cannot be the upstream engine; set [server] upstream (for example unix:///var/run/docker.sock) or unset DOCKER_HOST for the daemon"),
+                    );
+                    None
+                }
+                Some(Ok(e)) => Some(e),
+                Some(Err(m)) => {
+                    c.push(0..0, format!("DOCKER_HOST cannot be used as the upstream: {m}; set [server] upstream"));
+                    None
+                }
+                None => Some(Endpoint::Unix(PathBuf::from("/var/run/docker.sock"))),
+            },
+        };
+
+        if let Some(bl) = &raw.server.buildkit_listen {
+            if !bl.get_ref().is_empty() {
+                c.push(
+                    bl.span(),
+                    "[server] buildkit_listen: the BuildKit endpoint is not available yet; use the Docker Engine endpoint ([server] listen)",
+                );
+            }
+        }
+        if let Some(bu) = &raw.server.buildkit_upstream {
+            c.push(
+                bu.span(),
+                "[server] buildkit_upstream: the BuildKit endpoint is not available yet; use [server] upstream",
+            );
+        }
+
+        let audit_log = raw.server.audit_log.as_ref().and_then(|s| {
+            let p = crate::source::expand_home(s.get_ref(), env.home.as_deref());
+            if p.is_absolute() {
+                Some(p)
+            } else {
+                c.push(s.span(), format!("[server] audit_log: expected an absolute path; got {:?}", s.get_ref()));
+                None
+            }
+        });
+
+        let mut secrets = BTreeMap::new();
+        for (id, rule) in &raw.secrets {
+            let rule = rule.get_ref();
+            if id.get_ref().is_empty() {
+                c.push(id.span(), "[secrets]: a secret id must not be empty");
+            }
+            if rule.sources.get_ref().is_empty() {
+                c.push(
+                    rule.sources.span(),
+                    format!("[secrets.{}] sources: expected at least one source such as \"env:NAME\" or \"file:PATH\"", id.get_ref()),
+                );
+            }
+            let mut sources = Vec::new();
+            for s in rule.sources.get_ref() {
+                match SourceSpec::parse(s.get_ref(), env.home.as_deref()) {
+                    Ok(spec) => sources.push(spec),
+                    Err(m) => c.push(s.span(), format!("[secrets.{}] sources: {m}", id.get_ref())),
+                }
+            }
+            if let Some(mode) = &rule.mode {
+                if *mode.get_ref() > 0o777 {
+                    c.push(
+                        mode.span(),
+                        format!("[secrets.{}] mode: expected permission bits no wider than 0o777; got {:#o}", id.get_ref(), mode.get_ref()),
+                    );
+                }
+            }
+            secrets.insert(
+                id.get_ref().clone(),
+                SecretRule {
+                    sources,
+                    required: rule.required,
+                    mode: rule.mode.as_ref().map(|m| *m.get_ref()),
+                    uid: rule.uid,
+                    gid: rule.gid,
+                },
+            );
+        }
+
+        let mut ssh = BTreeMap::new();
+        for (id, rule) in &raw.ssh {
+            let rule = rule.get_ref();
+            for k in &rule.keys {
+                if !k.get_ref().starts_with("SHA256:") {
+                    c.push(
+                        k.span(),
+                        format!("[ssh.{}] keys: expected a SHA256 fingerprint as `ssh-add -l` prints it (SHA256:…); got {:?}", id.get_ref(), k.get_ref()),
+                    );
+                }
+            }
+            ssh.insert(
+                id.get_ref().clone(),
+                SshRule {
+                    agent: rule.agent.as_ref().map(|a| a.get_ref().clone()),
+                    keys: rule.keys.iter().map(|k| k.get_ref().clone()).collect(),
+                },
+            );
+        }
+
+        if !c.errors.is_empty() {
+            c.errors.sort_by_key(|e| (e.line, e.column));
+            return Err(ConfigErrors(c.errors));
+        }
+        Ok(Policy {
+            origin,
+            server: Server {
+                listen,
+                upstream: upstream.expect("upstream is set when no error was collected"),
+                unknown_secrets: raw.server.unknown_secrets.unwrap_or(UnknownIds::Client),
+                unknown_ssh: raw.server.unknown_ssh.unwrap_or(UnknownIds::Client),
+                audit_log,
+            },
+            access: Access {
+                uids: raw.access.uids,
+                gids: raw.access.gids,
+            },
+            secrets,
+            ssh,
+        })
+    }
+}
+
+/// serde's messages name Rust types ("u32", "a sequence"); keep them but make the usual ones
+/// read as TOML.
+fn tidy_serde_message(m: &str) -> String {
+    let m = m.trim();
+    if let Some(rest) = m.strip_prefix("unknown field ") {
+        return format!("unknown key {rest}");
+    }
+    m.replace("a sequence", "an array")
+        .replace("invalid type: ", "wrong type: ")
+        .replace("map", "table")
+}
+
+#[cfg(test)]
+mod tests;

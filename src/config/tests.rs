@@ -1,0 +1,165 @@
+use super::*;
+
+fn env() -> HostEnv {
+    HostEnv {
+        euid: 1000,
+        home: Some("/home/u".into()),
+        xdg_runtime_dir: Some("/run/user/1000".into()),
+        ..HostEnv::default()
+    }
+}
+
+fn parse(text: &str) -> Result<Policy, ConfigErrors> {
+    Policy::parse(text, PolicyOrigin::File("policy.toml".into()), &env())
+}
+
+fn errors(text: &str) -> Vec<String> {
+    parse(text).unwrap_err().0.iter().map(|e| e.to_string()).collect()
+}
+
+#[test]
+fn embedded_default_parses_with_defaults_for_a_user() {
+    let p = Policy::parse(EMBEDDED_DEFAULT, PolicyOrigin::Embedded, &env()).unwrap();
+    assert_eq!(
+        p.server.listen,
+        vec![Endpoint::Unix("/run/user/1000/buildbroker/docker.sock".into())]
+    );
+    assert_eq!(p.server.upstream, Endpoint::Unix("/var/run/docker.sock".into()));
+    assert_eq!(p.server.unknown_secrets, UnknownIds::Client);
+    let netrc = &p.secrets["netrc"];
+    assert_eq!(netrc.sources[1], SourceSpec::File("/home/u/.netrc".into()));
+    assert_eq!(netrc.sources.last(), Some(&SourceSpec::Client));
+}
+
+#[test]
+fn root_listens_under_run() {
+    let root = HostEnv { euid: 0, ..env() };
+    let p = Policy::parse("", PolicyOrigin::Embedded, &root).unwrap();
+    assert_eq!(p.server.listen, vec![Endpoint::Unix("/run/buildbroker/docker.sock".into())]);
+}
+
+#[test]
+fn upstream_comes_from_docker_host_unless_it_loops() {
+    let e = HostEnv { docker_host: Some("unix:///var/run/other.sock".into()), ..env() };
+    let p = Policy::parse("", PolicyOrigin::Embedded, &e).unwrap();
+    assert_eq!(p.server.upstream, Endpoint::Unix("/var/run/other.sock".into()));
+
+    let looping = HostEnv {
+        docker_host: Some("unix:///run/user/1000/buildbroker/docker.sock".into()),
+        ..env()
+    };
+    let err = Policy::parse("", PolicyOrigin::Embedded, &looping).unwrap_err().to_string();
+    assert!(err.contains("points at buildbroker's own listener"), "{err}");
+}
+
+#[test]
+fn explicit_upstream_equal_to_listen_is_refused() {
+    let errs = errors("[server]\nlisten = [\"unix:///tmp/a.sock\"]\nupstream = \"unix:///tmp/a.sock\"\n");
+    assert_eq!(errs.len(), 1);
+    assert!(errs[0].starts_with("policy.toml:3:12: [server] upstream"), "{errs:?}");
+}
+
+#[test]
+fn unknown_key_is_located() {
+    let errs = errors("[server]\nunknown_secrets = \"deny\"\nlisten_on = []\n");
+    assert_eq!(errs.len(), 1);
+    assert!(errs[0].starts_with("policy.toml:3:1: unknown key `listen_on`"), "{errs:?}");
+    assert!(errs[0].contains("expected one of"), "{errs:?}");
+}
+
+#[test]
+fn wrong_type_is_located() {
+    let errs = errors("[secrets.x]\nsources = [\"env:X\"]\nrequired = \"yes\"\n");
+    assert_eq!(errs.len(), 1);
+    assert!(errs[0].starts_with("policy.toml:3:12:"), "{errs:?}");
+    assert!(errs[0].contains("boolean"), "{errs:?}");
+}
+
+#[test]
+fn unknown_variant_says_what_is_expected() {
+    let errs = errors("[server]\nunknown_secrets = \"maybe\"\n");
+    assert!(errs[0].starts_with("policy.toml:2:19:"), "{errs:?}");
+    assert!(errs[0].contains("`client`") && errs[0].contains("`deny`"), "{errs:?}");
+}
+
+#[test]
+fn semantic_errors_are_all_collected_in_file_order() {
+    let text = "\
+[server]
+listen = [\"tcp://0.0.0.0:2375\"]
+upstream = \"http://x\"
+
+[secrets.a]
+sources = [\"env:\", \"vault:x\"]
+mode = 0o1777
+
+[secrets.b]
+sources = []
+";
+    let errs = errors(text);
+    let locations: Vec<&str> = errs.iter().map(|e| e.split(": ").next().unwrap()).collect();
+    assert_eq!(
+        locations,
+        vec![
+            "policy.toml:2:11",
+            "policy.toml:3:12",
+            "policy.toml:6:12",
+            "policy.toml:6:20",
+            "policy.toml:7:8",
+            "policy.toml:10:11",
+        ],
+        "{errs:#?}"
+    );
+    assert!(errs[3].contains("unknown source \"vault:x\""), "{}", errs[3]);
+}
+
+#[test]
+fn secret_rule_fields() {
+    let p = parse(
+        "[secrets.pypi_token]\nsources = [\"env:PYPI_TOKEN\", \"file:~/.pypirc\"]\nrequired = true\nmode = 0o440\nuid = 1000\n",
+    )
+    .unwrap();
+    let r = &p.secrets["pypi_token"];
+    assert!(r.required);
+    assert_eq!(r.mode, Some(0o440));
+    assert_eq!(r.uid, Some(1000));
+    assert_eq!(r.gid, None);
+    assert_eq!(
+        r.sources,
+        vec![SourceSpec::Env("PYPI_TOKEN".into()), SourceSpec::File("/home/u/.pypirc".into())]
+    );
+}
+
+#[test]
+fn line_column_counts_characters() {
+    let t = "ab\nçd=x\n";
+    assert_eq!(line_column(t, 0), (1, 1));
+    assert_eq!(line_column(t, 3), (2, 1));
+    assert_eq!(line_column(t, t.find('=').unwrap()), (2, 3));
+}
+
+#[test]
+fn config_lookup_order() {
+    let e = HostEnv {
+        buildbroker_config: Some("/x/p.toml".into()),
+        xdg_config_home: None,
+        ..env()
+    };
+    assert_eq!(
+        e.config_candidates(),
+        vec![
+            PathBuf::from("/x/p.toml"),
+            PathBuf::from("/home/u/.config/buildbroker/policy.toml"),
+            PathBuf::from("/etc/buildbroker/policy.toml"),
+        ]
+    );
+    let e = HostEnv { xdg_config_home: Some("/cfg".into()), ..env() };
+    assert_eq!(e.config_candidates()[0], PathBuf::from("/cfg/buildbroker/policy.toml"));
+}
+
+#[test]
+fn missing_explicit_file_is_a_read_error() {
+    let err = Policy::load(Some(Path::new("/nonexistent/p.toml")), &env()).unwrap_err();
+    assert!(matches!(err, LoadError::Read { .. }));
+    assert!(err.to_string().contains("/nonexistent/p.toml"));
+}

@@ -1,0 +1,49 @@
+//! # buildbroker
+//!
+//! A daemon between `docker buildx build` and the BuildKit daemon that answers the build's
+//! secret requests from a policy, so builds get tokens and credentials without `--secret`
+//! flags, without files on disk, and with every decision audited.
+//!
+//! A tour, in the order a request travels:
+//!
+//! - [`server`] binds the unix listeners and runs the accept loop; [`proxy`] relays the Docker
+//!   Engine API to the real engine and checks each peer with [`access`].
+//! - `POST /session` goes to [`session`]: buildbroker becomes the h2 server towards the daemon
+//!   and the h2 client towards buildx; `session::router` sends `Secrets/GetSecret` to
+//!   [`service::secrets`] and relays everything else.
+//! - [`policy`] decides (pure functions) what an id means; [`source`] resolves it from env,
+//!   files or the build client; [`secret::SecretBytes`] owns the value and zeroizes it.
+//! - [`audit`] records every decision, never a value. [`config`] turns the policy TOML into a
+//!   checked [`config::Policy`]; [`dockerfile`] checks `RUN --mount` flags against it.
+//! - [`cli`] is the command line: `serve`, `check`, `resolve`.
+
+pub mod access;
+pub mod audit;
+pub mod broker;
+pub mod cli;
+pub mod config;
+pub mod dockerfile;
+pub mod policy;
+pub mod proxy;
+pub mod secret;
+pub mod server;
+pub mod service;
+pub mod session;
+pub mod source;
+
+/// Code generated from `proto/` at build time.
+#[allow(clippy::all, clippy::pedantic, missing_docs)]
+pub mod proto {
+    pub mod secrets {
+        tonic::include_proto!("moby.buildkit.secrets.v1");
+    }
+    pub mod sshforward {
+        tonic::include_proto!("moby.sshforward.v1");
+    }
+    pub mod control {
+        tonic::include_proto!("moby.buildkit.v1");
+    }
+    pub mod fsutil {
+        tonic::include_proto!("fsutil.types");
+    }
+}

@@ -1,0 +1,81 @@
+//! Pure policy decisions: no I/O, no clocks, table-tested.
+//!
+//! [`decide_secret`] says what to do with a requested id before anything is resolved;
+//! [`conclude_secret`] turns what the sources said into the answer the build gets. The gRPC
+//! status codes for those answers are chosen in one place, `service::secrets`.
+
+use crate::config::{Policy, UnknownIds};
+use crate::source::{Attempt, AttemptOutcome, SourceSpec};
+
+/// The implicit chain for ids the policy does not list under `unknown_secrets = "client"`.
+const CLIENT_ONLY: &[SourceSpec] = &[SourceSpec::Client];
+
+/// What to do with a GetSecret for one id.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SecretDecision<'p> {
+    /// Walk this chain of sources.
+    Resolve {
+        sources: &'p [SourceSpec],
+        required: bool,
+        /// Whether the id is listed in the policy (false: the implicit `client` chain).
+        listed: bool,
+    },
+    /// The id does not exist for this broker (`unknown_secrets = "deny"`).
+    Deny,
+}
+
+pub fn decide_secret<'p>(policy: &'p Policy, id: &str) -> SecretDecision<'p> {
+    match policy.secrets.get(id) {
+        Some(rule) => SecretDecision::Resolve {
+            sources: &rule.sources,
+            required: rule.required,
+            listed: true,
+        },
+        None => match policy.server.unknown_secrets {
+            UnknownIds::Client => SecretDecision::Resolve {
+                sources: CLIENT_ONLY,
+                required: false,
+                listed: false,
+            },
+            UnknownIds::Deny => SecretDecision::Deny,
+        },
+    }
+}
+
+/// The answer a build gets once the chain has been walked.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SecretOutcome {
+    /// The source at this index of the chain found the value.
+    Served { source: usize },
+    /// No source has it and it is optional: the daemon skips optional mounts.
+    NotFound,
+    /// The policy marks it required and no source has it: fail the build, naming what was tried.
+    RequiredMissing { message: String },
+    /// A source failed (rather than having nothing) and none after it answered.
+    Failed { message: String },
+}
+
+/// Turns the attempts of a chain into the build's answer. `served` is the index of the source
+/// that found the value, if one did.
+pub fn conclude_secret(id: &str, required: bool, served: Option<usize>, attempts: &[Attempt]) -> SecretOutcome {
+    if let Some(source) = served {
+        return SecretOutcome::Served { source };
+    }
+    let tried = attempts.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ");
+    if attempts.iter().any(|a| matches!(a.outcome, AttemptOutcome::Failed(_))) {
+        return SecretOutcome::Failed {
+            message: format!("buildbroker: secret {id:?} could not be resolved; tried {tried}"),
+        };
+    }
+    if required {
+        return SecretOutcome::RequiredMissing {
+            message: format!(
+                "buildbroker: secret {id:?} is required by policy but no source has it; tried {tried}"
+            ),
+        };
+    }
+    SecretOutcome::NotFound
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,314 @@
+//! The Docker Engine API endpoint: accept a unix connection, check the peer, and relay every
+//! request to the upstream engine — plain, streaming and chunked bodies, and any HTTP upgrade
+//! (attach, exec, `/grpc`) spliced as raw bytes. `POST /session` is the one request handed to
+//! [`crate::session`] instead.
+//!
+//! Each downstream connection gets its own upstream connection (HTTP/1.1 is sequential, so
+//! the two pair up naturally); upgrades take a fresh one, since an upgrade consumes it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{CONNECTION, CONTENT_TYPE, UPGRADE};
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpStream, UnixStream};
+use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::access::{PeerInfo, check_peer};
+use crate::broker::Broker;
+use crate::config::Endpoint;
+use crate::session::{self, SessionInfo};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// Responses to the downstream client: relayed bodies or buildbroker's own short answers.
+type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// A byte stream to the upstream engine, unix or TCP.
+trait UpstreamIo: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> UpstreamIo for T {}
+
+/// How long a client may take to send a request's headers before it is disconnected.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Serves one accepted connection until it closes or `shutdown` asks it to drain.
+pub async fn serve_connection(
+    stream: UnixStream,
+    broker: Arc<Broker>,
+    tasks: TaskTracker,
+    shutdown: CancellationToken,
+) {
+    let peer = match PeerInfo::of(&stream) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read peer credentials; closing the connection");
+            return;
+        }
+    };
+    let policy = broker.policy();
+    if let Err(refused) = check_peer(&policy.access, broker.daemon_uid(), peer) {
+        tracing::warn!(uid = peer.uid, gid = peer.gid, pid = ?peer.pid, "refused connection: {refused}");
+        let message = refused.to_string();
+        let service = hyper::service::service_fn(move |_req: Request<Incoming>| {
+            let message = message.clone();
+            async move { Ok::<_, std::convert::Infallible>(error_response(StatusCode::FORBIDDEN, &message)) }
+        });
+        let _ = hyper::server::conn::http1::Builder::new()
+            .keep_alive(false)
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .serve_connection(TokioIo::new(stream), service)
+            .await;
+        return;
+    }
+    tracing::debug!(uid = peer.uid, pid = ?peer.pid, "accepted connection");
+
+    let conn = Arc::new(Connection {
+        broker,
+        peer,
+        upstream: Mutex::new(None),
+        tasks,
+        shutdown: shutdown.clone(),
+    });
+    let service = hyper::service::service_fn(move |req| {
+        let conn = conn.clone();
+        async move { Ok::<_, std::convert::Infallible>(conn.handle(req).await) }
+    });
+    let http = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    tokio::pin!(http);
+    let result = tokio::select! {
+        r = &mut http => r,
+        _ = shutdown.cancelled() => {
+            http.as_mut().graceful_shutdown();
+            http.await
+        }
+    };
+    if let Err(e) = result {
+        // Malformed requests are answered with 400 by hyper before this; log for operators.
+        tracing::debug!(uid = peer.uid, error = %e, "connection ended with an error");
+    }
+}
+
+/// One downstream connection and its paired upstream connection.
+struct Connection {
+    broker: Arc<Broker>,
+    peer: PeerInfo,
+    /// Reused for plain requests; replaced when the engine closes it.
+    upstream: Mutex<Option<SendRequest<Incoming>>>,
+    /// Upgraded connections (sessions, attach) outlive the request; the daemon drains them.
+    tasks: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+impl Connection {
+    async fn handle(&self, req: Request<Incoming>) -> Response<ProxyBody> {
+        if req.method() == Method::POST && session::is_session_path(req.uri().path()) {
+            return self.intercept_session(req).await;
+        }
+        if is_upgrade(req.headers()) {
+            return self.forward_upgrade(req).await;
+        }
+        self.forward(req).await
+    }
+
+    /// A plain request: relay it on the paired upstream connection.
+    async fn forward(&self, req: Request<Incoming>) -> Response<ProxyBody> {
+        let mut slot = self.upstream.lock().await;
+        let reusable = match slot.as_mut() {
+            Some(send) => send.ready().await.is_ok(),
+            None => false,
+        };
+        if !reusable {
+            match self.connect_upstream(false).await {
+                Ok(send) => *slot = Some(send),
+                Err(resp) => return resp,
+            }
+        }
+        let send = slot.as_mut().expect("an upstream connection was just set");
+        match send.send_request(req).await {
+            Ok(resp) => resp.map(|b| b.map_err(BoxError::from).boxed_unsync()),
+            Err(e) => {
+                *slot = None;
+                self.upstream_failed(&e.to_string())
+            }
+        }
+    }
+
+    /// Attach, exec, `/grpc` and any other upgrade: relay the request on a fresh upstream
+    /// connection, and once both sides have switched protocols, splice the raw bytes.
+    async fn forward_upgrade(&self, mut req: Request<Incoming>) -> Response<ProxyBody> {
+        let downstream = hyper::upgrade::on(&mut req);
+        let mut send = match self.connect_upstream(true).await {
+            Ok(s) => s,
+            Err(resp) => return resp,
+        };
+        let mut resp = match send.send_request(req).await {
+            Ok(r) => r,
+            Err(e) => return self.upstream_failed(&e.to_string()),
+        };
+        if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+            return resp.map(|b| b.map_err(BoxError::from).boxed_unsync());
+        }
+        let upstream = hyper::upgrade::on(&mut resp);
+        let shutdown = self.shutdown.clone();
+        self.tasks.spawn(async move {
+            let (up, down) = match tokio::try_join!(upstream, downstream) {
+                Ok(pair) => pair,
+                Err(e) => {
+                    tracing::debug!(error = %e, "upgrade did not complete");
+                    return;
+                }
+            };
+            // hyper hands over any bytes it had already read past the 101 inside `Upgraded`.
+            let mut up = TokioIo::new(up);
+            let mut down = TokioIo::new(down);
+            tokio::select! {
+                r = tokio::io::copy_bidirectional(&mut down, &mut up) => {
+                    if let Err(e) = r { tracing::debug!(error = %e, "upgraded stream ended"); }
+                }
+                _ = shutdown.cancelled() => {}
+            }
+        });
+        resp.map(|b| b.map_err(BoxError::from).boxed_unsync())
+    }
+
+    /// `POST /session`: open the upstream session with our methods added, then run the
+    /// session router between the two upgraded connections.
+    async fn intercept_session(&self, mut req: Request<Incoming>) -> Response<ProxyBody> {
+        let (uuid, headers) = match session::upstream_session_headers(req.headers()) {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::warn!(uid = self.peer.uid, "{e}");
+                return error_response(StatusCode::BAD_REQUEST, &e.to_string());
+            }
+        };
+        *req.headers_mut() = headers;
+        let downstream = hyper::upgrade::on(&mut req);
+        let mut send = match self.connect_upstream(true).await {
+            Ok(s) => s,
+            Err(resp) => return resp,
+        };
+        let mut resp = match send.send_request(req).await {
+            Ok(r) => r,
+            Err(e) => return self.upstream_failed(&e.to_string()),
+        };
+        if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+            tracing::warn!(session = %uuid, status = %resp.status(), "the engine refused the session");
+            return resp.map(|b| b.map_err(BoxError::from).boxed_unsync());
+        }
+        tracing::info!(session = %uuid, uid = self.peer.uid, pid = ?self.peer.pid, "session opened");
+        let upstream = hyper::upgrade::on(&mut resp);
+        let broker = self.broker.clone();
+        let info = SessionInfo { uuid, peer: self.peer };
+        let shutdown = self.shutdown.clone();
+        self.tasks.spawn(async move {
+            match tokio::try_join!(upstream, downstream) {
+                Ok((daemon_side, client_side)) => {
+                    session::run(daemon_side, client_side, broker, info, shutdown).await
+                }
+                Err(e) => tracing::warn!(session = %info.uuid, error = %e, "session upgrade did not complete"),
+            }
+        });
+        resp.map(|b| b.map_err(BoxError::from).boxed_unsync())
+    }
+
+    /// Opens a new HTTP/1.1 connection to the engine; its driver runs as a task.
+    async fn connect_upstream(&self, upgrades: bool) -> Result<SendRequest<Incoming>, Response<ProxyBody>> {
+        let endpoint = self.broker.policy().server.upstream.clone();
+        let io: Box<dyn UpstreamIo> = match &endpoint {
+            Endpoint::Unix(path) => match UnixStream::connect(path).await {
+                Ok(s) => Box::new(s),
+                Err(e) => return Err(self.unreachable(&endpoint, &e.to_string())),
+            },
+            Endpoint::Tcp(addr) => match TcpStream::connect(addr).await {
+                Ok(s) => {
+                    let _ = s.set_nodelay(true);
+                    Box::new(s)
+                }
+                Err(e) => return Err(self.unreachable(&endpoint, &e.to_string())),
+            },
+        };
+        let (send, conn) = match hyper::client::conn::http1::handshake(TokioIo::new(io)).await {
+            Ok(pair) => pair,
+            Err(e) => return Err(self.unreachable(&endpoint, &e.to_string())),
+        };
+        if upgrades {
+            tokio::spawn(async move {
+                if let Err(e) = conn.with_upgrades().await {
+                    tracing::debug!(error = %e, "upstream connection ended");
+                }
+            });
+        } else {
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "upstream connection ended");
+                }
+            });
+        }
+        Ok(send)
+    }
+
+    fn unreachable(&self, endpoint: &Endpoint, error: &str) -> Response<ProxyBody> {
+        tracing::error!(upstream = %endpoint, %error, "cannot reach the upstream engine");
+        error_response(
+            StatusCode::BAD_GATEWAY,
+            &format!("buildbroker: cannot reach the upstream engine at {endpoint}: {error}"),
+        )
+    }
+
+    fn upstream_failed(&self, error: &str) -> Response<ProxyBody> {
+        tracing::warn!(%error, "upstream request failed");
+        error_response(
+            StatusCode::BAD_GATEWAY,
+            &format!("buildbroker: the upstream engine failed this request: {error}"),
+        )
+    }
+}
+
+fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(UPGRADE)
+        && headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// An error in the Engine API's own shape (`{"message": …}`), which the docker CLI prints as
+/// "Error response from daemon: …".
+fn error_response(status: StatusCode, message: &str) -> Response<ProxyBody> {
+    let body = serde_json::json!({ "message": message }).to_string();
+    Response::builder()
+        .status(status)
+        .header(CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(body)).map_err(BoxError::from).boxed_unsync())
+        .expect("a static response is valid")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upgrade_detection() {
+        let mut h = HeaderMap::new();
+        assert!(!is_upgrade(&h));
+        h.insert(UPGRADE, "h2c".parse().unwrap());
+        assert!(!is_upgrade(&h), "Upgrade without Connection: Upgrade is not an upgrade");
+        h.insert(CONNECTION, "keep-alive, Upgrade".parse().unwrap());
+        assert!(is_upgrade(&h));
+    }
+}

@@ -1,0 +1,3 @@
+//! The gRPC services buildbroker answers itself inside an intercepted session.
+
+pub mod secrets;

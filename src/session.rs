@@ -1,0 +1,158 @@
+//! Session interception: the heart of buildbroker.
+//!
+//! A build client opens a BuildKit session with `POST /session` (Upgrade: h2c). Whoever opens a
+//! session is the HTTP/2 *server* inside it; the daemon is the gRPC client (design.md §3). So
+//! once both sides have switched protocols, buildbroker is an h2 server towards the daemon and
+//! an h2 client towards the build client, with a [`router`] between them: the calls buildbroker
+//! answers go to local services, every other call is relayed unchanged by [`relay`].
+//!
+//! This module never looks inside relayed calls and never logs bodies.
+
+mod relay;
+mod router;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderMap, HeaderValue};
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tokio_util::sync::CancellationToken;
+
+pub use relay::{ClientChannel, RelayBody};
+pub use router::{Route, SessionRouter};
+
+use crate::access::PeerInfo;
+use crate::broker::Broker;
+
+/// Header naming the session's UUID (buildkit session/manager.go, `headerSessionID`).
+pub const HEADER_UUID: &str = "x-docker-expose-session-uuid";
+/// Header announcing one gRPC method the session's owner serves; repeated once per method.
+pub const HEADER_METHOD: &str = "x-docker-expose-session-grpc-method";
+
+/// The methods buildbroker answers itself, so the daemon must know the session serves them
+/// even when the client did not announce them.
+pub const SERVED_METHODS: &[&str] = &["/moby.buildkit.secrets.v1.Secrets/GetSecret"];
+
+/// HTTP/2 flow-control windows on both halves of a session. Large, fixed windows rather than
+/// hyper's adaptive ones: h2 counts small buffered DATA frames against a budget of half the
+/// connection window and sends GOAWAY(ENHANCE_YOUR_CALM) when it runs out, and BuildKit's file
+/// sync (the local exporter, `COPY`) sends many small frames in bursts. Measured on the real
+/// stack: with adaptive windows `-o type=local` failed with "too_many_data_frames".
+const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
+const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
+
+/// How long a closing side may take to finish its streams before it is dropped.
+const TEARDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Who a session belongs to, for the audit log.
+#[derive(Debug, Clone)]
+pub struct SessionInfo {
+    pub uuid: String,
+    pub peer: PeerInfo,
+}
+
+/// Whether an Engine API path opens a session: `/session` or `/v1.NN/session`.
+pub fn is_session_path(path: &str) -> bool {
+    let path = path.trim_end_matches('/');
+    if path == "/session" {
+        return true;
+    }
+    match path.strip_prefix("/v").and_then(|rest| rest.split_once('/')) {
+        Some((version, "session")) => {
+            version.split_once('.').is_some_and(|(major, minor)| {
+                !major.is_empty()
+                    && !minor.is_empty()
+                    && major.bytes().all(|b| b.is_ascii_digit())
+                    && minor.bytes().all(|b| b.is_ascii_digit())
+            })
+        }
+        _ => false,
+    }
+}
+
+/// Why a `/session` request cannot be intercepted.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SessionError {
+    #[error(
+        "buildbroker: /session request without the X-Docker-Expose-Session-Uuid header; a BuildKit client (docker buildx) must open sessions"
+    )]
+    MissingUuid,
+}
+
+/// The headers for the upstream `/session` request: the client's own (UUID, shared key, the
+/// methods it serves), plus each method buildbroker serves that the client did not announce.
+/// Methods stay one header line each; BuildKit does not split comma-joined values.
+pub fn upstream_session_headers(client: &HeaderMap) -> Result<(String, HeaderMap), SessionError> {
+    let uuid = client
+        .get(HEADER_UUID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty())
+        .ok_or(SessionError::MissingUuid)?
+        .to_string();
+    let mut headers = client.clone();
+    for method in SERVED_METHODS {
+        let announced = client
+            .get_all(HEADER_METHOD)
+            .iter()
+            .any(|v| v.as_bytes() == method.as_bytes());
+        if !announced {
+            headers.append(HEADER_METHOD, HeaderValue::from_static(method));
+        }
+    }
+    Ok((uuid, headers))
+}
+
+/// Runs one intercepted session until either side closes it or the daemon shuts down.
+pub async fn run(
+    daemon_side: Upgraded,
+    client_side: Upgraded,
+    broker: Arc<Broker>,
+    info: SessionInfo,
+    shutdown: CancellationToken,
+) {
+    let uuid = info.uuid.clone();
+    let handshake = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .initial_stream_window_size(STREAM_WINDOW)
+        .handshake(client_side)
+        .await;
+    let (send, client_conn) = match handshake {
+        Ok(pair) => pair,
+        Err(e) => {
+            tracing::warn!(session = %uuid, error = %e, "cannot start HTTP/2 towards the build client");
+            return;
+        }
+    };
+    let router = Arc::new(SessionRouter::new(ClientChannel::new(send), broker, Arc::new(info)));
+    let service = hyper::service::service_fn(move |req| router.clone().route(req));
+    let server_conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .initial_stream_window_size(STREAM_WINDOW)
+        .serve_connection(daemon_side, service);
+    tokio::pin!(server_conn);
+    tokio::pin!(client_conn);
+    tracing::debug!(session = %uuid, "session started");
+
+    tokio::select! {
+        r = &mut server_conn => {
+            tracing::debug!(session = %uuid, result = ?r.err(), "daemon closed the session");
+            // Dropping the client half (below) closes the build client's side too.
+        }
+        r = &mut client_conn => {
+            tracing::debug!(session = %uuid, result = ?r.err(), "build client closed the session");
+            server_conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(TEARDOWN_GRACE, &mut server_conn).await;
+        }
+        _ = shutdown.cancelled() => {
+            server_conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(TEARDOWN_GRACE, &mut server_conn).await;
+        }
+    }
+    tracing::debug!(session = %uuid, "session ended");
+}
+
+#[cfg(test)]
+mod tests;
