@@ -32,7 +32,9 @@ pub struct Permit {
 
 /// Why a peer was refused; the message is what the peer is told.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("buildbroker: uid {uid} (gid {gid}) is not allowed to use this socket; add it to [access] uids or gids in the policy")]
+#[error(
+    "buildbroker: uid {uid} (gid {gid}) is not allowed to use this socket; add it to [access] uids or gids in the policy"
+)]
 pub struct Refused {
     pub uid: u32,
     pub gid: u32,
@@ -58,7 +60,11 @@ mod tests {
     use super::*;
 
     fn peer(uid: u32, gid: u32) -> PeerInfo {
-        PeerInfo { uid, gid, pid: Some(42) }
+        PeerInfo {
+            uid,
+            gid,
+            pid: Some(42),
+        }
     }
 
     #[test]

@@ -27,7 +27,10 @@ impl Broker {
     /// The policy in force now. Each request reads it once, so a reload never changes the
     /// rules halfway through an answer.
     pub fn policy(&self) -> Arc<Policy> {
-        self.policy.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.policy
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub fn audit(&self) -> Arc<AuditLog> {
@@ -44,7 +47,9 @@ impl Broker {
         let current = self.policy();
         let next = Policy::reload(&current.origin, &self.env)?;
         if next.server.listen != current.server.listen {
-            tracing::warn!("[server] listen changed; the new addresses take effect at the next restart");
+            tracing::warn!(
+                "[server] listen changed; the new addresses take effect at the next restart"
+            );
         }
         let audit = open_audit(&next).map_err(ReloadError::Audit)?;
         let next = Arc::new(next);

@@ -82,7 +82,10 @@ pub fn main(cli: Cli) -> ExitCode {
     let env = HostEnv::current();
     match cli.command {
         Command::Serve { config } => serve(config, env),
-        Command::Check { config, dockerfiles } => check(config, dockerfiles, &env),
+        Command::Check {
+            config,
+            dockerfiles,
+        } => check(config, dockerfiles, &env),
         Command::Resolve { config, id } => resolve(config, &id, &env),
     }
 }
@@ -113,11 +116,16 @@ fn load_policy(config: Option<PathBuf>, env: &HostEnv) -> Option<Policy> {
 /// Core dumps could hold secrets: turn them off for this process before any secret exists.
 fn disable_core_dumps() {
     use rustix::process::{Resource, Rlimit, setrlimit};
-    let none = Rlimit { current: Some(0), maximum: Some(0) };
+    let none = Rlimit {
+        current: Some(0),
+        maximum: Some(0),
+    };
     if let Err(e) = setrlimit(Resource::Core, none) {
         tracing::warn!(error = %e, "cannot disable core dumps (RLIMIT_CORE)");
     }
-    if let Err(e) = rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable) {
+    if let Err(e) =
+        rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
+    {
         tracing::warn!(error = %e, "cannot mark the process non-dumpable");
     }
 }
@@ -127,7 +135,10 @@ fn serve(config: Option<PathBuf>, env: HostEnv) -> ExitCode {
     let Some(policy) = load_policy(config, &env) else {
         return ExitCode::from(2);
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("buildbroker: cannot start the async runtime: {e}");
@@ -223,7 +234,13 @@ fn check(config: Option<PathBuf>, dockerfiles: Vec<PathBuf>, env: &HostEnv) -> E
             if f.severity == Severity::Violation {
                 violations += 1;
             }
-            println!("{}:{}: {}: {}", path.display(), f.line, f.severity, f.message);
+            println!(
+                "{}:{}: {}: {}",
+                path.display(),
+                f.line,
+                f.severity,
+                f.message
+            );
         }
     }
     if unusable {
@@ -240,18 +257,29 @@ fn resolve(config: Option<PathBuf>, id: &str, env: &HostEnv) -> ExitCode {
         return ExitCode::from(2);
     };
     let (sources, required) = match decide_secret(&policy, id) {
-        SecretDecision::Resolve { sources, required, listed } => {
+        SecretDecision::Resolve {
+            sources,
+            required,
+            listed,
+        } => {
             if !listed {
-                println!("{id}: not in the policy; inside a build it is asked of the build client's --secret flags");
+                println!(
+                    "{id}: not in the policy; inside a build it is asked of the build client's --secret flags"
+                );
             }
             (sources, required)
         }
         SecretDecision::Deny => {
-            println!("{id}: not in the policy, and unknown_secrets = \"deny\": builds get NotFound");
+            println!(
+                "{id}: not in the policy, and unknown_secrets = \"deny\": builds get NotFound"
+            );
             return ExitCode::from(1);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("buildbroker: cannot start the async runtime: {e}");
@@ -278,7 +306,11 @@ fn resolve(config: Option<PathBuf>, id: &str, env: &HostEnv) -> ExitCode {
             ExitCode::SUCCESS
         }
         None => {
-            let required = if required { " (required: builds fail)" } else { " (optional: builds skip the mount)" };
+            let required = if required {
+                " (required: builds fail)"
+            } else {
+                " (optional: builds skip the mount)"
+            };
             println!("{id}: not resolved{required}");
             ExitCode::from(1)
         }

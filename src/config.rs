@@ -122,7 +122,10 @@ impl Endpoint {
         }
         if let Some(hostport) = text.strip_prefix("tcp://") {
             let hostport = hostport.trim_end_matches('/');
-            if hostport.rsplit_once(':').is_none_or(|(_, p)| p.parse::<u16>().is_err()) {
+            if hostport
+                .rsplit_once(':')
+                .is_none_or(|(_, p)| p.parse::<u16>().is_err())
+            {
                 return Err(format!("expected tcp://HOST:PORT; got {text:?}"));
             }
             return Ok(Endpoint::Tcp(hostport.to_string()));
@@ -203,7 +206,11 @@ pub struct ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}: {}", self.origin, self.line, self.column, self.message)
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.origin, self.line, self.column, self.message
+        )
     }
 }
 
@@ -332,7 +339,11 @@ impl Policy {
         };
         match path {
             Some(path) => Policy::load_file(&path, env),
-            None => Ok(Policy::parse(EMBEDDED_DEFAULT, PolicyOrigin::Embedded, env)?),
+            None => Ok(Policy::parse(
+                EMBEDDED_DEFAULT,
+                PolicyOrigin::Embedded,
+                env,
+            )?),
         }
     }
 
@@ -342,7 +353,11 @@ impl Policy {
             path: path.to_path_buf(),
             source,
         })?;
-        Ok(Policy::parse(&text, PolicyOrigin::File(path.to_path_buf()), env)?)
+        Ok(Policy::parse(
+            &text,
+            PolicyOrigin::File(path.to_path_buf()),
+            env,
+        )?)
     }
 
     /// Reads the policy at `origin` again (SIGHUP).
@@ -408,21 +423,23 @@ impl Policy {
                     None
                 }
             },
-            None => match env.docker_host.as_deref().map(Endpoint::parse) {
-                Some(Ok(e)) if listen.contains(&e) => {
-                    c.push(
+            None => {
+                match env.docker_host.as_deref().map(Endpoint::parse) {
+                    Some(Ok(e)) if listen.contains(&e) => {
+                        c.push(
                         0..0,
                         format!("DOCKER_HOST={e} points at buildbroker's own listener, so it cannot be the upstream engine; set [server] upstream (for example unix:///var/run/docker.sock) or unset DOCKER_HOST for the daemon"),
                     );
-                    None
+                        None
+                    }
+                    Some(Ok(e)) => Some(e),
+                    Some(Err(m)) => {
+                        c.push(0..0, format!("DOCKER_HOST cannot be used as the upstream: {m}; set [server] upstream"));
+                        None
+                    }
+                    None => Some(Endpoint::Unix(PathBuf::from("/var/run/docker.sock"))),
                 }
-                Some(Ok(e)) => Some(e),
-                Some(Err(m)) => {
-                    c.push(0..0, format!("DOCKER_HOST cannot be used as the upstream: {m}; set [server] upstream"));
-                    None
-                }
-                None => Some(Endpoint::Unix(PathBuf::from("/var/run/docker.sock"))),
-            },
+            }
         };
 
         if let Some(bl) = &raw.server.buildkit_listen {
@@ -445,7 +462,13 @@ impl Policy {
             if p.is_absolute() {
                 Some(p)
             } else {
-                c.push(s.span(), format!("[server] audit_log: expected an absolute path; got {:?}", s.get_ref()));
+                c.push(
+                    s.span(),
+                    format!(
+                        "[server] audit_log: expected an absolute path; got {:?}",
+                        s.get_ref()
+                    ),
+                );
                 None
             }
         });

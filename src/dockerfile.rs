@@ -69,7 +69,9 @@ pub fn mounts(text: &str) -> Result<Vec<Mount>, MountSyntaxError> {
             continue;
         }
         for word in words {
-            let Some(flag) = word.strip_prefix("--") else { break };
+            let Some(flag) = word.strip_prefix("--") else {
+                break;
+            };
             if let Some(spec) = flag.strip_prefix("mount=") {
                 if let Some(m) = parse_mount(spec, line)? {
                     out.push(m);
@@ -133,7 +135,10 @@ fn parse_mount(spec: &str, line: usize) -> Result<Option<Mount>, MountSyntaxErro
     let mut gid = 0;
     for field in spec.split(',') {
         let (key, value) = match field.split_once('=') {
-            Some((k, v)) => (k.trim().to_ascii_lowercase(), Some(v.trim().trim_matches('"'))),
+            Some((k, v)) => (
+                k.trim().to_ascii_lowercase(),
+                Some(v.trim().trim_matches('"')),
+            ),
             None => (field.trim().to_ascii_lowercase(), None),
         };
         match (key.as_str(), value) {
@@ -147,11 +152,22 @@ fn parse_mount(spec: &str, line: usize) -> Result<Option<Mount>, MountSyntaxErro
                     .map_err(|_| err(format!("--mount required={v:?}: expected true or false")))?
             }
             ("mode", Some(v)) => {
-                mode = u32::from_str_radix(v.trim_start_matches("0o"), 8)
-                    .map_err(|_| err(format!("--mount mode={v:?}: expected an octal mode such as 0400")))?
+                mode = u32::from_str_radix(v.trim_start_matches("0o"), 8).map_err(|_| {
+                    err(format!(
+                        "--mount mode={v:?}: expected an octal mode such as 0400"
+                    ))
+                })?
             }
-            ("uid", Some(v)) => uid = v.parse().map_err(|_| err(format!("--mount uid={v:?}: expected a number")))?,
-            ("gid", Some(v)) => gid = v.parse().map_err(|_| err(format!("--mount gid={v:?}: expected a number")))?,
+            ("uid", Some(v)) => {
+                uid = v
+                    .parse()
+                    .map_err(|_| err(format!("--mount uid={v:?}: expected a number")))?
+            }
+            ("gid", Some(v)) => {
+                gid = v
+                    .parse()
+                    .map_err(|_| err(format!("--mount gid={v:?}: expected a number")))?
+            }
             _ => {}
         }
     }
@@ -171,14 +187,28 @@ fn parse_mount(spec: &str, line: usize) -> Result<Option<Mount>, MountSyntaxErro
     if kind == MountKind::Ssh && !spec.contains("mode=") {
         mode = 0o600;
     }
-    Ok(Some(Mount { line, kind, id, required, mode, uid, gid }))
+    Ok(Some(Mount {
+        line,
+        kind,
+        id,
+        required,
+        mode,
+        uid,
+        gid,
+    }))
 }
 
 /// Checks each mount against the policy.
 pub fn check(policy: &Policy, mounts: &[Mount]) -> Vec<Finding> {
     let mut out = Vec::new();
     for m in mounts {
-        let mut push = |severity, message: String| out.push(Finding { line: m.line, severity, message });
+        let mut push = |severity, message: String| {
+            out.push(Finding {
+                line: m.line,
+                severity,
+                message,
+            })
+        };
         match m.kind {
             MountKind::Secret => match policy.secrets.get(&m.id) {
                 Some(rule) => {
@@ -186,7 +216,10 @@ pub fn check(policy: &Policy, mounts: &[Mount]) -> Vec<Finding> {
                         if m.mode & !max != 0 {
                             push(
                                 Severity::Violation,
-                                format!("secret {:?} mounted with mode {:04o}; the policy allows at most {:04o}", m.id, m.mode, max),
+                                format!(
+                                    "secret {:?} mounted with mode {:04o}; the policy allows at most {:04o}",
+                                    m.id, m.mode, max
+                                ),
                             );
                         }
                     }
@@ -194,7 +227,10 @@ pub fn check(policy: &Policy, mounts: &[Mount]) -> Vec<Finding> {
                         if m.uid != uid {
                             push(
                                 Severity::Violation,
-                                format!("secret {:?} mounted for uid {}; the policy allows only uid {uid}", m.id, m.uid),
+                                format!(
+                                    "secret {:?} mounted for uid {}; the policy allows only uid {uid}",
+                                    m.id, m.uid
+                                ),
                             );
                         }
                     }
@@ -202,7 +238,10 @@ pub fn check(policy: &Policy, mounts: &[Mount]) -> Vec<Finding> {
                         if m.gid != gid {
                             push(
                                 Severity::Violation,
-                                format!("secret {:?} mounted for gid {}; the policy allows only gid {gid}", m.id, m.gid),
+                                format!(
+                                    "secret {:?} mounted for gid {}; the policy allows only gid {gid}",
+                                    m.id, m.gid
+                                ),
                             );
                         }
                     }
@@ -210,15 +249,24 @@ pub fn check(policy: &Policy, mounts: &[Mount]) -> Vec<Finding> {
                 None => match (policy.server.unknown_secrets, m.required) {
                     (UnknownIds::Deny, true) => push(
                         Severity::Violation,
-                        format!("required secret {:?} is not in the policy and unknown_secrets = \"deny\": the build will fail", m.id),
+                        format!(
+                            "required secret {:?} is not in the policy and unknown_secrets = \"deny\": the build will fail",
+                            m.id
+                        ),
                     ),
                     (UnknownIds::Deny, false) => push(
                         Severity::Note,
-                        format!("secret {:?} is not in the policy: the mount will be skipped", m.id),
+                        format!(
+                            "secret {:?} is not in the policy: the mount will be skipped",
+                            m.id
+                        ),
                     ),
                     (UnknownIds::Client, _) => push(
                         Severity::Note,
-                        format!("secret {:?} is not in the policy: it comes from the build's own --secret flag", m.id),
+                        format!(
+                            "secret {:?} is not in the policy: it comes from the build's own --secret flag",
+                            m.id
+                        ),
                     ),
                 },
             },
@@ -227,14 +275,21 @@ pub fn check(policy: &Policy, mounts: &[Mount]) -> Vec<Finding> {
                     match (policy.server.unknown_ssh, m.required) {
                         (UnknownIds::Deny, true) => push(
                             Severity::Violation,
-                            format!("required ssh id {:?} is not in the policy and unknown_ssh = \"deny\"", m.id),
+                            format!(
+                                "required ssh id {:?} is not in the policy and unknown_ssh = \"deny\"",
+                                m.id
+                            ),
                         ),
-                        (UnknownIds::Deny, false) => {
-                            push(Severity::Note, format!("ssh id {:?} is not in the policy", m.id))
-                        }
+                        (UnknownIds::Deny, false) => push(
+                            Severity::Note,
+                            format!("ssh id {:?} is not in the policy", m.id),
+                        ),
                         (UnknownIds::Client, _) => push(
                             Severity::Note,
-                            format!("ssh id {:?} is not in the policy: it comes from the build's own --ssh flag", m.id),
+                            format!(
+                                "ssh id {:?} is not in the policy: it comes from the build's own --ssh flag",
+                                m.id
+                            ),
                         ),
                     }
                 }

@@ -57,12 +57,24 @@ pub enum SecretOutcome {
 
 /// Turns the attempts of a chain into the build's answer. `served` is the index of the source
 /// that found the value, if one did.
-pub fn conclude_secret(id: &str, required: bool, served: Option<usize>, attempts: &[Attempt]) -> SecretOutcome {
+pub fn conclude_secret(
+    id: &str,
+    required: bool,
+    served: Option<usize>,
+    attempts: &[Attempt],
+) -> SecretOutcome {
     if let Some(source) = served {
         return SecretOutcome::Served { source };
     }
-    let tried = attempts.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ");
-    if attempts.iter().any(|a| matches!(a.outcome, AttemptOutcome::Failed(_))) {
+    let tried = attempts
+        .iter()
+        .map(|a| a.to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    if attempts
+        .iter()
+        .any(|a| matches!(a.outcome, AttemptOutcome::Failed(_)))
+    {
         return SecretOutcome::Failed {
             message: format!("buildbroker: secret {id:?} could not be resolved; tried {tried}"),
         };

@@ -59,7 +59,9 @@ pub async fn serve_connection(
         let message = refused.to_string();
         let service = hyper::service::service_fn(move |_req: Request<Incoming>| {
             let message = message.clone();
-            async move { Ok::<_, std::convert::Infallible>(error_response(StatusCode::FORBIDDEN, &message)) }
+            async move {
+                Ok::<_, std::convert::Infallible>(error_response(StatusCode::FORBIDDEN, &message))
+            }
         });
         let _ = hyper::server::conn::http1::Builder::new()
             .keep_alive(false)
@@ -211,7 +213,10 @@ impl Connection {
         tracing::info!(session = %uuid, uid = self.peer.uid, pid = ?self.peer.pid, "session opened");
         let upstream = hyper::upgrade::on(&mut resp);
         let broker = self.broker.clone();
-        let info = SessionInfo { uuid, peer: self.peer };
+        let info = SessionInfo {
+            uuid,
+            peer: self.peer,
+        };
         let shutdown = self.shutdown.clone();
         self.tasks.spawn(async move {
             match tokio::try_join!(upstream, downstream) {
@@ -225,7 +230,10 @@ impl Connection {
     }
 
     /// Opens a new HTTP/1.1 connection to the engine; its driver runs as a task.
-    async fn connect_upstream(&self, upgrades: bool) -> Result<SendRequest<Incoming>, Response<ProxyBody>> {
+    async fn connect_upstream(
+        &self,
+        upgrades: bool,
+    ) -> Result<SendRequest<Incoming>, Response<ProxyBody>> {
         let endpoint = self.broker.policy().server.upstream.clone();
         let io: Box<dyn UpstreamIo> = match &endpoint {
             Endpoint::Unix(path) => match UnixStream::connect(path).await {
@@ -294,7 +302,11 @@ fn error_response(status: StatusCode, message: &str) -> Response<ProxyBody> {
     Response::builder()
         .status(status)
         .header(CONTENT_TYPE, "application/json")
-        .body(Full::new(Bytes::from(body)).map_err(BoxError::from).boxed_unsync())
+        .body(
+            Full::new(Bytes::from(body))
+                .map_err(BoxError::from)
+                .boxed_unsync(),
+        )
         .expect("a static response is valid")
 }
 
@@ -307,7 +319,10 @@ mod tests {
         let mut h = HeaderMap::new();
         assert!(!is_upgrade(&h));
         h.insert(UPGRADE, "h2c".parse().unwrap());
-        assert!(!is_upgrade(&h), "Upgrade without Connection: Upgrade is not an upgrade");
+        assert!(
+            !is_upgrade(&h),
+            "Upgrade without Connection: Upgrade is not an upgrade"
+        );
         h.insert(CONNECTION, "keep-alive, Upgrade".parse().unwrap());
         assert!(is_upgrade(&h));
     }

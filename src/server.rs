@@ -62,19 +62,34 @@ fn bind_unix(path: &Path) -> Result<BoundListener, BindError> {
                 .recursive(true)
                 .mode(0o750)
                 .create(dir)
-                .map_err(|source| BindError::Dir { dir: dir.to_path_buf(), source })?;
+                .map_err(|source| BindError::Dir {
+                    dir: dir.to_path_buf(),
+                    source,
+                })?;
         }
     }
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Err(BindError::InUse { path: path.to_path_buf() });
+            return Err(BindError::InUse {
+                path: path.to_path_buf(),
+            });
         }
         let _ = std::fs::remove_file(path);
     }
-    let listener = UnixListener::bind(path).map_err(|source| BindError::Bind { path: path.to_path_buf(), source })?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
-        .map_err(|source| BindError::Bind { path: path.to_path_buf(), source })?;
-    Ok(BoundListener { path: path.to_path_buf(), listener })
+    let listener = UnixListener::bind(path).map_err(|source| BindError::Bind {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(|source| {
+        BindError::Bind {
+            path: path.to_path_buf(),
+            source,
+        }
+    })?;
+    Ok(BoundListener {
+        path: path.to_path_buf(),
+        listener,
+    })
 }
 
 /// Serves until `shutdown` is cancelled, then stops accepting and gives open connections and
@@ -111,7 +126,13 @@ pub async fn run(listeners: Vec<BoundListener>, broker: Arc<Broker>, shutdown: C
         let _ = l.await;
     }
     tasks.close();
-    if tokio::time::timeout(DRAIN_TIMEOUT, tasks.wait()).await.is_err() {
-        tracing::warn!(open = tasks.len(), "drain timeout: closing the remaining connections");
+    if tokio::time::timeout(DRAIN_TIMEOUT, tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            open = tasks.len(),
+            "drain timeout: closing the remaining connections"
+        );
     }
 }

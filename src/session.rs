@@ -58,15 +58,16 @@ pub fn is_session_path(path: &str) -> bool {
     if path == "/session" {
         return true;
     }
-    match path.strip_prefix("/v").and_then(|rest| rest.split_once('/')) {
-        Some((version, "session")) => {
-            version.split_once('.').is_some_and(|(major, minor)| {
-                !major.is_empty()
-                    && !minor.is_empty()
-                    && major.bytes().all(|b| b.is_ascii_digit())
-                    && minor.bytes().all(|b| b.is_ascii_digit())
-            })
-        }
+    match path
+        .strip_prefix("/v")
+        .and_then(|rest| rest.split_once('/'))
+    {
+        Some((version, "session")) => version.split_once('.').is_some_and(|(major, minor)| {
+            !major.is_empty()
+                && !minor.is_empty()
+                && major.bytes().all(|b| b.is_ascii_digit())
+                && minor.bytes().all(|b| b.is_ascii_digit())
+        }),
         _ => false,
     }
 }
@@ -125,7 +126,11 @@ pub async fn run(
             return;
         }
     };
-    let router = Arc::new(SessionRouter::new(ClientChannel::new(send), broker, Arc::new(info)));
+    let router = Arc::new(SessionRouter::new(
+        ClientChannel::new(send),
+        broker,
+        Arc::new(info),
+    ));
     let service = hyper::service::service_fn(move |req| router.clone().route(req));
     let server_conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())

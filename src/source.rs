@@ -38,7 +38,9 @@ impl SourceSpec {
                 if valid {
                     Ok(SourceSpec::Env(rest.to_string()))
                 } else {
-                    Err(format!("expected env:NAME with NAME made of letters, digits and _; got {text:?}"))
+                    Err(format!(
+                        "expected env:NAME with NAME made of letters, digits and _; got {text:?}"
+                    ))
                 }
             }
             "file" => {
@@ -49,7 +51,9 @@ impl SourceSpec {
                 if path.is_absolute() {
                     Ok(SourceSpec::File(path))
                 } else {
-                    Err(format!("expected an absolute path or one starting with ~/ after file:; got {text:?}"))
+                    Err(format!(
+                        "expected an absolute path or one starting with ~/ after file:; got {text:?}"
+                    ))
                 }
             }
             "client" if rest.is_empty() => Ok(SourceSpec::Client),
@@ -123,13 +127,19 @@ pub struct ResolveContext<'a> {
 }
 
 /// Asks one source for `id`.
-pub async fn lookup(spec: &SourceSpec, id: &str, ctx: ResolveContext<'_>) -> Result<Lookup, SourceError> {
+pub async fn lookup(
+    spec: &SourceSpec,
+    id: &str,
+    ctx: ResolveContext<'_>,
+) -> Result<Lookup, SourceError> {
     match spec {
         SourceSpec::Env(name) => env::lookup(name).and_then(found_within_cap),
         SourceSpec::File(path) => file::lookup(path).await.and_then(found_within_cap),
         SourceSpec::Client => match ctx.client {
             Some(client) => client.lookup(id).await.and_then(found_within_cap),
-            None => Ok(Lookup::Missing("no build client (only asked inside a build session)".into())),
+            None => Ok(Lookup::Missing(
+                "no build client (only asked inside a build session)".into(),
+            )),
         },
     }
 }
@@ -173,20 +183,36 @@ pub struct ChainResult {
 }
 
 /// Tries `sources` in order; the first that finds a value wins.
-pub async fn resolve_chain(sources: &[SourceSpec], id: &str, ctx: ResolveContext<'_>) -> ChainResult {
+pub async fn resolve_chain(
+    sources: &[SourceSpec],
+    id: &str,
+    ctx: ResolveContext<'_>,
+) -> ChainResult {
     let mut attempts = Vec::with_capacity(sources.len());
     for (i, spec) in sources.iter().enumerate() {
         let outcome = match lookup(spec, id, ctx).await {
             Ok(Lookup::Found(value)) => {
-                attempts.push(Attempt { source: spec.clone(), outcome: AttemptOutcome::Found });
-                return ChainResult { value: Some((i, value)), attempts };
+                attempts.push(Attempt {
+                    source: spec.clone(),
+                    outcome: AttemptOutcome::Found,
+                });
+                return ChainResult {
+                    value: Some((i, value)),
+                    attempts,
+                };
             }
             Ok(Lookup::Missing(why)) => AttemptOutcome::Missing(why),
             Err(e) => AttemptOutcome::Failed(e.0),
         };
-        attempts.push(Attempt { source: spec.clone(), outcome });
+        attempts.push(Attempt {
+            source: spec.clone(),
+            outcome,
+        });
     }
-    ChainResult { value: None, attempts }
+    ChainResult {
+        value: None,
+        attempts,
+    }
 }
 
 #[cfg(test)]

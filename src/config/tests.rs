@@ -14,7 +14,12 @@ fn parse(text: &str) -> Result<Policy, ConfigErrors> {
 }
 
 fn errors(text: &str) -> Vec<String> {
-    parse(text).unwrap_err().0.iter().map(|e| e.to_string()).collect()
+    parse(text)
+        .unwrap_err()
+        .0
+        .iter()
+        .map(|e| e.to_string())
+        .collect()
 }
 
 #[test]
@@ -22,9 +27,14 @@ fn embedded_default_parses_with_defaults_for_a_user() {
     let p = Policy::parse(EMBEDDED_DEFAULT, PolicyOrigin::Embedded, &env()).unwrap();
     assert_eq!(
         p.server.listen,
-        vec![Endpoint::Unix("/run/user/1000/buildbroker/docker.sock".into())]
+        vec![Endpoint::Unix(
+            "/run/user/1000/buildbroker/docker.sock".into()
+        )]
     );
-    assert_eq!(p.server.upstream, Endpoint::Unix("/var/run/docker.sock".into()));
+    assert_eq!(
+        p.server.upstream,
+        Endpoint::Unix("/var/run/docker.sock".into())
+    );
     assert_eq!(p.server.unknown_secrets, UnknownIds::Client);
     let netrc = &p.secrets["netrc"];
     assert_eq!(netrc.sources[1], SourceSpec::File("/home/u/.netrc".into()));
@@ -35,35 +45,56 @@ fn embedded_default_parses_with_defaults_for_a_user() {
 fn root_listens_under_run() {
     let root = HostEnv { euid: 0, ..env() };
     let p = Policy::parse("", PolicyOrigin::Embedded, &root).unwrap();
-    assert_eq!(p.server.listen, vec![Endpoint::Unix("/run/buildbroker/docker.sock".into())]);
+    assert_eq!(
+        p.server.listen,
+        vec![Endpoint::Unix("/run/buildbroker/docker.sock".into())]
+    );
 }
 
 #[test]
 fn upstream_comes_from_docker_host_unless_it_loops() {
-    let e = HostEnv { docker_host: Some("unix:///var/run/other.sock".into()), ..env() };
+    let e = HostEnv {
+        docker_host: Some("unix:///var/run/other.sock".into()),
+        ..env()
+    };
     let p = Policy::parse("", PolicyOrigin::Embedded, &e).unwrap();
-    assert_eq!(p.server.upstream, Endpoint::Unix("/var/run/other.sock".into()));
+    assert_eq!(
+        p.server.upstream,
+        Endpoint::Unix("/var/run/other.sock".into())
+    );
 
     let looping = HostEnv {
         docker_host: Some("unix:///run/user/1000/buildbroker/docker.sock".into()),
         ..env()
     };
-    let err = Policy::parse("", PolicyOrigin::Embedded, &looping).unwrap_err().to_string();
-    assert!(err.contains("points at buildbroker's own listener"), "{err}");
+    let err = Policy::parse("", PolicyOrigin::Embedded, &looping)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("points at buildbroker's own listener"),
+        "{err}"
+    );
 }
 
 #[test]
 fn explicit_upstream_equal_to_listen_is_refused() {
-    let errs = errors("[server]\nlisten = [\"unix:///tmp/a.sock\"]\nupstream = \"unix:///tmp/a.sock\"\n");
+    let errs =
+        errors("[server]\nlisten = [\"unix:///tmp/a.sock\"]\nupstream = \"unix:///tmp/a.sock\"\n");
     assert_eq!(errs.len(), 1);
-    assert!(errs[0].starts_with("policy.toml:3:12: [server] upstream"), "{errs:?}");
+    assert!(
+        errs[0].starts_with("policy.toml:3:12: [server] upstream"),
+        "{errs:?}"
+    );
 }
 
 #[test]
 fn unknown_key_is_located() {
     let errs = errors("[server]\nunknown_secrets = \"deny\"\nlisten_on = []\n");
     assert_eq!(errs.len(), 1);
-    assert!(errs[0].starts_with("policy.toml:3:1: unknown key `listen_on`"), "{errs:?}");
+    assert!(
+        errs[0].starts_with("policy.toml:3:1: unknown key `listen_on`"),
+        "{errs:?}"
+    );
     assert!(errs[0].contains("expected one of"), "{errs:?}");
 }
 
@@ -79,7 +110,10 @@ fn wrong_type_is_located() {
 fn unknown_variant_says_what_is_expected() {
     let errs = errors("[server]\nunknown_secrets = \"maybe\"\n");
     assert!(errs[0].starts_with("policy.toml:2:19:"), "{errs:?}");
-    assert!(errs[0].contains("`client`") && errs[0].contains("`deny`"), "{errs:?}");
+    assert!(
+        errs[0].contains("`client`") && errs[0].contains("`deny`"),
+        "{errs:?}"
+    );
 }
 
 #[test]
@@ -110,7 +144,11 @@ sources = []
         ],
         "{errs:#?}"
     );
-    assert!(errs[3].contains("unknown source \"vault:x\""), "{}", errs[3]);
+    assert!(
+        errs[3].contains("unknown source \"vault:x\""),
+        "{}",
+        errs[3]
+    );
 }
 
 #[test]
@@ -126,7 +164,10 @@ fn secret_rule_fields() {
     assert_eq!(r.gid, None);
     assert_eq!(
         r.sources,
-        vec![SourceSpec::Env("PYPI_TOKEN".into()), SourceSpec::File("/home/u/.pypirc".into())]
+        vec![
+            SourceSpec::Env("PYPI_TOKEN".into()),
+            SourceSpec::File("/home/u/.pypirc".into())
+        ]
     );
 }
 
@@ -153,8 +194,14 @@ fn config_lookup_order() {
             PathBuf::from("/etc/buildbroker/policy.toml"),
         ]
     );
-    let e = HostEnv { xdg_config_home: Some("/cfg".into()), ..env() };
-    assert_eq!(e.config_candidates()[0], PathBuf::from("/cfg/buildbroker/policy.toml"));
+    let e = HostEnv {
+        xdg_config_home: Some("/cfg".into()),
+        ..env()
+    };
+    assert_eq!(
+        e.config_candidates()[0],
+        PathBuf::from("/cfg/buildbroker/policy.toml")
+    );
 }
 
 #[test]

@@ -16,8 +16,10 @@ RUN echo --mount=type=secret,id=not_a_flag
 #[test]
 fn finds_every_secret_and_ssh_mount_with_defaults() {
     let m = mounts(SEED).unwrap();
-    let summary: Vec<(usize, MountKind, &str, bool, u32, u32)> =
-        m.iter().map(|m| (m.line, m.kind, m.id.as_str(), m.required, m.mode, m.uid)).collect();
+    let summary: Vec<(usize, MountKind, &str, bool, u32, u32)> = m
+        .iter()
+        .map(|m| (m.line, m.kind, m.id.as_str(), m.required, m.mode, m.uid))
+        .collect();
     assert_eq!(
         summary,
         vec![
@@ -32,7 +34,8 @@ fn finds_every_secret_and_ssh_mount_with_defaults() {
 
 #[test]
 fn escape_directive_changes_the_continuation_character() {
-    let text = "# escape=`\nFROM x\nRUN --mount=type=secret,id=a `\n  --mount=type=secret,id=b true\n";
+    let text =
+        "# escape=`\nFROM x\nRUN --mount=type=secret,id=a `\n  --mount=type=secret,id=b true\n";
     let ids: Vec<String> = mounts(text).unwrap().into_iter().map(|m| m.id).collect();
     assert_eq!(ids, vec!["a", "b"]);
 }
@@ -75,8 +78,17 @@ fn checks_mode_uid_gid_and_unknown_ids() {
     assert!(violations[1].1.contains("uid 0") && violations[1].1.contains("only uid 1000"));
     assert_eq!(violations[2].0, 4);
     assert!(violations[2].1.contains("required secret \"other\""));
-    assert!(deny.iter().any(|f| f.line == 5 && f.severity == Severity::Note));
+    assert!(
+        deny.iter()
+            .any(|f| f.line == 5 && f.severity == Severity::Note)
+    );
 
     let client = check(&policy("client"), &m);
-    assert_eq!(client.iter().filter(|f| f.severity == Severity::Violation).count(), 2);
+    assert_eq!(
+        client
+            .iter()
+            .filter(|f| f.severity == Severity::Violation)
+            .count(),
+        2
+    );
 }

@@ -17,9 +17,33 @@ fn decisions_table() {
     let pypi = [SourceSpec::Env("PYPI_TOKEN".into())];
     // (policy, id, expected)
     let table: Vec<(&Policy, &str, SecretDecision)> = vec![
-        (&client, "pypi_token", SecretDecision::Resolve { sources: &pypi, required: true, listed: true }),
-        (&deny, "pypi_token", SecretDecision::Resolve { sources: &pypi, required: true, listed: true }),
-        (&client, "other", SecretDecision::Resolve { sources: CLIENT_ONLY, required: false, listed: false }),
+        (
+            &client,
+            "pypi_token",
+            SecretDecision::Resolve {
+                sources: &pypi,
+                required: true,
+                listed: true,
+            },
+        ),
+        (
+            &deny,
+            "pypi_token",
+            SecretDecision::Resolve {
+                sources: &pypi,
+                required: true,
+                listed: true,
+            },
+        ),
+        (
+            &client,
+            "other",
+            SecretDecision::Resolve {
+                sources: CLIENT_ONLY,
+                required: false,
+                listed: false,
+            },
+        ),
         (&deny, "other", SecretDecision::Deny),
         (&deny, "GIT_AUTH_TOKEN.github.com", SecretDecision::Deny),
         (&deny, "", SecretDecision::Deny),
@@ -41,12 +65,28 @@ fn conclusions_table() {
     let failed = || AttemptOutcome::Failed("permission denied".into());
 
     assert_eq!(
-        conclude_secret("x", true, Some(1), &[attempt(env(), missing()), attempt(file(), AttemptOutcome::Found)]),
+        conclude_secret(
+            "x",
+            true,
+            Some(1),
+            &[
+                attempt(env(), missing()),
+                attempt(file(), AttemptOutcome::Found)
+            ]
+        ),
         SecretOutcome::Served { source: 1 }
     );
-    assert_eq!(conclude_secret("x", false, None, &[attempt(env(), missing())]), SecretOutcome::NotFound);
+    assert_eq!(
+        conclude_secret("x", false, None, &[attempt(env(), missing())]),
+        SecretOutcome::NotFound
+    );
 
-    match conclude_secret("pypi_token", true, None, &[attempt(env(), missing()), attempt(file(), missing())]) {
+    match conclude_secret(
+        "pypi_token",
+        true,
+        None,
+        &[attempt(env(), missing()), attempt(file(), missing())],
+    ) {
         SecretOutcome::RequiredMissing { message } => {
             assert!(message.contains("\"pypi_token\""), "{message}");
             assert!(message.contains("env:A (not set)"), "{message}");
@@ -55,8 +95,16 @@ fn conclusions_table() {
         other => panic!("expected RequiredMissing, got {other:?}"),
     }
     // A failing source is reported even for optional ids: silently skipping would hide it.
-    match conclude_secret("x", false, None, &[attempt(env(), missing()), attempt(file(), failed())]) {
-        SecretOutcome::Failed { message } => assert!(message.contains("file:/f (error: permission denied)"), "{message}"),
+    match conclude_secret(
+        "x",
+        false,
+        None,
+        &[attempt(env(), missing()), attempt(file(), failed())],
+    ) {
+        SecretOutcome::Failed { message } => assert!(
+            message.contains("file:/f (error: permission denied)"),
+            "{message}"
+        ),
         other => panic!("expected Failed, got {other:?}"),
     }
 }

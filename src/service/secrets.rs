@@ -25,10 +25,20 @@ pub struct SecretsService {
 
 impl SecretsService {
     pub fn new(broker: Arc<Broker>, session: Arc<SessionInfo>, client: ClientSecrets) -> Self {
-        SecretsService { broker, session, client }
+        SecretsService {
+            broker,
+            session,
+            client,
+        }
     }
 
-    fn audit(&self, id: &str, source: Option<&'static str>, decision: &'static str, error: Option<&str>) {
+    fn audit(
+        &self,
+        id: &str,
+        source: Option<&'static str>,
+        decision: &'static str,
+        error: Option<&str>,
+    ) {
         self.broker.audit().secret(&SecretEvent {
             session: &self.session.uuid,
             peer_uid: self.session.peer.uid,
@@ -43,11 +53,16 @@ impl SecretsService {
 
 #[tonic::async_trait]
 impl Secrets for SecretsService {
-    async fn get_secret(&self, request: Request<GetSecretRequest>) -> Result<Response<GetSecretResponse>, Status> {
+    async fn get_secret(
+        &self,
+        request: Request<GetSecretRequest>,
+    ) -> Result<Response<GetSecretResponse>, Status> {
         let id = request.into_inner().id;
         let policy = self.broker.policy();
         let (sources, required) = match decide_secret(&policy, &id) {
-            SecretDecision::Resolve { sources, required, .. } => (sources, required),
+            SecretDecision::Resolve {
+                sources, required, ..
+            } => (sources, required),
             SecretDecision::Deny => {
                 self.audit(&id, None, "denied", None);
                 return Err(Status::not_found(format!(
@@ -55,7 +70,9 @@ impl Secrets for SecretsService {
                 )));
             }
         };
-        let ctx = ResolveContext { client: Some(&self.client) };
+        let ctx = ResolveContext {
+            client: Some(&self.client),
+        };
         let chain = resolve_chain(sources, &id, ctx).await;
         let served = chain.value.as_ref().map(|(i, _)| *i);
         match conclude_secret(&id, required, served, &chain.attempts) {
@@ -71,7 +88,9 @@ impl Secrets for SecretsService {
             }
             SecretOutcome::NotFound => {
                 self.audit(&id, None, "not_found", None);
-                Err(Status::not_found(format!("buildbroker: no source has secret {id:?}")))
+                Err(Status::not_found(format!(
+                    "buildbroker: no source has secret {id:?}"
+                )))
             }
             SecretOutcome::RequiredMissing { message } => {
                 self.audit(&id, None, "required_missing", Some(&message));

@@ -44,8 +44,10 @@ impl ClientChannel {
             Ok(resp) => resp.map(|b| b.map_err(BoxError::from).boxed_unsync()),
             Err(e) => {
                 tracing::debug!(%path, error = %e, "relay to the build client failed");
-                tonic::Status::unavailable(format!("buildbroker: the build client's session is gone: {e}"))
-                    .into_http()
+                tonic::Status::unavailable(format!(
+                    "buildbroker: the build client's session is gone: {e}"
+                ))
+                .into_http()
             }
         }
     }

@@ -8,8 +8,8 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tower_service::Service;
 
-use super::relay::{BoxError, ClientChannel, RelayBody};
 use super::SessionInfo;
+use super::relay::{BoxError, ClientChannel, RelayBody};
 use crate::broker::Broker;
 use crate::proto::secrets::secrets_server::SecretsServer;
 use crate::service::secrets::SecretsService;
@@ -48,7 +48,10 @@ impl SessionRouter {
         }
     }
 
-    pub async fn route(self: Arc<Self>, req: Request<Incoming>) -> Result<Response<RelayBody>, Infallible> {
+    pub async fn route(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+    ) -> Result<Response<RelayBody>, Infallible> {
         match Route::of(req.uri().path()) {
             Route::Secrets => {
                 let resp = self.secrets.clone().call(req).await?;

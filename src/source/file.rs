@@ -12,10 +12,15 @@ use crate::secret::{MAX_SECRET_BYTES, SecretBytes};
 pub async fn lookup(path: &Path) -> Result<Lookup, SourceError> {
     let file = match tokio::fs::File::open(path).await {
         Ok(f) => f,
-        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Lookup::Missing("no such file".into())),
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            return Ok(Lookup::Missing("no such file".into()));
+        }
         Err(e) => return Err(SourceError(format!("cannot open: {e}"))),
     };
-    let meta = file.metadata().await.map_err(|e| SourceError(format!("cannot stat: {e}")))?;
+    let meta = file
+        .metadata()
+        .await
+        .map_err(|e| SourceError(format!("cannot stat: {e}")))?;
     if meta.is_dir() {
         return Err(SourceError("is a directory, expected a file".into()));
     }
@@ -33,7 +38,9 @@ pub async fn lookup(path: &Path) -> Result<Lookup, SourceError> {
     loop {
         let buf = value.buffer_mut();
         if buf.len() == capacity {
-            return Err(SourceError("file changed size while being read; try again".into()));
+            return Err(SourceError(
+                "file changed size while being read; try again".into(),
+            ));
         }
         let mut window = (&mut file).take((capacity - buf.len()) as u64);
         let n = window

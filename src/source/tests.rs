@@ -9,14 +9,39 @@ fn ctx() -> ResolveContext<'static> {
 #[test]
 fn parse_forms() {
     let home = Some("/home/u");
-    assert_eq!(SourceSpec::parse("env:A_1", home), Ok(SourceSpec::Env("A_1".into())));
-    assert_eq!(SourceSpec::parse("file:/etc/x", home), Ok(SourceSpec::File("/etc/x".into())));
-    assert_eq!(SourceSpec::parse("file:~/.netrc", home), Ok(SourceSpec::File("/home/u/.netrc".into())));
+    assert_eq!(
+        SourceSpec::parse("env:A_1", home),
+        Ok(SourceSpec::Env("A_1".into()))
+    );
+    assert_eq!(
+        SourceSpec::parse("file:/etc/x", home),
+        Ok(SourceSpec::File("/etc/x".into()))
+    );
+    assert_eq!(
+        SourceSpec::parse("file:~/.netrc", home),
+        Ok(SourceSpec::File("/home/u/.netrc".into()))
+    );
     assert_eq!(SourceSpec::parse("client", home), Ok(SourceSpec::Client));
-    for bad in ["env:", "env:1A", "env:A-B", "file:", "file:rel/path", "client:x", "vault:x", ""] {
-        assert!(SourceSpec::parse(bad, home).is_err(), "{bad:?} should be rejected");
+    for bad in [
+        "env:",
+        "env:1A",
+        "env:A-B",
+        "file:",
+        "file:rel/path",
+        "client:x",
+        "vault:x",
+        "",
+    ] {
+        assert!(
+            SourceSpec::parse(bad, home).is_err(),
+            "{bad:?} should be rejected"
+        );
     }
-    assert!(SourceSpec::parse("keyring:svc/acct", home).unwrap_err().contains("not available"));
+    assert!(
+        SourceSpec::parse("keyring:svc/acct", home)
+            .unwrap_err()
+            .contains("not available")
+    );
 }
 
 #[test]
@@ -51,13 +76,19 @@ async fn file_source_found_missing_and_errors() {
         Ok(Lookup::Missing(why)) => assert_eq!(why, "no such file"),
         _ => panic!("missing file should be Missing"),
     }
-    std::fs::File::create(&path).unwrap().write_all(b"abc\n").unwrap();
+    std::fs::File::create(&path)
+        .unwrap()
+        .write_all(b"abc\n")
+        .unwrap();
     match lookup(&spec, "x", ctx()).await {
         Ok(Lookup::Found(v)) => assert_eq!(v.expose(), b"abc\n"),
         _ => panic!("expected the file's bytes, newline included"),
     }
     let dir_spec = SourceSpec::File(dir.path().to_path_buf());
-    let err = lookup(&dir_spec, "x", ctx()).await.err().expect("a directory is an error");
+    let err = lookup(&dir_spec, "x", ctx())
+        .await
+        .err()
+        .expect("a directory is an error");
     assert!(err.0.contains("directory"), "{}", err.0);
 }
 
@@ -67,9 +98,21 @@ async fn file_over_the_cap_is_refused_without_reading_it() {
     let path = dir.path().join("big");
     let f = std::fs::File::create(&path).unwrap();
     f.set_len(MAX_SECRET_BYTES as u64 + 1).unwrap();
-    let err = lookup(&SourceSpec::File(path.clone()), "x", ctx()).await.err().expect("too big");
-    assert!(err.0.contains("512001 bytes") && err.0.contains("512000-byte limit"), "{}", err.0);
-    std::fs::File::options().write(true).open(&path).unwrap().set_len(MAX_SECRET_BYTES as u64).unwrap();
+    let err = lookup(&SourceSpec::File(path.clone()), "x", ctx())
+        .await
+        .err()
+        .expect("too big");
+    assert!(
+        err.0.contains("512001 bytes") && err.0.contains("512000-byte limit"),
+        "{}",
+        err.0
+    );
+    std::fs::File::options()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(MAX_SECRET_BYTES as u64)
+        .unwrap();
     match lookup(&SourceSpec::File(path), "x", ctx()).await {
         Ok(Lookup::Found(v)) => assert_eq!(v.len(), MAX_SECRET_BYTES),
         _ => panic!("exactly the cap is allowed"),
@@ -78,7 +121,10 @@ async fn file_over_the_cap_is_refused_without_reading_it() {
 
 #[tokio::test]
 async fn client_source_outside_a_session_is_missing() {
-    assert!(matches!(lookup(&SourceSpec::Client, "x", ctx()).await, Ok(Lookup::Missing(_))));
+    assert!(matches!(
+        lookup(&SourceSpec::Client, "x", ctx()).await,
+        Ok(Lookup::Missing(_))
+    ));
 }
 
 #[tokio::test]
@@ -98,7 +144,10 @@ async fn chain_first_found_wins_and_records_every_attempt() {
     assert_eq!(i, 2);
     assert_eq!(v.expose(), b"from-b");
     assert_eq!(r.attempts.len(), 3, "the chain stops at the first value");
-    assert_eq!(r.attempts[0].to_string(), "env:BUILDBROKER_TEST_SURELY_UNSET_VARIABLE (not set)");
+    assert_eq!(
+        r.attempts[0].to_string(),
+        "env:BUILDBROKER_TEST_SURELY_UNSET_VARIABLE (not set)"
+    );
     assert!(r.attempts[1].to_string().ends_with("(no such file)"));
     assert!(matches!(r.attempts[2].outcome, AttemptOutcome::Found));
 }

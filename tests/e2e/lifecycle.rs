@@ -1,0 +1,89 @@
+//! Reload and shutdown of the real daemon, with real builds around them.
+
+use std::time::Duration;
+
+use crate::harness::*;
+
+fn read_x(broker: &Broker) -> BuildResult {
+    Build::new(format!(
+        "FROM {BASE_IMAGE}\nRUN --mount=type=secret,id=x,required=true cat /run/secrets/x > /v\nFROM scratch\nCOPY --from=0 /v /\n"
+    ))
+    .run(broker)
+}
+
+fn wait_for_log(broker: &Broker, needle: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !broker.log().contains(needle) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "log never showed {needle:?}:\n{}",
+            broker.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn sighup_reloads_and_a_bad_file_keeps_the_old_policy() {
+    if skip() {
+        return;
+    }
+    let broker = Broker::start(BrokerOptions {
+        policy: "[secrets.x]\nsources = [\"env:A\"]\n",
+        env: vec![("A", "from-a"), ("B", "from-b")],
+        ..Default::default()
+    });
+    let first = read_x(&broker);
+    first.assert_ok();
+    assert_eq!(first.text("v"), "from-a");
+
+    let text = std::fs::read_to_string(broker.policy_path())
+        .unwrap()
+        .replace("env:A", "env:B");
+    std::fs::write(broker.policy_path(), &text).unwrap();
+    broker.signal("HUP");
+    wait_for_log(&broker, "policy reloaded");
+    let second = read_x(&broker);
+    second.assert_ok();
+    assert_eq!(second.text("v"), "from-b");
+
+    let broken = format!("{text}\n[secrets.y]\nsources = [\"env:Y\"]\nsource = 3\n");
+    let bad_line = broken.lines().count();
+    std::fs::write(broker.policy_path(), broken).unwrap();
+    broker.signal("HUP");
+    wait_for_log(&broker, "policy reload rejected");
+    assert!(
+        broker
+            .log()
+            .contains(&format!("policy.toml:{bad_line}:1: unknown key `source`")),
+        "{}",
+        broker.log()
+    );
+    let third = read_x(&broker);
+    third.assert_ok();
+    assert_eq!(
+        third.text("v"),
+        "from-b",
+        "the previous policy stays in force"
+    );
+}
+
+#[test]
+fn sigterm_drains_and_exits_zero() {
+    if skip() {
+        return;
+    }
+    let mut broker = Broker::start(BrokerOptions {
+        policy: "[secrets.x]\nsources = [\"env:A\"]\n",
+        env: vec![("A", "a")],
+        ..Default::default()
+    });
+    read_x(&broker).assert_ok();
+    broker.signal("TERM");
+    assert_eq!(broker.wait_exit(Duration::from_secs(40)), Some(0));
+    assert!(
+        !broker.socket().exists(),
+        "the socket file is removed on exit"
+    );
+    assert!(broker.log().contains("buildbroker stopped"));
+}

@@ -1,0 +1,113 @@
+//! The secret's bytes appear nowhere: not in the image, its history, the build cache, the
+//! broker's trace-level log or buildx's output.
+
+use std::process::Command;
+
+use sha2_check::sha256_hex;
+
+use crate::harness::*;
+
+mod sha2_check {
+    /// SHA-256 via the host's sha256sum, so the test does not trust the crate under test.
+    pub fn sha256_hex(data: &[u8]) -> String {
+        use std::io::Write;
+        let mut child = std::process::Command::new("sha256sum")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(data).unwrap();
+        let out = child.wait_with_output().unwrap();
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_string()
+    }
+}
+
+#[test]
+fn secret_bytes_are_not_in_image_history_cache_or_logs() {
+    if skip() {
+        return;
+    }
+    let value = unique_secret("leak");
+    let broker = Broker::start(BrokerOptions {
+        policy: "[secrets.tok]\nsources = [\"env:TOK\"]\nrequired = true\n",
+        env: vec![("TOK", &value)],
+        rust_log: "trace",
+        ..Default::default()
+    });
+    let tag = format!("buildbroker-test/leak:{}", std::process::id());
+    let build = Build::new(format!(
+        "FROM {BASE_IMAGE}\nRUN --mount=type=secret,id=tok sha256sum /run/secrets/tok | cut -d' ' -f1 > /hash\n"
+    ))
+    .tag(&tag)
+    .run(&broker);
+    build.assert_ok();
+
+    let engine = engine();
+    let docker = |args: &[&str]| {
+        let out = Command::new("docker")
+            .env("DOCKER_HOST", engine)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "docker {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    };
+    let saved = docker(&["save", &tag]);
+    let history = docker(&["history", "--no-trunc", &tag]);
+    let root = String::from_utf8(docker(&["info", "--format", "{{.DockerRootDir}}"])).unwrap();
+    docker(&["rmi", &tag]);
+
+    // Positive control: the secret did reach the build (its hash is in the image).
+    let expected_hash = sha256_hex(value.as_bytes());
+    assert!(
+        contains_bytes(&saved, expected_hash.as_bytes()),
+        "the image should hold the secret's hash"
+    );
+
+    let needle = value.as_bytes();
+    assert!(
+        !contains_bytes(&saved, needle),
+        "secret found in `docker save`"
+    );
+    assert!(
+        !contains_bytes(&history, needle),
+        "secret found in `docker history`"
+    );
+    assert!(
+        !contains_bytes(build.log().as_bytes(), needle),
+        "secret found in buildx output"
+    );
+    let log = broker.log();
+    assert!(log.contains("TRACE"), "the broker ran at trace level");
+    assert!(
+        !contains_bytes(log.as_bytes(), needle),
+        "secret found in the broker's trace log"
+    );
+    assert!(
+        !contains_bytes(broker.audit().as_bytes(), needle),
+        "secret found in the audit log"
+    );
+    assert!(broker.audit().contains("\"id\":\"tok\""));
+
+    // The engine's own storage (build cache, snapshots, metadata).
+    let grep = Command::new("grep")
+        .args(["-rlF", "--", &value])
+        .arg(root.trim())
+        .output()
+        .unwrap();
+    assert_eq!(
+        grep.status.code(),
+        Some(1),
+        "secret found in the engine's data root: {}",
+        String::from_utf8_lossy(&grep.stdout)
+    );
+}
