@@ -442,13 +442,13 @@ impl Policy {
             }
         };
 
-        if let Some(bl) = &raw.server.buildkit_listen {
-            if !bl.get_ref().is_empty() {
-                c.push(
+        if let Some(bl) = &raw.server.buildkit_listen
+            && !bl.get_ref().is_empty()
+        {
+            c.push(
                     bl.span(),
                     "[server] buildkit_listen: the BuildKit endpoint is not available yet; use the Docker Engine endpoint ([server] listen)",
                 );
-            }
         }
         if let Some(bu) = &raw.server.buildkit_upstream {
             c.push(
@@ -492,13 +492,13 @@ impl Policy {
                     Err(m) => c.push(s.span(), format!("[secrets.{}] sources: {m}", id.get_ref())),
                 }
             }
-            if let Some(mode) = &rule.mode {
-                if *mode.get_ref() > 0o777 {
-                    c.push(
+            if let Some(mode) = &rule.mode
+                && *mode.get_ref() > 0o777
+            {
+                c.push(
                         mode.span(),
                         format!("[secrets.{}] mode: expected permission bits no wider than 0o777; got {:#o}", id.get_ref(), mode.get_ref()),
                     );
-                }
             }
             secrets.insert(
                 id.get_ref().clone(),

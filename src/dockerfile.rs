@@ -72,10 +72,10 @@ pub fn mounts(text: &str) -> Result<Vec<Mount>, MountSyntaxError> {
             let Some(flag) = word.strip_prefix("--") else {
                 break;
             };
-            if let Some(spec) = flag.strip_prefix("mount=") {
-                if let Some(m) = parse_mount(spec, line)? {
-                    out.push(m);
-                }
+            if let Some(spec) = flag.strip_prefix("mount=")
+                && let Some(m) = parse_mount(spec, line)?
+            {
+                out.push(m);
             }
         }
     }
@@ -94,10 +94,10 @@ fn instructions(text: &str) -> Vec<(usize, String)> {
         if directives_allowed {
             if let Some(rest) = trimmed.strip_prefix('#') {
                 let rest = rest.trim();
-                if let Some(v) = rest.strip_prefix("escape=") {
-                    if let Some(c) = v.trim().chars().next() {
-                        escape = c;
-                    }
+                if let Some(v) = rest.strip_prefix("escape=")
+                    && let Some(c) = v.trim().chars().next()
+                {
+                    escape = c;
                 }
                 continue;
             }
@@ -212,38 +212,38 @@ pub fn check(policy: &Policy, mounts: &[Mount]) -> Vec<Finding> {
         match m.kind {
             MountKind::Secret => match policy.secrets.get(&m.id) {
                 Some(rule) => {
-                    if let Some(max) = rule.mode {
-                        if m.mode & !max != 0 {
-                            push(
-                                Severity::Violation,
-                                format!(
-                                    "secret {:?} mounted with mode {:04o}; the policy allows at most {:04o}",
-                                    m.id, m.mode, max
-                                ),
-                            );
-                        }
+                    if let Some(max) = rule.mode
+                        && m.mode & !max != 0
+                    {
+                        push(
+                            Severity::Violation,
+                            format!(
+                                "secret {:?} mounted with mode {:04o}; the policy allows at most {:04o}",
+                                m.id, m.mode, max
+                            ),
+                        );
                     }
-                    if let Some(uid) = rule.uid {
-                        if m.uid != uid {
-                            push(
-                                Severity::Violation,
-                                format!(
-                                    "secret {:?} mounted for uid {}; the policy allows only uid {uid}",
-                                    m.id, m.uid
-                                ),
-                            );
-                        }
+                    if let Some(uid) = rule.uid
+                        && m.uid != uid
+                    {
+                        push(
+                            Severity::Violation,
+                            format!(
+                                "secret {:?} mounted for uid {}; the policy allows only uid {uid}",
+                                m.id, m.uid
+                            ),
+                        );
                     }
-                    if let Some(gid) = rule.gid {
-                        if m.gid != gid {
-                            push(
-                                Severity::Violation,
-                                format!(
-                                    "secret {:?} mounted for gid {}; the policy allows only gid {gid}",
-                                    m.id, m.gid
-                                ),
-                            );
-                        }
+                    if let Some(gid) = rule.gid
+                        && m.gid != gid
+                    {
+                        push(
+                            Severity::Violation,
+                            format!(
+                                "secret {:?} mounted for gid {}; the policy allows only gid {gid}",
+                                m.id, m.gid
+                            ),
+                        );
                     }
                 }
                 None => match (policy.server.unknown_secrets, m.required) {

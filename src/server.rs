@@ -56,17 +56,17 @@ pub fn bind(endpoints: &[Endpoint]) -> Result<Vec<BoundListener>, BindError> {
 }
 
 fn bind_unix(path: &Path) -> Result<BoundListener, BindError> {
-    if let Some(dir) = path.parent() {
-        if !dir.exists() {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o750)
-                .create(dir)
-                .map_err(|source| BindError::Dir {
-                    dir: dir.to_path_buf(),
-                    source,
-                })?;
-        }
+    if let Some(dir) = path.parent()
+        && !dir.exists()
+    {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o750)
+            .create(dir)
+            .map_err(|source| BindError::Dir {
+                dir: dir.to_path_buf(),
+                source,
+            })?;
     }
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderValue};
-use hyper::upgrade::Upgraded;
+use hyper::rt::{Read, Write};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio_util::sync::CancellationToken;
 
@@ -105,13 +105,18 @@ pub fn upstream_session_headers(client: &HeaderMap) -> Result<(String, HeaderMap
 }
 
 /// Runs one intercepted session until either side closes it or the daemon shuts down.
-pub async fn run(
-    daemon_side: Upgraded,
-    client_side: Upgraded,
+/// `daemon_side` and `client_side` are the two upgraded connections (hyper's `Upgraded` in the
+/// daemon; in-memory pipes in benchmarks).
+pub async fn run<D, C>(
+    daemon_side: D,
+    client_side: C,
     broker: Arc<Broker>,
     info: SessionInfo,
     shutdown: CancellationToken,
-) {
+) where
+    D: Read + Write + Unpin + Send + 'static,
+    C: Read + Write + Unpin + Send + 'static,
+{
     let uuid = info.uuid.clone();
     let handshake = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())

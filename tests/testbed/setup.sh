@@ -1,0 +1,292 @@
+#!/usr/bin/env bash
+# buildbroker test bed: a private Docker engine (Debian trixie's dockerd 26.1 with
+# BuildKit 0.13) plus docker-buildx 0.13.1 and two tiny imported base images.
+# See design.md §10. Runs as root on Debian bookworm; idempotent; a second run
+# only checks that everything is in place.
+#
+#   bash tests/testbed/setup.sh      # then: . /run/buildbroker-testbed/env
+#   bash tests/testbed/stop.sh       # stops the private dockerd
+set -euo pipefail
+
+# ---------------------------------------------------------------- layout
+TB_NAME=buildbroker-testbed
+CACHE_DIR=/var/cache/$TB_NAME              # trixie apt state, .debs, unpacked tree
+TRIXIE_ROOT=$CACHE_DIR/trixie              # dpkg-deb -x target
+DATA_ROOT=/var/lib/$TB_NAME/docker
+RUN_DIR=/run/$TB_NAME
+EXEC_ROOT=$RUN_DIR/exec
+SOCK=$RUN_DIR/docker.sock
+PIDFILE=$RUN_DIR/docker.pid
+ENV_FILE=$RUN_DIR/env
+LOG_DIR=/var/log/$TB_NAME
+LOG=$LOG_DIR/dockerd.log
+PLUGIN_DIR=/usr/local/lib/docker/cli-plugins
+DOCKER_CLI=${DOCKER_CLI:-/usr/local/bin/docker}
+TESTBED_DOCKER_HOST=unix://$SOCK
+
+BUSYBOX_IMAGE=buildbroker-test/busybox:latest
+SSH_IMAGE=buildbroker-test/ssh:latest
+IMAGE_LABEL=org.buildbroker.testbed.version
+IMAGE_VERSION=1                            # bump to force re-import of the images
+
+TRIXIE_PKGS=(docker.io docker-buildx)
+EXPECT_DOCKERD_VERSION=26.1.5
+EXPECT_BUILDX_VERSION=0.13.1
+
+# bookworm packages: engine helpers + what later tests need (ssh, keyrings, dbus).
+APT_PKGS=(
+  containerd runc tini busybox-static util-linux
+  openssh-client openssh-server keyutils gnome-keyring libsecret-tools
+  dbus dbus-daemon ca-certificates socat
+)
+
+export DEBIAN_FRONTEND=noninteractive
+export LC_ALL=C
+
+# ---------------------------------------------------------------- helpers
+log()  { printf '[testbed] %s\n' "$*" >&2; }
+DIED=
+die()  { printf '[testbed] ERROR: %s\n' "$*" >&2; DIED=1; exit 1; }
+have() { command -v "$1" >/dev/null 2>&1; }
+dk()   { "$DOCKER_CLI" -H "$TESTBED_DOCKER_HOST" "$@"; }
+
+TMP_ROOTFS=
+trap 'rc=$?; [ -z "$TMP_ROOTFS" ] || rm -rf "$TMP_ROOTFS"; [ $rc -eq 0 ] || [ -n "$DIED" ] || printf "[testbed] ERROR: setup failed (exit %s) at line %s: %s\n" "$rc" "$LINENO" "$BASH_COMMAND" >&2' EXIT
+
+[ "$(id -u)" -eq 0 ] || die "must run as root"
+[ -r /etc/os-release ] && . /etc/os-release
+[ "${VERSION_CODENAME:-}" = bookworm ] || log "warning: written for Debian bookworm, this is '${PRETTY_NAME:-unknown}'"
+have apt-get && have dpkg-deb || die "apt-get/dpkg-deb not found (Debian expected)"
+[ -x "$DOCKER_CLI" ] || die "docker CLI not found at $DOCKER_CLI (set DOCKER_CLI=...)"
+
+mkdir -p "$CACHE_DIR" "$RUN_DIR" "$EXEC_ROOT" "$DATA_ROOT" "$LOG_DIR"
+
+# Serialise concurrent setup runs (e.g. parallel test binaries).
+exec 9>"$RUN_DIR/setup.lock"
+flock -w 600 9 || die "could not take $RUN_DIR/setup.lock within 600 s"
+
+T0=$(date +%s)
+
+# ---------------------------------------------------------------- 1. bookworm packages
+missing=()
+for p in "${APT_PKGS[@]}"; do
+  st=$(dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null || true)
+  [ "$st" = installed ] || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  log "installing from bookworm: ${missing[*]}"
+  # Keep package postinsts from starting services (sshd, containerd) system-wide.
+  added_policy=
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+    chmod 0755 /usr/sbin/policy-rc.d
+    added_policy=1
+  fi
+  apt_ok=1
+  apt-get -o DPkg::Lock::Timeout=300 update -q >&2 || apt_ok=0
+  if [ $apt_ok = 1 ]; then
+    apt-get -o DPkg::Lock::Timeout=300 install -y -q --no-install-recommends "${missing[@]}" >&2 || apt_ok=0
+  fi
+  [ -z "$added_policy" ] || rm -f /usr/sbin/policy-rc.d
+  [ $apt_ok = 1 ] || die "apt-get update/install of bookworm packages failed: ${missing[*]}"
+fi
+for b in containerd containerd-shim-runc-v2 runc busybox setpriv ssh ssh-add ssh-keygen socat; do
+  have "$b" || die "'$b' is still missing after installing packages"
+done
+
+# ---------------------------------------------------------------- 2. trixie docker.io + docker-buildx
+STAMP=$TRIXIE_ROOT/.unpacked
+if [ -f "$STAMP" ] && [ -x "$TRIXIE_ROOT/usr/sbin/dockerd" ] \
+   && [ -x "$TRIXIE_ROOT/usr/libexec/docker/cli-plugins/docker-buildx" ]; then
+  log "trixie tree present: $(tr '\n' ' ' < "$STAMP")"
+else
+  log "fetching trixie ${TRIXIE_PKGS[*]} (separate apt state under $CACHE_DIR/apt)"
+  APT_T=$CACHE_DIR/apt
+  DEB_DIR=$CACHE_DIR/debs
+  mkdir -p "$APT_T/lists/partial" "$APT_T/archives/partial" "$DEB_DIR"
+  # Same mirror this machine uses for bookworm (deb.debian.org), trixie suite.
+  mirror=$(sed -n 's/^URIs:[[:space:]]*\(http[^[:space:]]*\/debian\)[[:space:]]*$/\1/p' \
+             /etc/apt/sources.list.d/*.sources 2>/dev/null | head -n1 || true)
+  if [ -z "$mirror" ] && [ -f /etc/apt/sources.list ]; then
+    mirror=$(awk '$1=="deb" {for(i=2;i<=NF;i++) if ($i ~ /^https?:\/\/.*\/debian\/?$/) {print $i; exit}}' \
+               /etc/apt/sources.list || true)
+  fi
+  mirror=${mirror:-http://deb.debian.org/debian}
+  keyring=/usr/share/keyrings/debian-archive-keyring.gpg
+  [ -r "$keyring" ] || die "$keyring missing (package debian-archive-keyring)"
+  echo "deb [signed-by=$keyring] ${mirror%/} trixie main" > "$APT_T/trixie.list"
+  APT_OPTS=(
+    -o "Dir::Etc::sourcelist=$APT_T/trixie.list" -o "Dir::Etc::sourceparts=-"
+    -o "Dir::State::Lists=$APT_T/lists" -o "Dir::Cache=$APT_T"
+    -o "Dir::Cache::pkgcache=" -o "Dir::Cache::srcpkgcache="
+    -o "APT::Sandbox::User=root"
+    -o "Acquire::IndexTargets::deb::DEP-11::DefaultEnabled=false"
+    -o "Acquire::IndexTargets::deb::DEP-11-icons::DefaultEnabled=false"
+    -o "Acquire::IndexTargets::deb::DEP-11-icons-small::DefaultEnabled=false"
+    -o "Acquire::IndexTargets::deb::Contents-deb::DefaultEnabled=false"
+  )
+  apt-get -q "${APT_OPTS[@]}" update >&2 || die "apt-get update for trixie ($mirror) failed"
+  rm -f "$DEB_DIR"/*.deb
+  (cd "$DEB_DIR" && apt-get -q "${APT_OPTS[@]}" download "${TRIXIE_PKGS[@]}" >&2) \
+    || die "apt-get download ${TRIXIE_PKGS[*]} from trixie failed"
+  rm -rf "$TRIXIE_ROOT.tmp"
+  mkdir -p "$TRIXIE_ROOT.tmp"
+  : > "$TRIXIE_ROOT.tmp/.unpacked"
+  for deb in "$DEB_DIR"/*.deb; do
+    dpkg-deb -x "$deb" "$TRIXIE_ROOT.tmp" || die "dpkg-deb -x $deb failed"
+    echo "$(dpkg-deb -f "$deb" Package)=$(dpkg-deb -f "$deb" Version)" >> "$TRIXIE_ROOT.tmp/.unpacked"
+  done
+  # docker-init is a relative symlink to tini-static, which lives in the tini
+  # package: point it at bookworm's /usr/bin/tini-static instead.
+  ln -sfn /usr/bin/tini-static "$TRIXIE_ROOT.tmp/usr/bin/docker-init"
+  rm -rf "$TRIXIE_ROOT"
+  mv "$TRIXIE_ROOT.tmp" "$TRIXIE_ROOT"
+  rm -rf "$DEB_DIR" "$APT_T"        # ~55 MB; only needed again if the tree is removed
+  log "unpacked: $(tr '\n' ' ' < "$STAMP")"
+fi
+DOCKERD=$TRIXIE_ROOT/usr/sbin/dockerd
+"$DOCKERD" --version | grep -q "version $EXPECT_DOCKERD_VERSION" \
+  || die "unexpected dockerd: $("$DOCKERD" --version 2>&1)"
+
+# buildx as a system-wide docker CLI plugin.
+mkdir -p "$PLUGIN_DIR"
+src=$TRIXIE_ROOT/usr/libexec/docker/cli-plugins/docker-buildx
+if ! cmp -s "$src" "$PLUGIN_DIR/docker-buildx"; then
+  install -m 0755 "$src" "$PLUGIN_DIR/docker-buildx"
+fi
+BUILDX_VERSION=$("$DOCKER_CLI" buildx version 2>&1) \
+  || die "'docker buildx version' failed: $BUILDX_VERSION"
+case "$BUILDX_VERSION" in
+  *" $EXPECT_BUILDX_VERSION"*) ;;
+  *) die "'docker buildx version' does not report $EXPECT_BUILDX_VERSION: $BUILDX_VERSION" ;;
+esac
+
+# ---------------------------------------------------------------- 3. private dockerd
+engine_up() { dk version --format '{{.Server.Version}}' >/dev/null 2>&1; }
+dockerd_pid() {
+  local pid
+  pid=$(cat "$PIDFILE" 2>/dev/null) || return 1
+  [ -n "$pid" ] || return 1
+  # zombies have no exe link; "(deleted)" if the tree was replaced under it.
+  case "$(readlink "/proc/$pid/exe" 2>/dev/null)" in
+    "$DOCKERD"|"$DOCKERD (deleted)") echo "$pid" ;;
+    *) return 1 ;;
+  esac
+}
+
+if pid=$(dockerd_pid) && engine_up; then
+  log "dockerd already running (pid $pid) on $SOCK"
+else
+  if pid=$(dockerd_pid); then
+    log "dockerd pid $pid exists but does not answer yet; waiting for it"
+  else
+    # A stale pidfile (dead, zombie or reused pid) makes dockerd refuse to start.
+    rm -f "$SOCK" "$PIDFILE"
+    log "starting dockerd $EXPECT_DOCKERD_VERSION on $SOCK (log: $LOG)"
+    {
+      echo "=== $(date -Is) setup.sh starting dockerd"
+    } >> "$LOG"
+    # PATH: the unpacked tree first (docker-proxy, docker-init), then the
+    # system's containerd, containerd-shim-runc-v2 and runc (bookworm).
+    env -i PATH="$TRIXIE_ROOT/usr/sbin:$TRIXIE_ROOT/usr/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" \
+      HOME=/root LANG=C \
+      setsid "$DOCKERD" \
+        --storage-driver=vfs --iptables=false --ip6tables=false --bridge=none \
+        --data-root "$DATA_ROOT" --exec-root "$EXEC_ROOT" \
+        -H "$TESTBED_DOCKER_HOST" --pidfile "$PIDFILE" \
+        </dev/null >>"$LOG" 2>&1 9>&- &
+    started=$!
+  fi
+  deadline=$(( $(date +%s) + 60 ))
+  until engine_up; do
+    if [ -n "${started:-}" ] && ! kill -0 "$started" 2>/dev/null; then
+      tail -n 40 "$LOG" >&2 || true
+      die "dockerd exited during startup (log above, full log: $LOG)"
+    fi
+    if [ "$(date +%s)" -ge "$deadline" ]; then
+      tail -n 40 "$LOG" >&2 || true
+      die "dockerd did not answer on $SOCK within 60 s (log above, full log: $LOG)"
+    fi
+    sleep 0.2
+  done
+  log "dockerd up (pid $(cat "$PIDFILE"))"
+fi
+
+# ---------------------------------------------------------------- 4. base images
+image_current() {
+  [ "$(dk image inspect --format "{{ index .Config.Labels \"$IMAGE_LABEL\" }}" "$1" 2>/dev/null)" = "$IMAGE_VERSION" ]
+}
+
+# make_busybox_rootfs DIR: /bin/busybox + applet symlinks, /etc/passwd, /tmp, /run.
+make_busybox_rootfs() {
+  local r=$1 a
+  mkdir -p "$r"/{bin,sbin,usr/bin,usr/sbin,etc,tmp,run,root,proc,sys,dev}
+  chmod 1777 "$r/tmp"
+  chmod 0700 "$r/root"
+  install -m 0755 /bin/busybox "$r/bin/busybox"
+  for a in $(/bin/busybox --list); do
+    [ "$a" = busybox ] || ln -s busybox "$r/bin/$a"
+  done
+  ln -s ../../bin/env "$r/usr/bin/env"
+  printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n' > "$r/etc/passwd"
+  printf 'root:x:0:\nnogroup:x:65534:\n' > "$r/etc/group"
+  printf '127.0.0.1 localhost\n::1 localhost\n' > "$r/etc/hosts"
+}
+
+# copy_with_libs ROOTFS BINARY...: binaries plus every library ldd names and the loader.
+copy_with_libs() {
+  local r=$1 b f lib; shift
+  for b in "$@"; do
+    f=$(command -v "$b") || die "binary $b not found on host"
+    mkdir -p "$r$(dirname "$f")"
+    cp -L "$f" "$r$f"
+    ldd "$f" >/dev/null 2>&1 || die "ldd $f failed"
+    for lib in $(ldd "$f" | awk '/=>/ { if ($3 ~ /^\//) print $3; next } $1 ~ /^\// { print $1 }'); do
+      [ -e "$r$lib" ] && continue
+      mkdir -p "$r$(dirname "$lib")"
+      cp -L "$lib" "$r$lib"
+    done
+  done
+}
+
+import_rootfs() { # ROOTFS TAG
+  tar -C "$1" --numeric-owner --owner=0 --group=0 -cf - . \
+    | dk import \
+        -c "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" \
+        -c 'CMD ["/bin/sh"]' \
+        -c "LABEL $IMAGE_LABEL=$IMAGE_VERSION" \
+        - "$2" >/dev/null || die "docker import of $2 failed"
+}
+
+build_images() {
+  local tmp
+  TMP_ROOTFS=$(mktemp -d /tmp/$TB_NAME-rootfs.XXXXXX)
+  tmp=$TMP_ROOTFS
+  if ! image_current "$BUSYBOX_IMAGE"; then
+    log "creating $BUSYBOX_IMAGE"
+    make_busybox_rootfs "$tmp/busybox"
+    import_rootfs "$tmp/busybox" "$BUSYBOX_IMAGE"
+  fi
+  if ! image_current "$SSH_IMAGE"; then
+    log "creating $SSH_IMAGE"
+    make_busybox_rootfs "$tmp/ssh"
+    copy_with_libs "$tmp/ssh" ssh ssh-add ssh-keygen
+    mkdir -p "$tmp/ssh/root/.ssh" && chmod 0700 "$tmp/ssh/root/.ssh"
+    import_rootfs "$tmp/ssh" "$SSH_IMAGE"
+  fi
+  rm -rf "$TMP_ROOTFS"; TMP_ROOTFS=
+}
+build_images
+dk run --rm --network=none "$BUSYBOX_IMAGE" sh -c 'echo ok' 2>/dev/null | grep -qx ok \
+  || log "warning: 'docker run $BUSYBOX_IMAGE' failed (builds may still work)"
+
+# ---------------------------------------------------------------- 5. env file
+cat > "$ENV_FILE.tmp" <<EOF
+TESTBED_DOCKER_HOST=$TESTBED_DOCKER_HOST
+TESTBED_BUSYBOX_IMAGE=$BUSYBOX_IMAGE
+TESTBED_SSH_IMAGE=$SSH_IMAGE
+EOF
+mv "$ENV_FILE.tmp" "$ENV_FILE"
+
+log "ready in $(( $(date +%s) - T0 )) s; $(dk version --format 'engine {{.Server.Version}} (API {{.Server.APIVersion}})'); ${BUILDX_VERSION}"
+cat "$ENV_FILE"
