@@ -161,12 +161,17 @@ impl HostEnv {
     /// Reads the real process environment.
     pub fn current() -> Self {
         let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let euid = rustix::process::geteuid().as_raw();
         HostEnv {
-            euid: rustix::process::geteuid().as_raw(),
+            euid,
             docker_host: var("DOCKER_HOST"),
             xdg_runtime_dir: var("XDG_RUNTIME_DIR"),
             xdg_config_home: var("XDG_CONFIG_HOME"),
-            home: var("HOME"),
+            // A system service may start without HOME (systemd sets it only with User=).
+            home: var("HOME").or_else(|| {
+                let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+                home_from_passwd(&passwd, euid)
+            }),
             buildbroker_config: var("BUILDBROKER_CONFIG"),
         }
     }
@@ -193,6 +198,15 @@ impl HostEnv {
         out.push(PathBuf::from("/etc/buildbroker/policy.toml"));
         out
     }
+}
+
+/// The home directory of `uid` in passwd(5) text.
+pub fn home_from_passwd(passwd: &str, uid: u32) -> Option<String> {
+    passwd.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split(':').collect();
+        (fields.len() >= 7 && fields[2].parse() == Ok(uid) && !fields[5].is_empty())
+            .then(|| fields[5].to_string())
+    })
 }
 
 /// One problem in a policy file, located by line and column (1-based).

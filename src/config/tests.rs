@@ -210,3 +210,11 @@ fn missing_explicit_file_is_a_read_error() {
     assert!(matches!(err, LoadError::Read { .. }));
     assert!(err.to_string().contains("/nonexistent/p.toml"));
 }
+
+#[test]
+fn home_comes_from_passwd_when_home_is_unset() {
+    let passwd = "root:x:0:0:root:/root:/bin/bash\nu:x:1000:1000::/home/u:/bin/sh\nbad line\n";
+    assert_eq!(home_from_passwd(passwd, 0).as_deref(), Some("/root"));
+    assert_eq!(home_from_passwd(passwd, 1000).as_deref(), Some("/home/u"));
+    assert_eq!(home_from_passwd(passwd, 5), None);
+}

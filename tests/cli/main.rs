@@ -320,3 +320,29 @@ fn help_teaches_the_quick_start() {
         assert!(t.contains(needle), "--help lacks {needle}: {t}");
     }
 }
+
+#[test]
+fn every_shipped_policy_passes_check() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let out = bin()
+                .arg("check")
+                .arg("--config")
+                .arg(&path)
+                .output()
+                .unwrap();
+            assert_eq!(
+                out.status.code(),
+                Some(0),
+                "{}: {}",
+                path.display(),
+                text(&out)
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 2, "config/ holds the default and the CI example");
+}
