@@ -5,9 +5,12 @@ use std::sync::{Arc, RwLock};
 
 use crate::audit::AuditLog;
 use crate::config::{HostEnv, LoadError, Policy};
+use crate::source::SourceRuntime;
 
 pub struct Broker {
     policy: RwLock<Arc<Policy>>,
+    /// Shared source state (clients, backend choices) made from the policy in force.
+    sources: RwLock<Arc<SourceRuntime>>,
     audit: RwLock<Arc<AuditLog>>,
     /// The environment defaults were computed from; reloads use the same one.
     env: HostEnv,
@@ -18,6 +21,7 @@ impl Broker {
     pub fn new(policy: Policy, env: HostEnv) -> std::io::Result<Broker> {
         let audit = open_audit(&policy)?;
         Ok(Broker {
+            sources: RwLock::new(Arc::new(SourceRuntime::new(policy.sources.clone()))),
             policy: RwLock::new(Arc::new(policy)),
             audit: RwLock::new(Arc::new(audit)),
             env,
@@ -31,6 +35,11 @@ impl Broker {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// The source state that goes with [`Broker::policy`].
+    pub fn sources(&self) -> Arc<SourceRuntime> {
+        self.sources.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     pub fn audit(&self) -> Arc<AuditLog> {
@@ -52,7 +61,9 @@ impl Broker {
             );
         }
         let audit = open_audit(&next).map_err(ReloadError::Audit)?;
+        let sources = Arc::new(SourceRuntime::new(next.sources.clone()));
         let next = Arc::new(next);
+        *self.sources.write().unwrap_or_else(|p| p.into_inner()) = sources;
         *self.policy.write().unwrap_or_else(|p| p.into_inner()) = next.clone();
         *self.audit.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(audit);
         Ok(next)

@@ -16,7 +16,7 @@ use crate::broker::Broker;
 use crate::config::{HostEnv, Policy, PolicyOrigin};
 use crate::dockerfile::{self, Severity};
 use crate::policy::{SecretDecision, decide_secret};
-use crate::source::{AttemptOutcome, ResolveContext, resolve_chain};
+use crate::source::{AttemptOutcome, ResolveContext, SourceRuntime, resolve_chain};
 
 const ABOUT: &str = "Brokers build secrets for docker buildx: a Docker Engine API endpoint that answers \
 BuildKit's secret requests from a policy, so builds need no --secret flags and nothing touches disk.";
@@ -286,7 +286,9 @@ fn resolve(config: Option<PathBuf>, id: &str, env: &HostEnv) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let chain = runtime.block_on(resolve_chain(sources, id, ResolveContext::default()));
+    let source_runtime = SourceRuntime::new(policy.sources.clone());
+    let ctx = ResolveContext { runtime: &source_runtime, client: None };
+    let chain = runtime.block_on(resolve_chain(sources, id, ctx));
     for a in &chain.attempts {
         let what = match &a.outcome {
             AttemptOutcome::Found => "found".to_string(),

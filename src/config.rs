@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::source::SourceSpec;
+use crate::source::{SourceSettings, SourceSpec};
 
 /// The policy compiled into the binary; used when no policy file is found.
 pub const EMBEDDED_DEFAULT: &str = include_str!("../config/default.toml");
@@ -27,6 +27,8 @@ pub struct Policy {
     pub access: Access,
     pub secrets: BTreeMap<String, SecretRule>,
     pub ssh: BTreeMap<String, SshRule>,
+    /// Settings shared by all sources (`[exec]`).
+    pub sources: SourceSettings,
 }
 
 /// Where a policy was read from; reloads read the same place again.
@@ -271,6 +273,14 @@ struct RawPolicy {
     secrets: BTreeMap<Spanned<String>, Spanned<RawSecret>>,
     #[serde(default)]
     ssh: BTreeMap<Spanned<String>, Spanned<RawSsh>>,
+    #[serde(default)]
+    exec: RawExec,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawExec {
+    timeout: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -546,6 +556,14 @@ impl Policy {
             );
         }
 
+        let mut sources = SourceSettings::default();
+        if let Some(t) = &raw.exec.timeout {
+            match parse_duration(t.get_ref()) {
+                Ok(d) => sources.exec_timeout = d,
+                Err(m) => c.push(t.span(), format!("[exec] timeout: {m}")),
+            }
+        }
+
         if !c.errors.is_empty() {
             c.errors.sort_by_key(|e| (e.line, e.column));
             return Err(ConfigErrors(c.errors));
@@ -565,7 +583,17 @@ impl Policy {
             },
             secrets,
             ssh,
+            sources,
         })
+    }
+}
+
+/// A positive duration such as "10s", "500ms" or "5m".
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    match humantime::parse_duration(text) {
+        Ok(d) if !d.is_zero() => Ok(d),
+        Ok(_) => Err(format!("expected a positive duration; got {text:?}")),
+        Err(e) => Err(format!("expected a duration such as \"10s\", \"500ms\" or \"5m\" ({e}); got {text:?}")),
     }
 }
 

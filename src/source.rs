@@ -1,17 +1,21 @@
 //! Where secret values come from: the source URIs of the policy and the chain that tries them.
 //!
 //! A source either finds the value, finds nothing (so the next source is tried), or fails with an
-//! error. Each kind lives in its own module under `source/`. Nothing here may put a value into a
-//! message: [`Attempt`]s record *why* a source did not answer, never *what* it answered.
+//! error. Each kind lives in its own module under `source/`; [`SourceRuntime`] holds what they
+//! share between requests (backend choices, timeouts, SDK clients). Nothing here may put a value
+//! into a message: [`Attempt`]s record *why* a source did not answer, never *what* it answered.
 
 mod client;
 mod env;
+mod exec;
 mod file;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 pub use client::ClientSecrets;
+pub use exec::ExecSpec;
 
 use crate::secret::{MAX_SECRET_BYTES, SecretBytes};
 
@@ -22,6 +26,8 @@ pub enum SourceSpec {
     Env(String),
     /// `file:PATH`: a file's whole content (`~` expanded when the policy is loaded).
     File(PathBuf),
+    /// `exec:PROGRAM ARG…`: a program's stdout, run without a shell.
+    Exec(ExecSpec),
     /// `client`: the build client's own provider (`docker buildx build --secret id=…`).
     Client,
 }
@@ -38,9 +44,7 @@ impl SourceSpec {
                 if valid {
                     Ok(SourceSpec::Env(rest.to_string()))
                 } else {
-                    Err(format!(
-                        "expected env:NAME with NAME made of letters, digits and _; got {text:?}"
-                    ))
+                    Err(format!("expected env:NAME with NAME made of letters, digits and _; got {text:?}"))
                 }
             }
             "file" => {
@@ -51,17 +55,16 @@ impl SourceSpec {
                 if path.is_absolute() {
                     Ok(SourceSpec::File(path))
                 } else {
-                    Err(format!(
-                        "expected an absolute path or one starting with ~/ after file:; got {text:?}"
-                    ))
+                    Err(format!("expected an absolute path or one starting with ~/ after file:; got {text:?}"))
                 }
             }
+            "exec" => ExecSpec::parse(rest, home).map(SourceSpec::Exec),
             "client" if rest.is_empty() => Ok(SourceSpec::Client),
-            "keyring" | "aws-sm" | "exec" => Err(format!(
-                "{scheme}: sources are not available in this version of buildbroker yet; use env:, file: or client"
+            "keyring" | "aws-sm" => Err(format!(
+                "{scheme}: sources are not available in this version of buildbroker yet; use env:, file:, keyring:, exec: or client"
             )),
             _ => Err(format!(
-                "unknown source {text:?}; expected env:NAME, file:PATH or client"
+                "unknown source {text:?}; expected env:NAME, file:PATH, keyring:SERVICE/ACCOUNT, exec:PROGRAM ARG… or client"
             )),
         }
     }
@@ -71,6 +74,7 @@ impl SourceSpec {
         match self {
             SourceSpec::Env(_) => "env",
             SourceSpec::File(_) => "file",
+            SourceSpec::Exec(_) => "exec",
             SourceSpec::Client => "client",
         }
     }
@@ -81,6 +85,7 @@ impl fmt::Display for SourceSpec {
         match self {
             SourceSpec::Env(n) => write!(f, "env:{n}"),
             SourceSpec::File(p) => write!(f, "file:{}", p.display()),
+            SourceSpec::Exec(e) => write!(f, "exec:{e}"),
             SourceSpec::Client => f.write_str("client"),
         }
     }
@@ -105,13 +110,57 @@ pub enum Lookup {
 /// A source that failed (as opposed to one that simply has no value). The message never
 /// contains the value.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("{0}")]
-pub struct SourceError(pub String);
+#[error("{message}")]
+pub struct SourceError {
+    pub message: String,
+    /// A fault that may pass (timeout, network, throttling): a cache may serve a stale value.
+    pub transient: bool,
+}
+
+impl SourceError {
+    /// A failure that will not fix itself (permissions, a malformed value, access denied).
+    pub fn permanent(message: impl Into<String>) -> Self {
+        SourceError { message: message.into(), transient: false }
+    }
+
+    /// A failure that may pass on its own (timeouts, unreachable services).
+    pub fn transient(message: impl Into<String>) -> Self {
+        SourceError { message: message.into(), transient: true }
+    }
+}
+
+/// Settings the sources share, from the policy's `[exec]` table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceSettings {
+    /// How long an `exec:` program may run before it is killed.
+    pub exec_timeout: Duration,
+}
+
+impl Default for SourceSettings {
+    fn default() -> Self {
+        SourceSettings {
+            exec_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What sources share between requests: settings and lazily made clients. One per policy; a
+/// reload makes a new one.
+#[derive(Default)]
+pub struct SourceRuntime {
+    pub settings: SourceSettings,
+}
+
+impl SourceRuntime {
+    pub fn new(settings: SourceSettings) -> Self {
+        SourceRuntime { settings }
+    }
+}
 
 /// Checks the size cap every source shares.
 fn within_cap(value: SecretBytes) -> Result<Lookup, SourceError> {
     if value.len() > MAX_SECRET_BYTES {
-        return Err(SourceError(format!(
+        return Err(SourceError::permanent(format!(
             "value is {} bytes, over the {MAX_SECRET_BYTES}-byte limit that buildx and BuildKit accept",
             value.len()
         )));
@@ -119,33 +168,27 @@ fn within_cap(value: SecretBytes) -> Result<Lookup, SourceError> {
     Ok(Lookup::Found(value))
 }
 
-/// What the build's session offers to sources (only the `client` source uses it).
-#[derive(Default, Clone, Copy)]
+/// What a request offers to sources.
+#[derive(Clone, Copy)]
 pub struct ResolveContext<'a> {
+    pub runtime: &'a SourceRuntime,
     /// The build client's own secrets provider, inside a session; `None` for `buildbroker resolve`.
     pub client: Option<&'a ClientSecrets>,
 }
 
 /// Asks one source for `id`.
-pub async fn lookup(
-    spec: &SourceSpec,
-    id: &str,
-    ctx: ResolveContext<'_>,
-) -> Result<Lookup, SourceError> {
-    match spec {
-        SourceSpec::Env(name) => env::lookup(name).and_then(found_within_cap),
-        SourceSpec::File(path) => file::lookup(path).await.and_then(found_within_cap),
+pub async fn lookup(spec: &SourceSpec, id: &str, ctx: ResolveContext<'_>) -> Result<Lookup, SourceError> {
+    let settings = &ctx.runtime.settings;
+    let result = match spec {
+        SourceSpec::Env(name) => env::lookup(name),
+        SourceSpec::File(path) => file::lookup(path).await,
+        SourceSpec::Exec(e) => exec::lookup(e, id, settings.exec_timeout).await,
         SourceSpec::Client => match ctx.client {
-            Some(client) => client.lookup(id).await.and_then(found_within_cap),
-            None => Ok(Lookup::Missing(
-                "no build client (only asked inside a build session)".into(),
-            )),
+            Some(client) => client.lookup(id).await,
+            None => Ok(Lookup::Missing("no build client (only asked inside a build session)".into())),
         },
-    }
-}
-
-fn found_within_cap(l: Lookup) -> Result<Lookup, SourceError> {
-    match l {
+    };
+    match result? {
         Lookup::Found(v) => within_cap(v),
         missing => Ok(missing),
     }
@@ -162,7 +205,7 @@ pub struct Attempt {
 pub enum AttemptOutcome {
     Found,
     Missing(String),
-    Failed(String),
+    Failed(SourceError),
 }
 
 impl fmt::Display for Attempt {
@@ -170,7 +213,7 @@ impl fmt::Display for Attempt {
         match &self.outcome {
             AttemptOutcome::Found => write!(f, "{} (found)", self.source),
             AttemptOutcome::Missing(why) => write!(f, "{} ({why})", self.source),
-            AttemptOutcome::Failed(why) => write!(f, "{} (error: {why})", self.source),
+            AttemptOutcome::Failed(e) => write!(f, "{} (error: {e})", self.source),
         }
     }
 }
@@ -182,37 +225,32 @@ pub struct ChainResult {
     pub attempts: Vec<Attempt>,
 }
 
+impl ChainResult {
+    /// Whether every failure in the chain may pass on its own (and at least one happened).
+    pub fn failed_transiently(&self) -> bool {
+        let mut failures = self.attempts.iter().filter_map(|a| match &a.outcome {
+            AttemptOutcome::Failed(e) => Some(e.transient),
+            _ => None,
+        });
+        failures.next().is_some_and(|first| first && failures.all(|t| t))
+    }
+}
+
 /// Tries `sources` in order; the first that finds a value wins.
-pub async fn resolve_chain(
-    sources: &[SourceSpec],
-    id: &str,
-    ctx: ResolveContext<'_>,
-) -> ChainResult {
+pub async fn resolve_chain(sources: &[SourceSpec], id: &str, ctx: ResolveContext<'_>) -> ChainResult {
     let mut attempts = Vec::with_capacity(sources.len());
     for (i, spec) in sources.iter().enumerate() {
         let outcome = match lookup(spec, id, ctx).await {
             Ok(Lookup::Found(value)) => {
-                attempts.push(Attempt {
-                    source: spec.clone(),
-                    outcome: AttemptOutcome::Found,
-                });
-                return ChainResult {
-                    value: Some((i, value)),
-                    attempts,
-                };
+                attempts.push(Attempt { source: spec.clone(), outcome: AttemptOutcome::Found });
+                return ChainResult { value: Some((i, value)), attempts };
             }
             Ok(Lookup::Missing(why)) => AttemptOutcome::Missing(why),
-            Err(e) => AttemptOutcome::Failed(e.0),
+            Err(e) => AttemptOutcome::Failed(e),
         };
-        attempts.push(Attempt {
-            source: spec.clone(),
-            outcome,
-        });
+        attempts.push(Attempt { source: spec.clone(), outcome });
     }
-    ChainResult {
-        value: None,
-        attempts,
-    }
+    ChainResult { value: None, attempts }
 }
 
 #[cfg(test)]

@@ -70,7 +70,9 @@ impl Secrets for SecretsService {
                 )));
             }
         };
+        let sources_runtime = self.broker.sources();
         let ctx = ResolveContext {
+            runtime: &sources_runtime,
             client: Some(&self.client),
         };
         let chain = resolve_chain(sources, &id, ctx).await;

@@ -37,7 +37,7 @@ impl ClientSecrets {
             Err(status) if matches!(status.code(), Code::NotFound | Code::Unimplemented) => Ok(
                 Lookup::Missing("the build client has no --secret with this id".into()),
             ),
-            Err(status) => Err(SourceError(format!(
+            Err(status) => Err(SourceError::transient(format!(
                 "the build client answered {:?}: {}",
                 status.code(),
                 status.message()

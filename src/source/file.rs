@@ -16,7 +16,7 @@ pub async fn lookup(path: &Path) -> Result<Lookup, SourceError> {
     let path: PathBuf = path.to_path_buf();
     tokio::task::spawn_blocking(move || read_capped(&path))
         .await
-        .map_err(|e| SourceError(format!("file read task failed: {e}")))?
+        .map_err(|e| SourceError::transient(format!("file read task failed: {e}")))?
 }
 
 fn read_capped(path: &Path) -> Result<Lookup, SourceError> {
@@ -25,16 +25,16 @@ fn read_capped(path: &Path) -> Result<Lookup, SourceError> {
         Err(e) if e.kind() == ErrorKind::NotFound => {
             return Ok(Lookup::Missing("no such file".into()));
         }
-        Err(e) => return Err(SourceError(format!("cannot open: {e}"))),
+        Err(e) => return Err(SourceError::permanent(format!("cannot open: {e}"))),
     };
     let meta = file
         .metadata()
-        .map_err(|e| SourceError(format!("cannot stat: {e}")))?;
+        .map_err(|e| SourceError::permanent(format!("cannot stat: {e}")))?;
     if meta.is_dir() {
-        return Err(SourceError("is a directory, expected a file".into()));
+        return Err(SourceError::permanent("is a directory, expected a file"));
     }
     if meta.len() > MAX_SECRET_BYTES as u64 {
-        return Err(SourceError(format!(
+        return Err(SourceError::permanent(format!(
             "file is {} bytes, over the {MAX_SECRET_BYTES}-byte limit that buildx and BuildKit accept",
             meta.len()
         )));
@@ -48,15 +48,13 @@ fn read_capped(path: &Path) -> Result<Lookup, SourceError> {
     let mut filled = 0;
     loop {
         if filled == capacity {
-            return Err(SourceError(
-                "file changed size while being read; try again".into(),
-            ));
+            return Err(SourceError::transient("file changed size while being read; try again"));
         }
         match file.read(&mut buf[filled..]) {
             Ok(0) => break,
             Ok(n) => filled += n,
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-            Err(e) => return Err(SourceError(format!("cannot read: {e}"))),
+            Err(e) => return Err(SourceError::permanent(format!("cannot read: {e}"))),
         }
     }
     buf.truncate(filled);

@@ -1,0 +1,157 @@
+//! `exec:PROGRAM ARG…` — a program's stdout is the value: the bridge to 1Password's `op`,
+//! `vault`, `gcloud`, `az` and in-house tools.
+//!
+//! The program runs without a shell, with a small explicit environment (`PATH`, `HOME`, `USER`,
+//! `LOGNAME`, `LANG`, `XDG_RUNTIME_DIR`, `DBUS_SESSION_BUS_ADDRESS` as the daemon has them, plus
+//! `BUILDBROKER_SECRET_ID`), no stdin, and a timeout after which it is killed. Exit code 2 means
+//! "not found, try the next source" (Earthly's convention); any other failure is an error that
+//! carries the program's stderr (at most 4 KiB) and never its stdout. Exactly one trailing
+//! newline (`\n` or `\r\n`) is removed from the value, since `op read`, `vault kv get -field`
+//! and `echo` all print one; a value that must end in a newline should print two.
+
+use std::fmt;
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+use super::{Lookup, SourceError, expand_home};
+use crate::secret::{MAX_SECRET_BYTES, SecretBytes};
+
+/// Environment variables passed through to the program when the daemon has them.
+const PASSED_ENV: &[&str] = &["PATH", "HOME", "USER", "LOGNAME", "LANG", "XDG_RUNTIME_DIR", "DBUS_SESSION_BUS_ADDRESS"];
+/// How much of the program's stderr an error message may carry.
+const MAX_STDERR: usize = 4096;
+
+/// A program and its arguments, split on whitespace (no quoting: wrap anything fancier in a
+/// script).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecSpec {
+    pub program: String,
+    pub args: Vec<String>,
+}
+
+impl ExecSpec {
+    pub fn parse(rest: &str, home: Option<&str>) -> Result<ExecSpec, String> {
+        let mut words = rest.split_whitespace();
+        let Some(program) = words.next() else {
+            return Err("expected exec:PROGRAM ARG…, as in \"exec:op read op://ci/pypi/token\"".into());
+        };
+        let program = if program.starts_with('~') {
+            expand_home(program, home).to_string_lossy().into_owned()
+        } else {
+            program.to_string()
+        };
+        Ok(ExecSpec { program, args: words.map(str::to_string).collect() })
+    }
+}
+
+impl fmt::Display for ExecSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.program)?;
+        for a in &self.args {
+            write!(f, " {a}")?;
+        }
+        Ok(())
+    }
+}
+
+pub async fn lookup(spec: &ExecSpec, id: &str, timeout: Duration) -> Result<Lookup, SourceError> {
+    let mut cmd = tokio::process::Command::new(&spec.program);
+    cmd.args(&spec.args).env_clear();
+    for name in PASSED_ENV {
+        if let Some(v) = std::env::var_os(name) {
+            cmd.env(name, v);
+        }
+    }
+    cmd.env("BUILDBROKER_SECRET_ID", id)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| SourceError::permanent(format!("cannot run {}: {e}", spec.program)))?;
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let run = async {
+        let (value, err) = tokio::join!(read_value(stdout), read_bounded(stderr, MAX_STDERR));
+        let status = child.wait().await;
+        (value, err, status)
+    };
+    // On timeout the future (and the child with kill_on_drop) is dropped: the program is killed.
+    let Ok((value, stderr, status)) = tokio::time::timeout(timeout, run).await else {
+        return Err(SourceError::transient(format!("{} timed out after {timeout:?} and was killed", spec.program)));
+    };
+    let status = status.map_err(|e| SourceError::transient(format!("waiting for {}: {e}", spec.program)))?;
+    let stderr = describe_stderr(&stderr);
+    // Over the cap: we stopped reading, so the program died of SIGPIPE; the cap is the reason.
+    let value = match value {
+        Err(e) if !e.transient => return Err(e),
+        v => v,
+    };
+    match status.code() {
+        Some(0) => {
+            let mut value = value?;
+            strip_one_newline(&mut value);
+            Ok(Lookup::Found(value))
+        }
+        Some(2) => Ok(Lookup::Missing(format!("{} exited 2 (not found){stderr}", spec.program))),
+        Some(code) => Err(SourceError::permanent(format!("{} exited with status {code}{stderr}", spec.program))),
+        None => Err(SourceError::transient(format!("{} was killed by a signal{stderr}", spec.program))),
+    }
+}
+
+/// Reads stdout into a buffer allocated once (no reallocation copies), refusing more than the
+/// cap.
+async fn read_value(mut out: impl AsyncRead + Unpin) -> Result<SecretBytes, SourceError> {
+    let capacity = MAX_SECRET_BYTES + 1;
+    let mut value = SecretBytes::with_capacity(capacity);
+    let buf = value.buffer_mut();
+    buf.resize(capacity, 0);
+    let mut filled = 0;
+    loop {
+        if filled == capacity {
+            return Err(SourceError::permanent(format!(
+                "the program printed more than the {MAX_SECRET_BYTES}-byte limit that buildx and BuildKit accept"
+            )));
+        }
+        match out.read(&mut buf[filled..]).await {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) => return Err(SourceError::transient(format!("reading the program's output: {e}"))),
+        }
+    }
+    buf.truncate(filled);
+    Ok(value)
+}
+
+async fn read_bounded(mut r: impl AsyncRead + Unpin, limit: usize) -> Vec<u8> {
+    let mut kept = Vec::new();
+    let mut chunk = [0u8; 1024];
+    // Keep reading (and discarding) past the limit so the program never blocks on a full pipe.
+    while let Ok(n) = r.read(&mut chunk).await {
+        if n == 0 {
+            break;
+        }
+        let room = limit.saturating_sub(kept.len());
+        kept.extend_from_slice(&chunk[..n.min(room)]);
+    }
+    kept
+}
+
+fn describe_stderr(stderr: &[u8]) -> String {
+    let text = String::from_utf8_lossy(stderr);
+    let text = text.trim();
+    if text.is_empty() { String::new() } else { format!(": {text}") }
+}
+
+fn strip_one_newline(value: &mut SecretBytes) {
+    let buf = value.buffer_mut();
+    if buf.last() == Some(&b'\n') {
+        buf.pop();
+        if buf.last() == Some(&b'\r') {
+            buf.pop();
+        }
+    }
+}
