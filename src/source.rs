@@ -9,6 +9,7 @@ mod client;
 mod env;
 mod exec;
 mod file;
+pub mod keyring;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -16,6 +17,7 @@ use std::time::Duration;
 
 pub use client::ClientSecrets;
 pub use exec::ExecSpec;
+pub use keyring::{KeyringBackend, KeyringSpec};
 
 use crate::secret::{MAX_SECRET_BYTES, SecretBytes};
 
@@ -26,6 +28,8 @@ pub enum SourceSpec {
     Env(String),
     /// `file:PATH`: a file's whole content (`~` expanded when the policy is loaded).
     File(PathBuf),
+    /// `keyring:SERVICE/ACCOUNT`: the OS keyring (Secret Service or the kernel keyring).
+    Keyring(KeyringSpec),
     /// `exec:PROGRAM ARG…`: a program's stdout, run without a shell.
     Exec(ExecSpec),
     /// `client`: the build client's own provider (`docker buildx build --secret id=…`).
@@ -44,7 +48,9 @@ impl SourceSpec {
                 if valid {
                     Ok(SourceSpec::Env(rest.to_string()))
                 } else {
-                    Err(format!("expected env:NAME with NAME made of letters, digits and _; got {text:?}"))
+                    Err(format!(
+                        "expected env:NAME with NAME made of letters, digits and _; got {text:?}"
+                    ))
                 }
             }
             "file" => {
@@ -55,12 +61,15 @@ impl SourceSpec {
                 if path.is_absolute() {
                     Ok(SourceSpec::File(path))
                 } else {
-                    Err(format!("expected an absolute path or one starting with ~/ after file:; got {text:?}"))
+                    Err(format!(
+                        "expected an absolute path or one starting with ~/ after file:; got {text:?}"
+                    ))
                 }
             }
+            "keyring" => KeyringSpec::parse(rest).map(SourceSpec::Keyring),
             "exec" => ExecSpec::parse(rest, home).map(SourceSpec::Exec),
             "client" if rest.is_empty() => Ok(SourceSpec::Client),
-            "keyring" | "aws-sm" => Err(format!(
+            "aws-sm" => Err(format!(
                 "{scheme}: sources are not available in this version of buildbroker yet; use env:, file:, keyring:, exec: or client"
             )),
             _ => Err(format!(
@@ -74,6 +83,7 @@ impl SourceSpec {
         match self {
             SourceSpec::Env(_) => "env",
             SourceSpec::File(_) => "file",
+            SourceSpec::Keyring(_) => "keyring",
             SourceSpec::Exec(_) => "exec",
             SourceSpec::Client => "client",
         }
@@ -85,6 +95,7 @@ impl fmt::Display for SourceSpec {
         match self {
             SourceSpec::Env(n) => write!(f, "env:{n}"),
             SourceSpec::File(p) => write!(f, "file:{}", p.display()),
+            SourceSpec::Keyring(k) => write!(f, "keyring:{k}"),
             SourceSpec::Exec(e) => write!(f, "exec:{e}"),
             SourceSpec::Client => f.write_str("client"),
         }
@@ -120,18 +131,27 @@ pub struct SourceError {
 impl SourceError {
     /// A failure that will not fix itself (permissions, a malformed value, access denied).
     pub fn permanent(message: impl Into<String>) -> Self {
-        SourceError { message: message.into(), transient: false }
+        SourceError {
+            message: message.into(),
+            transient: false,
+        }
     }
 
     /// A failure that may pass on its own (timeouts, unreachable services).
     pub fn transient(message: impl Into<String>) -> Self {
-        SourceError { message: message.into(), transient: true }
+        SourceError {
+            message: message.into(),
+            transient: true,
+        }
     }
 }
 
-/// Settings the sources share, from the policy's `[exec]` table.
+/// Settings the sources share, from the policy's `[keyring]` and `[exec]` tables.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SourceSettings {
+    pub keyring_backend: KeyringBackend,
+    /// Bound on every keyring call (a D-Bus peer that never answers must not hang a build).
+    pub keyring_timeout: Duration,
     /// How long an `exec:` program may run before it is killed.
     pub exec_timeout: Duration,
 }
@@ -139,6 +159,8 @@ pub struct SourceSettings {
 impl Default for SourceSettings {
     fn default() -> Self {
         SourceSettings {
+            keyring_backend: KeyringBackend::Auto,
+            keyring_timeout: keyring::DEFAULT_TIMEOUT,
             exec_timeout: Duration::from_secs(10),
         }
     }
@@ -149,11 +171,16 @@ impl Default for SourceSettings {
 #[derive(Default)]
 pub struct SourceRuntime {
     pub settings: SourceSettings,
+    /// The shared Secret Service connection and backend choice.
+    pub keyring: keyring::KeyringRuntime,
 }
 
 impl SourceRuntime {
     pub fn new(settings: SourceSettings) -> Self {
-        SourceRuntime { settings }
+        SourceRuntime {
+            settings,
+            keyring: keyring::KeyringRuntime::default(),
+        }
     }
 }
 
@@ -177,15 +204,22 @@ pub struct ResolveContext<'a> {
 }
 
 /// Asks one source for `id`.
-pub async fn lookup(spec: &SourceSpec, id: &str, ctx: ResolveContext<'_>) -> Result<Lookup, SourceError> {
+pub async fn lookup(
+    spec: &SourceSpec,
+    id: &str,
+    ctx: ResolveContext<'_>,
+) -> Result<Lookup, SourceError> {
     let settings = &ctx.runtime.settings;
     let result = match spec {
         SourceSpec::Env(name) => env::lookup(name),
         SourceSpec::File(path) => file::lookup(path).await,
+        SourceSpec::Keyring(k) => ctx.runtime.keyring.lookup(k, settings).await,
         SourceSpec::Exec(e) => exec::lookup(e, id, settings.exec_timeout).await,
         SourceSpec::Client => match ctx.client {
             Some(client) => client.lookup(id).await,
-            None => Ok(Lookup::Missing("no build client (only asked inside a build session)".into())),
+            None => Ok(Lookup::Missing(
+                "no build client (only asked inside a build session)".into(),
+            )),
         },
     };
     match result? {
@@ -232,25 +266,43 @@ impl ChainResult {
             AttemptOutcome::Failed(e) => Some(e.transient),
             _ => None,
         });
-        failures.next().is_some_and(|first| first && failures.all(|t| t))
+        failures
+            .next()
+            .is_some_and(|first| first && failures.all(|t| t))
     }
 }
 
 /// Tries `sources` in order; the first that finds a value wins.
-pub async fn resolve_chain(sources: &[SourceSpec], id: &str, ctx: ResolveContext<'_>) -> ChainResult {
+pub async fn resolve_chain(
+    sources: &[SourceSpec],
+    id: &str,
+    ctx: ResolveContext<'_>,
+) -> ChainResult {
     let mut attempts = Vec::with_capacity(sources.len());
     for (i, spec) in sources.iter().enumerate() {
         let outcome = match lookup(spec, id, ctx).await {
             Ok(Lookup::Found(value)) => {
-                attempts.push(Attempt { source: spec.clone(), outcome: AttemptOutcome::Found });
-                return ChainResult { value: Some((i, value)), attempts };
+                attempts.push(Attempt {
+                    source: spec.clone(),
+                    outcome: AttemptOutcome::Found,
+                });
+                return ChainResult {
+                    value: Some((i, value)),
+                    attempts,
+                };
             }
             Ok(Lookup::Missing(why)) => AttemptOutcome::Missing(why),
             Err(e) => AttemptOutcome::Failed(e),
         };
-        attempts.push(Attempt { source: spec.clone(), outcome });
+        attempts.push(Attempt {
+            source: spec.clone(),
+            outcome,
+        });
     }
-    ChainResult { value: None, attempts }
+    ChainResult {
+        value: None,
+        attempts,
+    }
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
-//! `moby.buildkit.secrets.v1.Secrets/GetSecret`: policy → sources → answer → zeroize.
+//! `moby.buildkit.secrets.v1.Secrets/GetSecret`: policy → cache → sources → answer → zeroize.
 //!
-//! This is the single place where secret outcomes become gRPC status codes (design.md §5):
+//! This is the single place where secret answers become gRPC status codes (design.md §5):
 //! NotFound lets the daemon skip optional mounts; any other code fails the build, which is what
 //! a policy-required secret with no value must do.
 
@@ -10,11 +10,11 @@ use tonic::{Request, Response, Status};
 
 use crate::audit::SecretEvent;
 use crate::broker::Broker;
-use crate::policy::{SecretDecision, SecretOutcome, conclude_secret, decide_secret};
 use crate::proto::secrets::secrets_server::Secrets;
 use crate::proto::secrets::{GetSecretRequest, GetSecretResponse};
+use crate::resolver::{Answer, CacheUse, answer};
 use crate::session::SessionInfo;
-use crate::source::{ClientSecrets, ResolveContext, resolve_chain};
+use crate::source::ClientSecrets;
 
 pub struct SecretsService {
     broker: Arc<Broker>,
@@ -37,6 +37,7 @@ impl SecretsService {
         id: &str,
         source: Option<&'static str>,
         decision: &'static str,
+        cache: Option<&'static str>,
         error: Option<&str>,
     ) {
         self.broker.audit().secret(&SecretEvent {
@@ -46,6 +47,7 @@ impl SecretsService {
             id,
             source,
             decision,
+            cache,
             error,
         });
     }
@@ -58,48 +60,66 @@ impl Secrets for SecretsService {
         request: Request<GetSecretRequest>,
     ) -> Result<Response<GetSecretResponse>, Status> {
         let id = request.into_inner().id;
-        let policy = self.broker.policy();
-        let (sources, required) = match decide_secret(&policy, &id) {
-            SecretDecision::Resolve {
-                sources, required, ..
-            } => (sources, required),
-            SecretDecision::Deny => {
-                self.audit(&id, None, "denied", None);
-                return Err(Status::not_found(format!(
+        let generation = self.broker.current();
+        match answer(&generation, &id, Some(&self.client)).await {
+            Answer::Denied => {
+                self.audit(&id, None, "denied", None, None);
+                Err(Status::not_found(format!(
                     "buildbroker: secret {id:?} is not in the policy (unknown_secrets = \"deny\")"
-                )));
+                )))
             }
-        };
-        let sources_runtime = self.broker.sources();
-        let ctx = ResolveContext {
-            runtime: &sources_runtime,
-            client: Some(&self.client),
-        };
-        let chain = resolve_chain(sources, &id, ctx).await;
-        let served = chain.value.as_ref().map(|(i, _)| *i);
-        match conclude_secret(&id, required, served, &chain.attempts) {
-            SecretOutcome::Served { source } => {
-                let (_, value) = chain.value.expect("served implies a value");
-                self.audit(&id, Some(sources[source].kind()), "served", None);
+            Answer::Value {
+                value,
+                source,
+                cache,
+                attempts,
+                ..
+            } => {
+                let (decision, cache_note, error) = match cache {
+                    CacheUse::Off => ("served", None, None),
+                    CacheUse::Hit => ("served", Some("hit"), None),
+                    CacheUse::Miss => ("served", Some("miss"), None),
+                    CacheUse::Stale { past_expiry } => {
+                        let failures = attempts
+                            .iter()
+                            .map(|a| a.to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ");
+                        let note = format!(
+                            "served a cached value {} past its expiry because every source failed transiently: {failures}",
+                            humantime::format_duration(std::time::Duration::from_secs(
+                                past_expiry.as_secs()
+                            ))
+                        );
+                        ("served_stale", Some("stale"), Some(note))
+                    }
+                };
+                self.audit(
+                    &id,
+                    Some(source.kind()),
+                    decision,
+                    cache_note,
+                    error.as_deref(),
+                );
                 // The response needs its own Vec (prost owns it until tonic has encoded it); our
-                // copy in `value` is zeroized when it drops at the end of this scope. The copies
+                // copy is zeroized when the last Arc drops (now, or at cache expiry). The copies
                 // in prost/tonic/h2 buffers are not under our control (SECURITY.md).
                 Ok(Response::new(GetSecretResponse {
                     data: value.expose().to_vec(),
                 }))
             }
-            SecretOutcome::NotFound => {
-                self.audit(&id, None, "not_found", None);
+            Answer::NotFound { .. } => {
+                self.audit(&id, None, "not_found", None, None);
                 Err(Status::not_found(format!(
                     "buildbroker: no source has secret {id:?}"
                 )))
             }
-            SecretOutcome::RequiredMissing { message } => {
-                self.audit(&id, None, "required_missing", Some(&message));
+            Answer::RequiredMissing { message, .. } => {
+                self.audit(&id, None, "required_missing", None, Some(&message));
                 Err(Status::failed_precondition(message))
             }
-            SecretOutcome::Failed { message } => {
-                self.audit(&id, None, "error", Some(&message));
+            Answer::Failed { message, .. } => {
+                self.audit(&id, None, "error", None, Some(&message));
                 Err(Status::unavailable(message))
             }
         }
