@@ -38,6 +38,13 @@ fn embedded_default_parses_with_defaults_for_a_user() {
     assert_eq!(p.server.unknown_secrets, UnknownIds::Client);
     let netrc = &p.secrets["netrc"];
     assert_eq!(netrc.sources[1], SourceSpec::File("/home/u/.netrc".into()));
+    assert!(p.secrets.contains_key("GIT_AUTH_TOKEN.github.com"));
+    assert!(
+        p.secrets
+            .values()
+            .all(|r| r.cache_ttl.is_none() && !r.required),
+        "nothing cached or required by default"
+    );
     assert_eq!(netrc.sources.last(), Some(&SourceSpec::Client));
 }
 
