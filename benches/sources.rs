@@ -9,7 +9,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use buildbroker::source::{Lookup, ResolveContext, SourceRuntime, SourceSettings, SourceSpec, lookup};
+use buildbroker::source::{
+    Lookup, ResolveContext, SourceRuntime, SourceSettings, SourceSpec, lookup,
+};
 
 fn percentiles(mut samples: Vec<Duration>) -> (Duration, Duration) {
     samples.sort();
@@ -17,11 +19,23 @@ fn percentiles(mut samples: Vec<Duration>) -> (Duration, Duration) {
     (at(0.5), at(0.99))
 }
 
-fn measure(rt: &tokio::runtime::Runtime, runtime: &SourceRuntime, label: &str, spec: &SourceSpec, n: usize) {
-    let ctx = ResolveContext { runtime, client: None };
+fn measure(
+    rt: &tokio::runtime::Runtime,
+    runtime: &SourceRuntime,
+    label: &str,
+    spec: &SourceSpec,
+    n: usize,
+) {
+    let ctx = ResolveContext {
+        runtime,
+        client: None,
+    };
     let samples = rt.block_on(async {
         for _ in 0..n / 10 + 1 {
-            assert!(matches!(lookup(spec, "bench", ctx).await, Ok(Lookup::Found(_))), "{label}: warm-up did not find the value");
+            assert!(
+                matches!(lookup(spec, "bench", ctx).await, Ok(Lookup::Found(_))),
+                "{label}: warm-up did not find the value"
+            );
         }
         let mut s = Vec::with_capacity(n);
         for _ in 0..n {
@@ -41,7 +55,11 @@ fn measure(rt: &tokio::runtime::Runtime, runtime: &SourceRuntime, label: &str, s
 }
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("token");
     std::fs::write(&file, b"file-token-value").unwrap();
@@ -50,14 +68,25 @@ fn main() {
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
 
     let description = format!("keyring:bench{}@buildbroker-bench", std::process::id());
-    let key = Command::new("keyctl").args(["add", "user", &description, "kernel-token-value", "@u"]).output();
-    let key_id = key.ok().filter(|o| o.status.success()).map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    let key = Command::new("keyctl")
+        .args(["add", "user", &description, "kernel-token-value", "@u"])
+        .output();
+    let key_id = key
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
 
     println!("\nResolve latency per source kind (2 tokio workers):");
     let plain = SourceRuntime::default();
     measure(&rt, &plain, "env", &SourceSpec::Env("PATH".into()), 20_000);
     measure(&rt, &plain, "file", &SourceSpec::File(file.clone()), 20_000);
-    measure(&rt, &plain, "exec (sh script)", &SourceSpec::parse(&format!("exec:{}", script.display()), None).unwrap(), 500);
+    measure(
+        &rt,
+        &plain,
+        "exec (sh script)",
+        &SourceSpec::parse(&format!("exec:{}", script.display()), None).unwrap(),
+        500,
+    );
 
     let kernel = SourceRuntime::new(SourceSettings {
         keyring_backend: buildbroker::source::KeyringBackend::Kernel,
@@ -68,7 +97,11 @@ fn main() {
             &rt,
             &kernel,
             "keyring (kernel)",
-            &SourceSpec::parse(&format!("keyring:buildbroker-bench/bench{}", std::process::id()), None).unwrap(),
+            &SourceSpec::parse(
+                &format!("keyring:buildbroker-bench/bench{}", std::process::id()),
+                None,
+            )
+            .unwrap(),
             20_000,
         ),
         None => println!("  keyring (kernel)           not measured: keyctl is not installed"),
@@ -79,9 +112,17 @@ fn main() {
             keyring_backend: buildbroker::source::KeyringBackend::SecretService,
             ..SourceSettings::default()
         });
-        measure(&rt, &ss, "keyring (Secret Service)", &SourceSpec::parse("keyring:buildbroker-bench/token", None).unwrap(), 2_000);
+        measure(
+            &rt,
+            &ss,
+            "keyring (Secret Service)",
+            &SourceSpec::parse("keyring:buildbroker-bench/token", None).unwrap(),
+            2_000,
+        );
     } else {
-        println!("  keyring (Secret Service)   not measured: no session bus (run scripts/bench-sources.sh)");
+        println!(
+            "  keyring (Secret Service)   not measured: no session bus (run scripts/bench-sources.sh)"
+        );
     }
 
     if let Some(id) = key_id {

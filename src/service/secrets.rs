@@ -3,28 +3,55 @@
 //! This is the single place where secret answers become gRPC status codes (design.md §5):
 //! NotFound lets the daemon skip optional mounts; any other code fails the build, which is what
 //! a policy-required secret with no value must do.
+//!
+//! The response is framed here rather than by tonic's server codec, so that the only copy of
+//! the value on its way out is one we own: the gRPC frame is built in a `SecretBytes` and handed
+//! to h2 as `Bytes` that zeroize when h2 drops them. h2 writes a DATA payload of 256 bytes or
+//! more (1024 without vectored I/O) straight from our buffer but copies smaller ones into its
+//! connection write buffer, which is never cleared; so a short answer carries an unknown
+//! padding field (protobuf ignores unknown fields) to reach [`MIN_FRAME`]. Checked by the core
+//! dump test in tests/e2e/no_leaks.rs.
 
 use std::sync::Arc;
 
-use tonic::{Request, Response, Status};
+use bytes::{BufMut, Bytes};
+use http::{HeaderMap, HeaderValue, Request, Response};
+use http_body_util::{BodyExt, Limited, StreamBody};
+use hyper::body::{Frame, Incoming};
+use prost::Message;
+use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint};
+use tonic::Status;
 
 use crate::audit::SecretEvent;
 use crate::broker::Broker;
-use crate::proto::secrets::secrets_server::Secrets;
-use crate::proto::secrets::{GetSecretRequest, GetSecretResponse};
+use crate::proto::secrets::GetSecretRequest;
 use crate::resolver::{Answer, CacheUse, answer};
-use crate::session::SessionInfo;
+use crate::secret::SecretBytes;
+use crate::session::{BoxError, RelayBody};
 use crate::source::ClientSecrets;
+
+/// The one method of the service.
+pub const GET_SECRET: &str = "/moby.buildkit.secrets.v1.Secrets/GetSecret";
+/// GetSecret requests carry an id and a few annotations; anything bigger is not one.
+const MAX_REQUEST: usize = 64 * 1024;
+/// Smallest gRPC frame we send, so h2 writes it from our buffer instead of copying it.
+pub const MIN_FRAME: usize = 1024;
+/// An unused field number for padding (GetSecretResponse has only `data = 1`).
+const PADDING_FIELD: u32 = 15;
 
 pub struct SecretsService {
     broker: Arc<Broker>,
-    session: Arc<SessionInfo>,
+    session: Arc<crate::session::SessionInfo>,
     /// The build client's own provider, for `client` sources.
     client: ClientSecrets,
 }
 
 impl SecretsService {
-    pub fn new(broker: Arc<Broker>, session: Arc<SessionInfo>, client: ClientSecrets) -> Self {
+    pub fn new(
+        broker: Arc<Broker>,
+        session: Arc<crate::session::SessionInfo>,
+        client: ClientSecrets,
+    ) -> Self {
         SecretsService {
             broker,
             session,
@@ -32,38 +59,29 @@ impl SecretsService {
         }
     }
 
-    fn audit(
-        &self,
-        id: &str,
-        source: Option<&'static str>,
-        decision: &'static str,
-        cache: Option<&'static str>,
-        error: Option<&str>,
-    ) {
-        self.broker.audit().secret(&SecretEvent {
-            session: &self.session.uuid,
-            peer_uid: self.session.peer.uid,
-            peer_pid: self.session.peer.pid,
-            id,
-            source,
-            decision,
-            cache,
-            error,
-        });
+    /// Answers one call on `moby.buildkit.secrets.v1.Secrets`.
+    pub async fn handle(&self, req: Request<Incoming>) -> Response<RelayBody> {
+        if req.uri().path() != GET_SECRET {
+            return status(Status::unimplemented(format!(
+                "buildbroker: no method {}",
+                req.uri().path()
+            )));
+        }
+        let id = match read_request(req).await {
+            Ok(r) => r.id,
+            Err(s) => return status(s),
+        };
+        match self.get_secret(&id).await {
+            Ok(value) => grpc_ok(encode_response(&value)),
+            Err(s) => status(s),
+        }
     }
-}
 
-#[tonic::async_trait]
-impl Secrets for SecretsService {
-    async fn get_secret(
-        &self,
-        request: Request<GetSecretRequest>,
-    ) -> Result<Response<GetSecretResponse>, Status> {
-        let id = request.into_inner().id;
+    async fn get_secret(&self, id: &str) -> Result<Arc<SecretBytes>, Status> {
         let generation = self.broker.current();
-        match answer(&generation, &id, Some(&self.client)).await {
+        match answer(&generation, id, Some(&self.client)).await {
             Answer::Denied => {
-                self.audit(&id, None, "denied", None, None);
+                self.audit(id, None, "denied", None, None);
                 Err(Status::not_found(format!(
                     "buildbroker: secret {id:?} is not in the policy (unknown_secrets = \"deny\")"
                 )))
@@ -95,32 +113,162 @@ impl Secrets for SecretsService {
                     }
                 };
                 self.audit(
-                    &id,
+                    id,
                     Some(source.kind()),
                     decision,
                     cache_note,
                     error.as_deref(),
                 );
-                // The response needs its own Vec (prost owns it until tonic has encoded it); our
-                // copy is zeroized when the last Arc drops (now, or at cache expiry). The copies
-                // in prost/tonic/h2 buffers are not under our control (SECURITY.md).
-                Ok(Response::new(GetSecretResponse {
-                    data: value.expose().to_vec(),
-                }))
+                Ok(value)
             }
             Answer::NotFound { .. } => {
-                self.audit(&id, None, "not_found", None, None);
+                self.audit(id, None, "not_found", None, None);
                 Err(Status::not_found(format!(
                     "buildbroker: no source has secret {id:?}"
                 )))
             }
             Answer::RequiredMissing { message, .. } => {
-                self.audit(&id, None, "required_missing", None, Some(&message));
+                self.audit(id, None, "required_missing", None, Some(&message));
                 Err(Status::failed_precondition(message))
             }
             Answer::Failed { message, .. } => {
-                self.audit(&id, None, "error", None, Some(&message));
+                self.audit(id, None, "error", None, Some(&message));
                 Err(Status::unavailable(message))
+            }
+        }
+    }
+
+    fn audit(
+        &self,
+        id: &str,
+        source: Option<&'static str>,
+        decision: &'static str,
+        cache: Option<&'static str>,
+        error: Option<&str>,
+    ) {
+        self.broker.audit().secret(&SecretEvent {
+            session: &self.session.uuid,
+            peer_uid: self.session.peer.uid,
+            peer_pid: self.session.peer.pid,
+            id,
+            source,
+            decision,
+            cache,
+            error,
+        });
+    }
+}
+
+/// Reads one uncompressed gRPC message (we never advertise compression).
+async fn read_request(req: Request<Incoming>) -> Result<GetSecretRequest, Status> {
+    let body = Limited::new(req.into_body(), MAX_REQUEST)
+        .collect()
+        .await
+        .map_err(|e| {
+            Status::invalid_argument(format!(
+                "buildbroker: cannot read the GetSecret request: {e}"
+            ))
+        })?
+        .to_bytes();
+    let (header, message) = body.split_at_checked(5).ok_or_else(|| {
+        Status::invalid_argument("buildbroker: GetSecret request shorter than a gRPC frame header")
+    })?;
+    if header[0] != 0 {
+        return Err(Status::unimplemented(
+            "buildbroker: compressed GetSecret requests are not supported",
+        ));
+    }
+    let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
+    if len != message.len() {
+        return Err(Status::invalid_argument(
+            "buildbroker: GetSecret request frame length does not match its body",
+        ));
+    }
+    GetSecretRequest::decode(message).map_err(|e| {
+        Status::invalid_argument(format!("buildbroker: malformed GetSecretRequest: {e}"))
+    })
+}
+
+/// The gRPC frame of `GetSecretResponse { data: value }`, padded to [`MIN_FRAME`], in a buffer
+/// that zeroizes when the network stack drops it.
+fn encode_response(value: &SecretBytes) -> Bytes {
+    let data_len = 1 + encoded_len_varint(value.len() as u64) + value.len();
+    // Padding field: key (1 byte) + length varint + zeros, present only when needed.
+    let padding = (MIN_FRAME - 5).saturating_sub(data_len);
+    let pad_payload = padding.saturating_sub(1 + encoded_len_varint(padding as u64));
+    let pad_len = if padding == 0 {
+        0
+    } else {
+        1 + encoded_len_varint(pad_payload as u64) + pad_payload
+    };
+    let message_len = data_len + pad_len;
+
+    let mut frame = SecretBytes::with_capacity(5 + message_len);
+    let buf = frame.buffer_mut();
+    buf.put_u8(0);
+    buf.put_u32(message_len as u32);
+    encode_key(1, WireType::LengthDelimited, buf);
+    encode_varint(value.len() as u64, buf);
+    buf.extend_from_slice(value.expose());
+    if padding > 0 {
+        encode_key(PADDING_FIELD, WireType::LengthDelimited, buf);
+        encode_varint(pad_payload as u64, buf);
+        buf.resize(buf.len() + pad_payload, 0);
+    }
+    debug_assert_eq!(buf.len(), 5 + message_len);
+    frame.into_wire_bytes()
+}
+
+fn grpc_ok(frame: Bytes) -> Response<RelayBody> {
+    let mut trailers = HeaderMap::new();
+    trailers.insert("grpc-status", HeaderValue::from_static("0"));
+    let frames = futures_util::stream::iter([
+        Ok::<_, BoxError>(Frame::data(frame)),
+        Ok(Frame::trailers(trailers)),
+    ]);
+    Response::builder()
+        .header(http::header::CONTENT_TYPE, "application/grpc")
+        .body(StreamBody::new(frames).boxed_unsync())
+        .expect("a static response is valid")
+}
+
+/// A trailers-only gRPC error response.
+fn status(s: Status) -> Response<RelayBody> {
+    s.into_http::<http_body_util::Empty<Bytes>>()
+        .map(|b| b.map_err(|never| match never {}).boxed_unsync())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::secrets::GetSecretResponse;
+
+    fn decode(frame: &[u8]) -> Vec<u8> {
+        assert_eq!(frame[0], 0);
+        let len = u32::from_be_bytes(frame[1..5].try_into().unwrap()) as usize;
+        assert_eq!(len, frame.len() - 5);
+        GetSecretResponse::decode(&frame[5..]).unwrap().data
+    }
+
+    #[test]
+    fn frames_decode_to_the_value_and_small_ones_are_padded() {
+        for size in [
+            0usize, 1, 20, 127, 128, 300, 1000, 1013, 1014, 1020, 5000, 512_000,
+        ] {
+            let value: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+            let frame = encode_response(&SecretBytes::new(value.clone()));
+            assert!(
+                frame.len() >= MIN_FRAME,
+                "size {size}: frame of {} bytes",
+                frame.len()
+            );
+            assert_eq!(decode(&frame), value, "size {size}");
+            if size >= MIN_FRAME {
+                assert_eq!(
+                    frame.len(),
+                    5 + 1 + encoded_len_varint(size as u64) + size,
+                    "no padding when not needed"
+                );
             }
         }
     }
