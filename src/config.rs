@@ -16,6 +16,10 @@ use toml::Spanned;
 
 use crate::source::SourceSpec;
 
+mod ssh;
+
+pub use ssh::{AgentSocket, HostRule, KeyMatch, SshKeys, SshRule, parse_host_rule};
+
 /// The policy compiled into the binary; used when no policy file is found.
 pub const EMBEDDED_DEFAULT: &str = include_str!("../config/default.toml");
 
@@ -90,15 +94,6 @@ pub struct SecretRule {
     pub uid: Option<u32>,
     /// The only gid it may be mounted for (checked by `buildbroker check`).
     pub gid: Option<u32>,
-}
-
-/// What the policy says about one ssh id. Parsed and validated now so policy files written
-/// for SSH brokering are accepted; the session relays ssh calls to the client until the SSH
-/// broker lands.
-#[derive(Debug, Clone)]
-pub struct SshRule {
-    pub agent: Option<String>,
-    pub keys: Vec<String>,
 }
 
 /// A listening or upstream address.
@@ -270,7 +265,7 @@ struct RawPolicy {
     #[serde(default)]
     secrets: BTreeMap<Spanned<String>, Spanned<RawSecret>>,
     #[serde(default)]
-    ssh: BTreeMap<Spanned<String>, Spanned<RawSsh>>,
+    ssh: BTreeMap<Spanned<String>, Spanned<ssh::RawSsh>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -303,14 +298,6 @@ struct RawSecret {
     mode: Option<Spanned<u32>>,
     uid: Option<u32>,
     gid: Option<u32>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawSsh {
-    agent: Option<Spanned<String>>,
-    #[serde(default)]
-    keys: Vec<Spanned<String>>,
 }
 
 // ---- checked stage ---------------------------------------------------------------------------
@@ -526,25 +513,7 @@ impl Policy {
             );
         }
 
-        let mut ssh = BTreeMap::new();
-        for (id, rule) in &raw.ssh {
-            let rule = rule.get_ref();
-            for k in &rule.keys {
-                if !k.get_ref().starts_with("SHA256:") {
-                    c.push(
-                        k.span(),
-                        format!("[ssh.{}] keys: expected a SHA256 fingerprint as `ssh-add -l` prints it (SHA256:…); got {:?}", id.get_ref(), k.get_ref()),
-                    );
-                }
-            }
-            ssh.insert(
-                id.get_ref().clone(),
-                SshRule {
-                    agent: rule.agent.as_ref().map(|a| a.get_ref().clone()),
-                    keys: rule.keys.iter().map(|k| k.get_ref().clone()).collect(),
-                },
-            );
-        }
+        let ssh = ssh::check(&raw.ssh, &listen, env, &mut c);
 
         if !c.errors.is_empty() {
             c.errors.sort_by_key(|e| (e.line, e.column));

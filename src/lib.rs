@@ -1,8 +1,9 @@
 //! # buildbroker
 //!
 //! A daemon between `docker buildx build` and the BuildKit daemon that answers the build's
-//! secret requests from a policy, so builds get tokens and credentials without `--secret`
-//! flags, without files on disk, and with every decision audited.
+//! secret and ssh-agent requests from a policy, so builds get tokens, credentials and exactly
+//! the ssh keys they should without `--secret`/`--ssh` flags, without files on disk, and with
+//! every decision audited.
 //!
 //! A tour, in the order a request travels:
 //!
@@ -10,7 +11,10 @@
 //!   Engine API to the real engine and checks each peer with [`access`].
 //! - `POST /session` goes to [`session`]: buildbroker becomes the h2 server towards the daemon
 //!   and the h2 client towards buildx; `session::router` sends `Secrets/GetSecret` to
-//!   [`service::secrets`] and relays everything else.
+//!   [`service::secrets`], `SSH/CheckAgent` and `SSH/ForwardAgent` to [`service::ssh`], and
+//!   relays everything else.
+//! - [`ssh`] is the per-id filtered agent (upstream agent or broker-held keys, destination
+//!   constraints, standalone agent sockets), spoken with ssh-agent-lib.
 //! - [`policy`] decides (pure functions) what an id means; [`source`] resolves it from env,
 //!   files or the build client; [`secret::SecretBytes`] owns the value and zeroizes it.
 //! - [`audit`] records every decision, never a value. [`config`] turns the policy TOML into a
@@ -30,6 +34,7 @@ pub mod server;
 pub mod service;
 pub mod session;
 pub mod source;
+pub mod ssh;
 
 /// Code generated from `proto/` at build time.
 #[allow(clippy::all, clippy::pedantic, missing_docs)]

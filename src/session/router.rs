@@ -12,7 +12,9 @@ use super::SessionInfo;
 use super::relay::{BoxError, ClientChannel, RelayBody};
 use crate::broker::Broker;
 use crate::proto::secrets::secrets_server::SecretsServer;
+use crate::proto::sshforward::ssh_server::SshServer;
 use crate::service::secrets::SecretsService;
+use crate::service::ssh::SshService;
 use crate::source::ClientSecrets;
 
 /// Where one call inside a session goes.
@@ -20,7 +22,9 @@ use crate::source::ClientSecrets;
 pub enum Route {
     /// `moby.buildkit.secrets.v1.Secrets/*`: answered from the policy.
     Secrets,
-    /// Everything else (Health, FileSync, Auth, SSH, Upload, …): relayed to the build client.
+    /// `moby.sshforward.v1.SSH/*`: the policy's agents, or the client's for unlisted ids.
+    Ssh,
+    /// Everything else (Health, FileSync, Auth, Upload, …): relayed to the build client.
     Relay,
 }
 
@@ -28,6 +32,8 @@ impl Route {
     pub fn of(path: &str) -> Route {
         if path.starts_with("/moby.buildkit.secrets.v1.Secrets/") {
             Route::Secrets
+        } else if path.starts_with("/moby.sshforward.v1.SSH/") {
+            Route::Ssh
         } else {
             Route::Relay
         }
@@ -37,14 +43,21 @@ impl Route {
 pub struct SessionRouter {
     client: ClientChannel,
     secrets: SecretsServer<SecretsService>,
+    ssh: SshServer<SshService>,
 }
 
 impl SessionRouter {
     pub fn new(client: ClientChannel, broker: Arc<Broker>, info: Arc<SessionInfo>) -> Self {
-        let service = SecretsService::new(broker, info, ClientSecrets::new(client.clone()));
+        let secrets = SecretsService::new(
+            broker.clone(),
+            info.clone(),
+            ClientSecrets::new(client.clone()),
+        );
+        let ssh = SshService::new(broker, info, client.clone());
         SessionRouter {
             client,
-            secrets: SecretsServer::new(service),
+            secrets: SecretsServer::new(secrets),
+            ssh: SshServer::new(ssh),
         }
     }
 
@@ -55,6 +68,10 @@ impl SessionRouter {
         match Route::of(req.uri().path()) {
             Route::Secrets => {
                 let resp = self.secrets.clone().call(req).await?;
+                Ok(resp.map(|b| b.map_err(BoxError::from).boxed_unsync()))
+            }
+            Route::Ssh => {
+                let resp = self.ssh.clone().call(req).await?;
                 Ok(resp.map(|b| b.map_err(BoxError::from).boxed_unsync()))
             }
             Route::Relay => Ok(self.client.relay(req).await),
