@@ -7,3 +7,5 @@ mod bad_input;
 mod lifecycle;
 mod no_leaks;
 mod secrets;
+mod ssh;
+mod sshbed;
