@@ -26,10 +26,12 @@ use std::sync::Arc;
 use tokio::sync::OnceCell;
 
 pub use agent::{AgentConnection, Origin};
-pub use destination::{BindRefused, SignRefused};
-pub use held::{HeldKeys, KeyLoadError, KeyParseError, parse_private_key};
-pub use hosts::{AllowedHosts, HostsError};
+pub use held::{KeyLoadError, KeyParseError};
+pub use hosts::HostsError;
 pub use upstream::UpstreamError;
+
+use held::HeldKeys;
+use hosts::AllowedHosts;
 
 use crate::config::{Policy, SshKeys, SshRule};
 use crate::policy::{SshDecision, decide_ssh};
@@ -112,10 +114,6 @@ pub enum Unavailable {
 }
 
 impl ManagedId {
-    pub fn id(&self) -> &str {
-        &self.id
-    }
-
     pub fn rule(&self) -> &SshRule {
         &self.rule
     }
