@@ -717,3 +717,61 @@ async fn key_load_errors_say_what_to_do() {
             .is_err()
     );
 }
+
+#[tokio::test]
+async fn held_keys_are_kept_until_a_reload_and_read_again_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (first, first_pub) = keygen(dir.path(), "first", &["-t", "ed25519", "-N", ""]);
+    let (second, second_pub) = keygen(dir.path(), "second", &["-t", "ed25519", "-N", ""]);
+    let key_file = dir.path().join("deploy");
+    std::fs::copy(&first, &key_file).unwrap();
+    let policy_file = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy_file,
+        format!(
+            "[ssh.golden]\nprivate_keys = [\"file:{}\"]\n",
+            key_file.display()
+        ),
+    )
+    .unwrap();
+    let env = HostEnv::default();
+    let b = Arc::new(Broker::new(Policy::load_file(&policy_file, &env).unwrap(), env).unwrap());
+    let fingerprint = |public: &str| {
+        ssh_key::PublicKey::from_openssh(public)
+            .unwrap()
+            .fingerprint(ssh_key::HashAlg::Sha256)
+    };
+    let listed = |b: &Arc<Broker>| {
+        let b = b.clone();
+        async move {
+            let keys = b
+                .ssh()
+                .managed("golden")
+                .unwrap()
+                .held_keys()
+                .await
+                .unwrap();
+            keys.identities()
+                .iter()
+                .map(|i| {
+                    i.credential
+                        .key_data()
+                        .fingerprint(ssh_key::HashAlg::Sha256)
+                })
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(listed(&b).await, vec![fingerprint(&first_pub)]);
+    // The file changes: the loaded key stays in memory (no per-request re-read)…
+    std::fs::copy(&second, &key_file).unwrap();
+    assert_eq!(listed(&b).await, vec![fingerprint(&first_pub)]);
+    // …until a reload drops it and the next request loads the file again.
+    let before = b.ssh();
+    b.reload().unwrap();
+    assert!(
+        !Arc::ptr_eq(&before, &b.ssh()),
+        "a reload replaces the ssh registry"
+    );
+    drop(before);
+    assert_eq!(listed(&b).await, vec![fingerprint(&second_pub)]);
+}
