@@ -587,3 +587,45 @@ fn several_agent_connections_at_once_in_one_run() {
         .count();
     assert_eq!(signed, 8, "{}", broker.audit());
 }
+
+#[test]
+fn broker_held_key_from_the_kernel_keyring_authenticates_with_nothing_on_disk() {
+    if skip() {
+        return;
+    }
+    require_ssh_bed();
+    let dir = tempfile::tempdir().unwrap();
+    let key = Key::new(dir.path(), "kernelheld", "");
+    let sshd = Sshd::start("kernelheld", &format!("{}\n", key.public));
+    let service = crate::kernel_keyring::unique("ssh");
+    let private = std::fs::read(&key.path).unwrap();
+    let _stored = crate::kernel_keyring::KernelKey::add(&service, "deploy", &private);
+    // The key now lives only in the kernel keyring.
+    std::fs::remove_file(&key.path).unwrap();
+    let broker = Broker::start(BrokerOptions {
+        policy: &format!(
+            "[keyring]\nbackend = \"kernel\"\n[ssh.deploy]\nprivate_keys = [\"keyring:{service}/deploy\"]\n"
+        ),
+        rust_log: "trace",
+        ..Default::default()
+    });
+    let build = Build::new(dockerfile(
+        "--mount=type=ssh,id=deploy,required=true",
+        &sshd.login("$SSH_AUTH_SOCK", "/o/login"),
+    ))
+    .file("kh", known_hosts(&[&sshd]))
+    .network("host")
+    .run(&broker);
+    build.assert_ok();
+    assert_logged_in(&build, "login", "kernelheld");
+    let text = String::from_utf8(private).unwrap();
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with("-----") && l.len() >= 16)
+    {
+        assert!(
+            !broker.log().contains(line),
+            "private key material in the broker's trace log"
+        );
+    }
+}
