@@ -99,14 +99,16 @@ fn secret_bytes_are_not_in_image_history_cache_or_logs() {
     assert!(broker.audit().contains("\"id\":\"tok\""));
 
     // The engine's own storage (build cache, snapshots, metadata).
+    // Other tests build concurrently, so files may vanish under grep (exit 2, "no such
+    // file"): what counts is that no file was listed as containing the value.
     let grep = Command::new("grep")
-        .args(["-rlF", "--", &value])
+        .args(["-rlFs", "--", &value])
         .arg(root.trim())
         .output()
         .unwrap();
-    assert_eq!(
-        grep.status.code(),
-        Some(1),
+    assert_ne!(grep.status.code(), Some(0), "grep found the secret in the engine's data root");
+    assert!(
+        grep.stdout.is_empty(),
         "secret found in the engine's data root: {}",
         String::from_utf8_lossy(&grep.stdout)
     );
