@@ -39,7 +39,10 @@ impl Broker {
 
     /// The source state that goes with [`Broker::policy`].
     pub fn sources(&self) -> Arc<SourceRuntime> {
-        self.sources.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.sources
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub fn audit(&self) -> Arc<AuditLog> {

@@ -287,7 +287,10 @@ fn resolve(config: Option<PathBuf>, id: &str, env: &HostEnv) -> ExitCode {
         }
     };
     let source_runtime = SourceRuntime::new(policy.sources.clone());
-    let ctx = ResolveContext { runtime: &source_runtime, client: None };
+    let ctx = ResolveContext {
+        runtime: &source_runtime,
+        client: None,
+    };
     let chain = runtime.block_on(resolve_chain(sources, id, ctx));
     for a in &chain.attempts {
         let what = match &a.outcome {

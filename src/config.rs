@@ -593,7 +593,9 @@ fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     match humantime::parse_duration(text) {
         Ok(d) if !d.is_zero() => Ok(d),
         Ok(_) => Err(format!("expected a positive duration; got {text:?}")),
-        Err(e) => Err(format!("expected a duration such as \"10s\", \"500ms\" or \"5m\" ({e}); got {text:?}")),
+        Err(e) => Err(format!(
+            "expected a duration such as \"10s\", \"500ms\" or \"5m\" ({e}); got {text:?}"
+        )),
     }
 }
 

@@ -44,7 +44,9 @@ impl SourceSpec {
                 if valid {
                     Ok(SourceSpec::Env(rest.to_string()))
                 } else {
-                    Err(format!("expected env:NAME with NAME made of letters, digits and _; got {text:?}"))
+                    Err(format!(
+                        "expected env:NAME with NAME made of letters, digits and _; got {text:?}"
+                    ))
                 }
             }
             "file" => {
@@ -55,7 +57,9 @@ impl SourceSpec {
                 if path.is_absolute() {
                     Ok(SourceSpec::File(path))
                 } else {
-                    Err(format!("expected an absolute path or one starting with ~/ after file:; got {text:?}"))
+                    Err(format!(
+                        "expected an absolute path or one starting with ~/ after file:; got {text:?}"
+                    ))
                 }
             }
             "exec" => ExecSpec::parse(rest, home).map(SourceSpec::Exec),
@@ -120,12 +124,18 @@ pub struct SourceError {
 impl SourceError {
     /// A failure that will not fix itself (permissions, a malformed value, access denied).
     pub fn permanent(message: impl Into<String>) -> Self {
-        SourceError { message: message.into(), transient: false }
+        SourceError {
+            message: message.into(),
+            transient: false,
+        }
     }
 
     /// A failure that may pass on its own (timeouts, unreachable services).
     pub fn transient(message: impl Into<String>) -> Self {
-        SourceError { message: message.into(), transient: true }
+        SourceError {
+            message: message.into(),
+            transient: true,
+        }
     }
 }
 
@@ -177,7 +187,11 @@ pub struct ResolveContext<'a> {
 }
 
 /// Asks one source for `id`.
-pub async fn lookup(spec: &SourceSpec, id: &str, ctx: ResolveContext<'_>) -> Result<Lookup, SourceError> {
+pub async fn lookup(
+    spec: &SourceSpec,
+    id: &str,
+    ctx: ResolveContext<'_>,
+) -> Result<Lookup, SourceError> {
     let settings = &ctx.runtime.settings;
     let result = match spec {
         SourceSpec::Env(name) => env::lookup(name),
@@ -185,7 +199,9 @@ pub async fn lookup(spec: &SourceSpec, id: &str, ctx: ResolveContext<'_>) -> Res
         SourceSpec::Exec(e) => exec::lookup(e, id, settings.exec_timeout).await,
         SourceSpec::Client => match ctx.client {
             Some(client) => client.lookup(id).await,
-            None => Ok(Lookup::Missing("no build client (only asked inside a build session)".into())),
+            None => Ok(Lookup::Missing(
+                "no build client (only asked inside a build session)".into(),
+            )),
         },
     };
     match result? {
@@ -232,25 +248,43 @@ impl ChainResult {
             AttemptOutcome::Failed(e) => Some(e.transient),
             _ => None,
         });
-        failures.next().is_some_and(|first| first && failures.all(|t| t))
+        failures
+            .next()
+            .is_some_and(|first| first && failures.all(|t| t))
     }
 }
 
 /// Tries `sources` in order; the first that finds a value wins.
-pub async fn resolve_chain(sources: &[SourceSpec], id: &str, ctx: ResolveContext<'_>) -> ChainResult {
+pub async fn resolve_chain(
+    sources: &[SourceSpec],
+    id: &str,
+    ctx: ResolveContext<'_>,
+) -> ChainResult {
     let mut attempts = Vec::with_capacity(sources.len());
     for (i, spec) in sources.iter().enumerate() {
         let outcome = match lookup(spec, id, ctx).await {
             Ok(Lookup::Found(value)) => {
-                attempts.push(Attempt { source: spec.clone(), outcome: AttemptOutcome::Found });
-                return ChainResult { value: Some((i, value)), attempts };
+                attempts.push(Attempt {
+                    source: spec.clone(),
+                    outcome: AttemptOutcome::Found,
+                });
+                return ChainResult {
+                    value: Some((i, value)),
+                    attempts,
+                };
             }
             Ok(Lookup::Missing(why)) => AttemptOutcome::Missing(why),
             Err(e) => AttemptOutcome::Failed(e),
         };
-        attempts.push(Attempt { source: spec.clone(), outcome });
+        attempts.push(Attempt {
+            source: spec.clone(),
+            outcome,
+        });
     }
-    ChainResult { value: None, attempts }
+    ChainResult {
+        value: None,
+        attempts,
+    }
 }
 
 #[cfg(test)]

@@ -62,7 +62,8 @@ fn conclusions_table() {
     let env = || SourceSpec::Env("A".into());
     let file = || SourceSpec::File("/f".into());
     let missing = || AttemptOutcome::Missing("not set".into());
-    let failed = || AttemptOutcome::Failed(crate::source::SourceError::permanent("permission denied"));
+    let failed =
+        || AttemptOutcome::Failed(crate::source::SourceError::permanent("permission denied"));
 
     assert_eq!(
         conclude_secret(

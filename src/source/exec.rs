@@ -19,7 +19,15 @@ use super::{Lookup, SourceError, expand_home};
 use crate::secret::{MAX_SECRET_BYTES, SecretBytes};
 
 /// Environment variables passed through to the program when the daemon has them.
-const PASSED_ENV: &[&str] = &["PATH", "HOME", "USER", "LOGNAME", "LANG", "XDG_RUNTIME_DIR", "DBUS_SESSION_BUS_ADDRESS"];
+const PASSED_ENV: &[&str] = &[
+    "PATH",
+    "HOME",
+    "USER",
+    "LOGNAME",
+    "LANG",
+    "XDG_RUNTIME_DIR",
+    "DBUS_SESSION_BUS_ADDRESS",
+];
 /// How much of the program's stderr an error message may carry.
 const MAX_STDERR: usize = 4096;
 
@@ -35,14 +43,19 @@ impl ExecSpec {
     pub fn parse(rest: &str, home: Option<&str>) -> Result<ExecSpec, String> {
         let mut words = rest.split_whitespace();
         let Some(program) = words.next() else {
-            return Err("expected exec:PROGRAM ARG…, as in \"exec:op read op://ci/pypi/token\"".into());
+            return Err(
+                "expected exec:PROGRAM ARG…, as in \"exec:op read op://ci/pypi/token\"".into(),
+            );
         };
         let program = if program.starts_with('~') {
             expand_home(program, home).to_string_lossy().into_owned()
         } else {
             program.to_string()
         };
-        Ok(ExecSpec { program, args: words.map(str::to_string).collect() })
+        Ok(ExecSpec {
+            program,
+            args: words.map(str::to_string).collect(),
+        })
     }
 }
 
@@ -81,9 +94,13 @@ pub async fn lookup(spec: &ExecSpec, id: &str, timeout: Duration) -> Result<Look
     };
     // On timeout the future (and the child with kill_on_drop) is dropped: the program is killed.
     let Ok((value, stderr, status)) = tokio::time::timeout(timeout, run).await else {
-        return Err(SourceError::transient(format!("{} timed out after {timeout:?} and was killed", spec.program)));
+        return Err(SourceError::transient(format!(
+            "{} timed out after {timeout:?} and was killed",
+            spec.program
+        )));
     };
-    let status = status.map_err(|e| SourceError::transient(format!("waiting for {}: {e}", spec.program)))?;
+    let status =
+        status.map_err(|e| SourceError::transient(format!("waiting for {}: {e}", spec.program)))?;
     let stderr = describe_stderr(&stderr);
     // Over the cap: we stopped reading, so the program died of SIGPIPE; the cap is the reason.
     let value = match value {
@@ -96,9 +113,18 @@ pub async fn lookup(spec: &ExecSpec, id: &str, timeout: Duration) -> Result<Look
             strip_one_newline(&mut value);
             Ok(Lookup::Found(value))
         }
-        Some(2) => Ok(Lookup::Missing(format!("{} exited 2 (not found){stderr}", spec.program))),
-        Some(code) => Err(SourceError::permanent(format!("{} exited with status {code}{stderr}", spec.program))),
-        None => Err(SourceError::transient(format!("{} was killed by a signal{stderr}", spec.program))),
+        Some(2) => Ok(Lookup::Missing(format!(
+            "{} exited 2 (not found){stderr}",
+            spec.program
+        ))),
+        Some(code) => Err(SourceError::permanent(format!(
+            "{} exited with status {code}{stderr}",
+            spec.program
+        ))),
+        None => Err(SourceError::transient(format!(
+            "{} was killed by a signal{stderr}",
+            spec.program
+        ))),
     }
 }
 
@@ -119,7 +145,11 @@ async fn read_value(mut out: impl AsyncRead + Unpin) -> Result<SecretBytes, Sour
         match out.read(&mut buf[filled..]).await {
             Ok(0) => break,
             Ok(n) => filled += n,
-            Err(e) => return Err(SourceError::transient(format!("reading the program's output: {e}"))),
+            Err(e) => {
+                return Err(SourceError::transient(format!(
+                    "reading the program's output: {e}"
+                )));
+            }
         }
     }
     buf.truncate(filled);
@@ -143,7 +173,11 @@ async fn read_bounded(mut r: impl AsyncRead + Unpin, limit: usize) -> Vec<u8> {
 fn describe_stderr(stderr: &[u8]) -> String {
     let text = String::from_utf8_lossy(stderr);
     let text = text.trim();
-    if text.is_empty() { String::new() } else { format!(": {text}") }
+    if text.is_empty() {
+        String::new()
+    } else {
+        format!(": {text}")
+    }
 }
 
 fn strip_one_newline(value: &mut SecretBytes) {

@@ -48,7 +48,9 @@ fn read_capped(path: &Path) -> Result<Lookup, SourceError> {
     let mut filled = 0;
     loop {
         if filled == capacity {
-            return Err(SourceError::transient("file changed size while being read; try again"));
+            return Err(SourceError::transient(
+                "file changed size while being read; try again",
+            ));
         }
         match file.read(&mut buf[filled..]) {
             Ok(0) => break,

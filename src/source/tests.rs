@@ -4,7 +4,10 @@ use super::*;
 
 fn ctx() -> ResolveContext<'static> {
     static RUNTIME: std::sync::OnceLock<SourceRuntime> = std::sync::OnceLock::new();
-    ResolveContext { runtime: RUNTIME.get_or_init(SourceRuntime::default), client: None }
+    ResolveContext {
+        runtime: RUNTIME.get_or_init(SourceRuntime::default),
+        client: None,
+    }
 }
 
 #[test]
@@ -165,7 +168,12 @@ fn script(dir: &std::path::Path, name: &str, body: &str, args: &str) -> SourceSp
 #[tokio::test]
 async fn exec_value_strips_exactly_one_newline_and_sees_the_id() {
     let dir = tempfile::tempdir().unwrap();
-    let spec = script(dir.path(), "ok", "printf '%s:%s\\n\\n' \"$1\" \"$BUILDBROKER_SECRET_ID\"", "first-arg");
+    let spec = script(
+        dir.path(),
+        "ok",
+        "printf '%s:%s\\n\\n' \"$1\" \"$BUILDBROKER_SECRET_ID\"",
+        "first-arg",
+    );
     match lookup(&spec, "my_id", ctx()).await {
         Ok(Lookup::Found(v)) => assert_eq!(v.expose(), b"first-arg:my_id\n"),
         _ => panic!("expected the program's stdout"),
@@ -185,15 +193,34 @@ async fn exec_exit_2_falls_through_to_the_next_source() {
     let r = resolve_chain(&[missing, found], "x", ctx()).await;
     let (i, v) = r.value.expect("the second source answers");
     assert_eq!((i, v.expose()), (1, &b"second"[..]));
-    assert!(r.attempts[0].to_string().contains("exited 2 (not found): no such item"), "{}", r.attempts[0]);
+    assert!(
+        r.attempts[0]
+            .to_string()
+            .contains("exited 2 (not found): no such item"),
+        "{}",
+        r.attempts[0]
+    );
 }
 
 #[tokio::test]
 async fn exec_failure_carries_stderr_never_stdout() {
     let dir = tempfile::tempdir().unwrap();
-    let spec = script(dir.path(), "fail", "printf 'TOP-SECRET-STDOUT'; echo 'vault: permission denied' >&2; exit 1", "");
-    let err = lookup(&spec, "x", ctx()).await.err().expect("exit 1 is an error");
-    assert!(err.message.contains("exited with status 1: vault: permission denied"), "{}", err.message);
+    let spec = script(
+        dir.path(),
+        "fail",
+        "printf 'TOP-SECRET-STDOUT'; echo 'vault: permission denied' >&2; exit 1",
+        "",
+    );
+    let err = lookup(&spec, "x", ctx())
+        .await
+        .err()
+        .expect("exit 1 is an error");
+    assert!(
+        err.message
+            .contains("exited with status 1: vault: permission denied"),
+        "{}",
+        err.message
+    );
     assert!(!err.message.contains("TOP-SECRET-STDOUT"));
     assert!(!err.transient);
 }
@@ -201,21 +228,54 @@ async fn exec_failure_carries_stderr_never_stdout() {
 #[tokio::test]
 async fn exec_stderr_in_errors_is_bounded() {
     let dir = tempfile::tempdir().unwrap();
-    let spec = script(dir.path(), "noisy", "head -c 100000 /dev/zero | tr '\\0' e >&2; exit 3", "");
-    let err = lookup(&spec, "x", ctx()).await.err().expect("exit 3 is an error");
-    assert!(err.message.len() < 4096 + 200, "{} bytes", err.message.len());
+    let spec = script(
+        dir.path(),
+        "noisy",
+        "head -c 100000 /dev/zero | tr '\\0' e >&2; exit 3",
+        "",
+    );
+    let err = lookup(&spec, "x", ctx())
+        .await
+        .err()
+        .expect("exit 3 is an error");
+    assert!(
+        err.message.len() < 4096 + 200,
+        "{} bytes",
+        err.message.len()
+    );
 }
 
 #[tokio::test]
 async fn exec_timeout_kills_the_program() {
     let dir = tempfile::tempdir().unwrap();
     let marker = dir.path().join("still-running");
-    let spec = script(dir.path(), "slow", &format!("sleep 2; touch {}", marker.display()), "");
-    let runtime = SourceRuntime::new(SourceSettings { exec_timeout: std::time::Duration::from_millis(200) });
+    let spec = script(
+        dir.path(),
+        "slow",
+        &format!("sleep 2; touch {}", marker.display()),
+        "",
+    );
+    let runtime = SourceRuntime::new(SourceSettings {
+        exec_timeout: std::time::Duration::from_millis(200),
+    });
     let started = std::time::Instant::now();
-    let err = lookup(&spec, "x", ResolveContext { runtime: &runtime, client: None }).await.err().expect("timeout");
+    let err = lookup(
+        &spec,
+        "x",
+        ResolveContext {
+            runtime: &runtime,
+            client: None,
+        },
+    )
+    .await
+    .err()
+    .expect("timeout");
     assert!(started.elapsed() < std::time::Duration::from_secs(1));
-    assert!(err.message.contains("timed out after 200ms and was killed"), "{}", err.message);
+    assert!(
+        err.message.contains("timed out after 200ms and was killed"),
+        "{}",
+        err.message
+    );
     assert!(err.transient);
     std::thread::sleep(std::time::Duration::from_millis(2500));
     assert!(!marker.exists(), "the program was killed, not left running");
@@ -226,14 +286,25 @@ async fn exec_output_over_the_cap_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let spec = script(dir.path(), "big", "head -c 600000 /dev/zero", "");
     let err = lookup(&spec, "x", ctx()).await.err().expect("too big");
-    assert!(err.message.contains("more than the 512000-byte limit"), "{}", err.message);
+    assert!(
+        err.message.contains("more than the 512000-byte limit"),
+        "{}",
+        err.message
+    );
 }
 
 #[tokio::test]
 async fn exec_missing_program_is_a_clear_error() {
     let spec = SourceSpec::parse("exec:/nonexistent/op read x", None).unwrap();
-    let err = lookup(&spec, "x", ctx()).await.err().expect("no such program");
-    assert!(err.message.starts_with("cannot run /nonexistent/op:"), "{}", err.message);
+    let err = lookup(&spec, "x", ctx())
+        .await
+        .err()
+        .expect("no such program");
+    assert!(
+        err.message.starts_with("cannot run /nonexistent/op:"),
+        "{}",
+        err.message
+    );
 }
 
 #[test]
@@ -241,7 +312,10 @@ fn exec_parse_splits_on_whitespace() {
     let spec = SourceSpec::parse("exec:op  read op://ci/pypi/token", None).unwrap();
     assert_eq!(
         spec,
-        SourceSpec::Exec(ExecSpec { program: "op".into(), args: vec!["read".into(), "op://ci/pypi/token".into()] })
+        SourceSpec::Exec(ExecSpec {
+            program: "op".into(),
+            args: vec!["read".into(), "op://ci/pypi/token".into()]
+        })
     );
     assert_eq!(spec.to_string(), "exec:op read op://ci/pypi/token");
     assert!(SourceSpec::parse("exec:", None).is_err());
