@@ -296,6 +296,7 @@ fn resolve(config: Option<PathBuf>, id: &str, env: &HostEnv) -> ExitCode {
         let what = match &a.outcome {
             AttemptOutcome::Found => "found".to_string(),
             AttemptOutcome::Missing(why) => format!("missing: {why}"),
+            AttemptOutcome::Failed(why) if why.transient => format!("transient error: {why}"),
             AttemptOutcome::Failed(why) => format!("error: {why}"),
         };
         println!("  {:<40} {what}", a.source.to_string());

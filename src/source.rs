@@ -5,6 +5,7 @@
 //! share between requests (backend choices, timeouts, SDK clients). Nothing here may put a value
 //! into a message: [`Attempt`]s record *why* a source did not answer, never *what* it answered.
 
+mod aws_sm;
 mod client;
 mod env;
 mod exec;
@@ -14,6 +15,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use aws_sm::{AwsSettings, AwsSmSpec, check_endpoint_url, check_region};
 pub use client::ClientSecrets;
 pub use exec::ExecSpec;
 
@@ -28,6 +30,8 @@ pub enum SourceSpec {
     File(PathBuf),
     /// `exec:PROGRAM ARG…`: a program's stdout, run without a shell.
     Exec(ExecSpec),
+    /// `aws-sm:NAME_OR_ARN[?options][#key.path]`: a secret from AWS Secrets Manager.
+    AwsSm(AwsSmSpec),
     /// `client`: the build client's own provider (`docker buildx build --secret id=…`).
     Client,
 }
@@ -63,12 +67,13 @@ impl SourceSpec {
                 }
             }
             "exec" => ExecSpec::parse(rest, home).map(SourceSpec::Exec),
+            "aws-sm" => AwsSmSpec::parse(rest).map(SourceSpec::AwsSm),
             "client" if rest.is_empty() => Ok(SourceSpec::Client),
-            "keyring" | "aws-sm" => Err(format!(
+            "keyring" => Err(format!(
                 "{scheme}: sources are not available in this version of buildbroker yet; use env:, file:, keyring:, exec: or client"
             )),
             _ => Err(format!(
-                "unknown source {text:?}; expected env:NAME, file:PATH, keyring:SERVICE/ACCOUNT, exec:PROGRAM ARG… or client"
+                "unknown source {text:?}; expected env:NAME, file:PATH, keyring:SERVICE/ACCOUNT, aws-sm:NAME_OR_ARN, exec:PROGRAM ARG… or client"
             )),
         }
     }
@@ -79,6 +84,7 @@ impl SourceSpec {
             SourceSpec::Env(_) => "env",
             SourceSpec::File(_) => "file",
             SourceSpec::Exec(_) => "exec",
+            SourceSpec::AwsSm(_) => "aws-sm",
             SourceSpec::Client => "client",
         }
     }
@@ -90,6 +96,7 @@ impl fmt::Display for SourceSpec {
             SourceSpec::Env(n) => write!(f, "env:{n}"),
             SourceSpec::File(p) => write!(f, "file:{}", p.display()),
             SourceSpec::Exec(e) => write!(f, "exec:{e}"),
+            SourceSpec::AwsSm(a) => write!(f, "aws-sm:{a}"),
             SourceSpec::Client => f.write_str("client"),
         }
     }
@@ -139,17 +146,20 @@ impl SourceError {
     }
 }
 
-/// Settings the sources share, from the policy's `[exec]` table.
+/// Settings the sources share, from the policy's `[exec]` and `[aws]` tables.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SourceSettings {
     /// How long an `exec:` program may run before it is killed.
     pub exec_timeout: Duration,
+    /// Region, endpoint, profile and time limits for `aws-sm:` sources.
+    pub aws: AwsSettings,
 }
 
 impl Default for SourceSettings {
     fn default() -> Self {
         SourceSettings {
             exec_timeout: Duration::from_secs(10),
+            aws: AwsSettings::default(),
         }
     }
 }
@@ -159,11 +169,16 @@ impl Default for SourceSettings {
 #[derive(Default)]
 pub struct SourceRuntime {
     pub settings: SourceSettings,
+    /// The AWS SDK configuration and one Secrets Manager client per region, made on first use.
+    aws: aws_sm::AwsClients,
 }
 
 impl SourceRuntime {
     pub fn new(settings: SourceSettings) -> Self {
-        SourceRuntime { settings }
+        SourceRuntime {
+            settings,
+            aws: aws_sm::AwsClients::default(),
+        }
     }
 }
 
@@ -197,6 +212,7 @@ pub async fn lookup(
         SourceSpec::Env(name) => env::lookup(name),
         SourceSpec::File(path) => file::lookup(path).await,
         SourceSpec::Exec(e) => exec::lookup(e, id, settings.exec_timeout).await,
+        SourceSpec::AwsSm(a) => aws_sm::lookup(a, &settings.aws, &ctx.runtime.aws).await,
         SourceSpec::Client => match ctx.client {
             Some(client) => client.lookup(id).await,
             None => Ok(Lookup::Missing(

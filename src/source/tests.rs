@@ -257,6 +257,7 @@ async fn exec_timeout_kills_the_program() {
     );
     let runtime = SourceRuntime::new(SourceSettings {
         exec_timeout: std::time::Duration::from_millis(200),
+        ..SourceSettings::default()
     });
     let started = std::time::Instant::now();
     let err = lookup(
