@@ -110,6 +110,14 @@ impl Moto {
         std::fs::read_to_string(self.log.path()).unwrap_or_default()
     }
 
+    /// How many API requests moto has answered (its access log has one line per request).
+    pub fn requests(&self) -> usize {
+        self.log()
+            .lines()
+            .filter(|l| l.contains("POST / HTTP/1.1"))
+            .count()
+    }
+
     /// Kills moto now (the "server died mid-run" case).
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {

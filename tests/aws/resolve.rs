@@ -138,6 +138,11 @@ fn string_json_nested_and_binary_values_arrive_exact() {
     for (id, source, value) in cases {
         resolve(&policy, id, &FAKE_CREDENTIALS).assert_value(id, source, value);
     }
+    assert_eq!(
+        moto.requests(),
+        3 + cases.len(),
+        "three seeding calls, then exactly one GetSecretValue per resolve"
+    );
 }
 
 #[test]
