@@ -44,11 +44,15 @@ impl Secrets for FakeBuildx {
 
 type Client = SecretsClient<ClientChannel>;
 
+/// `from_cache` is an exec: source (a real program, ~1 ms) behind `cache_ttl`: after the
+/// first call every answer is a cache hit.
 async fn start_session(token_file: &std::path::Path) -> Client {
     let text = format!(
         "[secrets.from_env]\nsources = [\"env:PATH\"]\n\
          [secrets.from_file]\nsources = [\"file:{}\"]\n\
-         [secrets.from_client]\nsources = [\"client\"]\n",
+         [secrets.from_client]\nsources = [\"client\"]\n\
+         [secrets.from_cache]\nsources = [\"exec:/bin/cat {}\"]\ncache_ttl = \"1h\"\n",
+        token_file.display(),
         token_file.display()
     );
     let env = HostEnv {
@@ -129,7 +133,7 @@ fn bench_get_secret(c: &mut Criterion) {
     let rt = runtime();
     let client = rt.block_on(start_session(&token));
     let mut group = c.benchmark_group("get_secret_in_session");
-    for id in ["from_env", "from_file", "from_client"] {
+    for id in ["from_env", "from_file", "from_client", "from_cache"] {
         group.bench_function(id, |b| b.to_async(&rt).iter(|| get(&client, id)));
     }
     group.finish();
@@ -144,7 +148,7 @@ fn summary() {
     let rt = runtime();
     let client = rt.block_on(start_session(&token));
     println!("\nGetSecret inside a session (2 tokio workers):");
-    for id in ["from_env", "from_file", "from_client"] {
+    for id in ["from_env", "from_file", "from_client", "from_cache"] {
         let mut samples: Vec<Duration> = rt.block_on(async {
             for _ in 0..2_000 {
                 get(&client, id).await;

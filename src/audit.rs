@@ -24,8 +24,10 @@ pub struct SecretEvent<'a> {
     pub id: &'a str,
     /// The kind of the source that answered (`env`, `file`, `client`), if one did.
     pub source: Option<&'static str>,
-    /// `served`, `not_found`, `denied`, `required_missing` or `error`.
+    /// `served`, `served_stale`, `not_found`, `denied`, `required_missing` or `error`.
     pub decision: &'static str,
+    /// For ids with `cache_ttl`: `hit`, `miss` or `stale`.
+    pub cache: Option<&'static str>,
     /// What went wrong, for `required_missing` and `error`.
     pub error: Option<&'a str>,
 }
@@ -75,6 +77,7 @@ impl AuditLog {
             id = event.id,
             source = event.source,
             decision = event.decision,
+            cache = event.cache,
             error = event.error,
             "secret request"
         );

@@ -1,16 +1,38 @@
-//! The shared state of a running daemon: the current policy (swapped whole on SIGHUP), the
-//! audit log, and the facts about the host that policy defaults were computed from.
+//! The shared state of a running daemon: the policy in force with what was built from it (the
+//! sources' shared state and the secret cache), swapped whole on SIGHUP; the audit log; and
+//! the facts about the host that policy defaults were computed from.
 
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use crate::audit::AuditLog;
+use crate::cache::SecretCache;
 use crate::config::{HostEnv, LoadError, Policy};
 use crate::source::SourceRuntime;
 
+/// One policy and everything made from it. A reload makes a new generation; requests hold the
+/// one they started with, so a reload never changes the rules halfway through an answer. The
+/// old generation's cached values are zeroized when its last request finishes.
+pub struct Generation {
+    pub policy: Policy,
+    /// Shared source state (clients, backend choices).
+    pub sources: SourceRuntime,
+    /// Values kept for ids with `cache_ttl`.
+    pub cache: SecretCache,
+}
+
+impl Generation {
+    pub fn new(policy: Policy) -> Generation {
+        Generation {
+            sources: SourceRuntime::new(policy.sources.clone()),
+            cache: SecretCache::default(),
+            policy,
+        }
+    }
+}
+
 pub struct Broker {
-    policy: RwLock<Arc<Policy>>,
-    /// Shared source state (clients, backend choices) made from the policy in force.
-    sources: RwLock<Arc<SourceRuntime>>,
+    current: RwLock<Arc<Generation>>,
     audit: RwLock<Arc<AuditLog>>,
     /// The environment defaults were computed from; reloads use the same one.
     env: HostEnv,
@@ -21,25 +43,15 @@ impl Broker {
     pub fn new(policy: Policy, env: HostEnv) -> std::io::Result<Broker> {
         let audit = open_audit(&policy)?;
         Ok(Broker {
-            sources: RwLock::new(Arc::new(SourceRuntime::new(policy.sources.clone()))),
-            policy: RwLock::new(Arc::new(policy)),
+            current: RwLock::new(Arc::new(Generation::new(policy))),
             audit: RwLock::new(Arc::new(audit)),
             env,
         })
     }
 
-    /// The policy in force now. Each request reads it once, so a reload never changes the
-    /// rules halfway through an answer.
-    pub fn policy(&self) -> Arc<Policy> {
-        self.policy
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-
-    /// The source state that goes with [`Broker::policy`].
-    pub fn sources(&self) -> Arc<SourceRuntime> {
-        self.sources
+    /// The generation in force now.
+    pub fn current(&self) -> Arc<Generation> {
+        self.current
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
@@ -55,21 +67,29 @@ impl Broker {
     }
 
     /// Reads the policy again from where it came from. On any error the old policy stays.
-    pub fn reload(&self) -> Result<Arc<Policy>, ReloadError> {
-        let current = self.policy();
-        let next = Policy::reload(&current.origin, &self.env)?;
-        if next.server.listen != current.server.listen {
+    /// The old generation's cache is dropped (values zeroized) once no request uses it.
+    pub fn reload(&self) -> Result<Arc<Generation>, ReloadError> {
+        let current = self.current();
+        let next = Policy::reload(&current.policy.origin, &self.env)?;
+        if next.server.listen != current.policy.server.listen {
             tracing::warn!(
                 "[server] listen changed; the new addresses take effect at the next restart"
             );
         }
         let audit = open_audit(&next).map_err(ReloadError::Audit)?;
-        let sources = Arc::new(SourceRuntime::new(next.sources.clone()));
-        let next = Arc::new(next);
-        *self.sources.write().unwrap_or_else(|p| p.into_inner()) = sources;
-        *self.policy.write().unwrap_or_else(|p| p.into_inner()) = next.clone();
+        let next = Arc::new(Generation::new(next));
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = next.clone();
         *self.audit.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(audit);
         Ok(next)
+    }
+
+    /// Drops expired cache entries (zeroizing them) every `every` until the daemon stops.
+    pub async fn sweep_cache(self: Arc<Self>, every: Duration) {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tick.tick().await;
+            self.current().cache.sweep(tokio::time::Instant::now());
+        }
     }
 }
 

@@ -9,14 +9,17 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+mod keyring;
+
 use clap::{Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::Broker;
+use crate::broker::Generation;
 use crate::config::{HostEnv, Policy, PolicyOrigin};
 use crate::dockerfile::{self, Severity};
-use crate::policy::{SecretDecision, decide_secret};
-use crate::source::{AttemptOutcome, ResolveContext, SourceRuntime, resolve_chain};
+use crate::resolver::{Answer, answer};
+use crate::source::{Attempt, AttemptOutcome};
 
 const ABOUT: &str = "Brokers build secrets for docker buildx: a Docker Engine API endpoint that answers \
 BuildKit's secret requests from a policy, so builds need no --secret flags and nothing touches disk.";
@@ -67,6 +70,12 @@ pub enum Command {
         #[arg(value_name = "DOCKERFILE")]
         dockerfiles: Vec<PathBuf>,
     },
+    /// Store, describe or remove a keyring entry exactly where `keyring:SERVICE/ACCOUNT`
+    /// sources read it (the backend the policy's [keyring] table selects, unless --backend).
+    Keyring {
+        #[command(subcommand)]
+        action: KeyringAction,
+    },
     /// Resolve one secret id as the daemon would and print which source answered, the value's
     /// length and a short hash. Never prints the value. Exit 0 resolved, 1 not, 2 bad input.
     Resolve {
@@ -75,6 +84,50 @@ pub enum Command {
         /// The secret id, as in `RUN --mount=type=secret,id=ID`.
         id: String,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeyringAction {
+    /// Store a value. It is read from stdin: typed with echo off on a terminal, or piped
+    /// (`op read … | buildbroker keyring set ci/token`); one trailing newline is removed
+    /// unless --raw. Never pass a value as an argument.
+    Set {
+        #[command(flatten)]
+        entry: KeyringEntryArgs,
+        /// Store stdin byte for byte (keep a trailing newline).
+        #[arg(long)]
+        raw: bool,
+    },
+    /// Show where the entry lives, its length and a short hash; never the value.
+    /// Exit 1 when there is no such entry.
+    GetInfo {
+        #[command(flatten)]
+        entry: KeyringEntryArgs,
+    },
+    /// Remove the entry. Exit 1 when there was none.
+    Delete {
+        #[command(flatten)]
+        entry: KeyringEntryArgs,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct KeyringEntryArgs {
+    /// The entry, as in the source URI: SERVICE/ACCOUNT (a leading "keyring:" is accepted).
+    #[arg(value_name = "SERVICE/ACCOUNT")]
+    pub entry: String,
+    /// Which keyring (default: the policy's [keyring] backend, normally auto).
+    #[arg(long, value_enum)]
+    pub backend: Option<BackendArg>,
+    #[arg(long, short, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum BackendArg {
+    Auto,
+    SecretService,
+    Kernel,
 }
 
 pub fn main(cli: Cli) -> ExitCode {
@@ -87,6 +140,7 @@ pub fn main(cli: Cli) -> ExitCode {
             dockerfiles,
         } => check(config, dockerfiles, &env),
         Command::Resolve { config, id } => resolve(config, &id, &env),
+        Command::Keyring { action } => crate::cli::keyring::run(action, &env),
     }
 }
 
@@ -175,6 +229,7 @@ fn serve(config: Option<PathBuf>, env: HostEnv) -> ExitCode {
             eprintln!("buildbroker: cannot install signal handlers: {e}");
             return ExitCode::from(2);
         }
+        tokio::spawn(broker.clone().sweep_cache(std::time::Duration::from_secs(5)));
         let addrs = listen.iter().map(|e| e.to_string()).collect::<Vec<_>>().join(", ");
         tracing::info!(policy = %origin, "buildbroker ready: serving the Docker Engine API on {addrs}, upstream {upstream}");
         crate::server::run(listeners, broker, shutdown).await;
@@ -194,7 +249,7 @@ fn spawn_signal_handlers(broker: Arc<Broker>, shutdown: CancellationToken) -> st
                 _ = term.recv() => { tracing::info!("SIGTERM: draining"); break; }
                 _ = int.recv() => { tracing::info!("SIGINT: draining"); break; }
                 _ = hup.recv() => match broker.reload() {
-                    Ok(p) => tracing::info!(policy = %p.origin, secrets = p.secrets.len(), "policy reloaded"),
+                    Ok(g) => tracing::info!(policy = %g.policy.origin, secrets = g.policy.secrets.len(), "policy reloaded"),
                     Err(e) => tracing::error!("policy reload rejected, the previous policy stays in force:\n{e}"),
                 },
             }
@@ -263,26 +318,6 @@ fn resolve(config: Option<PathBuf>, id: &str, env: &HostEnv) -> ExitCode {
     let Some(policy) = load_policy(config, env) else {
         return ExitCode::from(2);
     };
-    let (sources, required) = match decide_secret(&policy, id) {
-        SecretDecision::Resolve {
-            sources,
-            required,
-            listed,
-        } => {
-            if !listed {
-                println!(
-                    "{id}: not in the policy; inside a build it is asked of the build client's --secret flags"
-                );
-            }
-            (sources, required)
-        }
-        SecretDecision::Deny => {
-            println!(
-                "{id}: not in the policy, and unknown_secrets = \"deny\": builds get NotFound"
-            );
-            return ExitCode::from(1);
-        }
-    };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -293,38 +328,54 @@ fn resolve(config: Option<PathBuf>, id: &str, env: &HostEnv) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let source_runtime = SourceRuntime::new(policy.sources.clone());
-    let ctx = ResolveContext {
-        runtime: &source_runtime,
-        client: None,
+    let generation = Generation::new(policy);
+    let answer = runtime.block_on(answer(&generation, id, None));
+    let print_attempts = |attempts: &[Attempt]| {
+        for a in attempts {
+            let what = match &a.outcome {
+                AttemptOutcome::Found => "found".to_string(),
+                AttemptOutcome::Missing(why) => format!("missing: {why}"),
+                AttemptOutcome::Failed(e) if e.transient => format!("transient error: {e}"),
+                AttemptOutcome::Failed(e) => format!("error: {e}"),
+            };
+            println!("  {:<40} {what}", a.source.to_string());
+        }
     };
-    let chain = runtime.block_on(resolve_chain(sources, id, ctx));
-    for a in &chain.attempts {
-        let what = match &a.outcome {
-            AttemptOutcome::Found => "found".to_string(),
-            AttemptOutcome::Missing(why) => format!("missing: {why}"),
-            AttemptOutcome::Failed(why) if why.transient => format!("transient error: {why}"),
-            AttemptOutcome::Failed(why) => format!("error: {why}"),
-        };
-        println!("  {:<40} {what}", a.source.to_string());
-    }
-    match chain.value {
-        Some((i, value)) => {
+    match answer {
+        Answer::Denied => {
             println!(
-                "{id}: resolved from {} ({} bytes, sha256:{}…)",
-                sources[i],
+                "{id}: not in the policy, and unknown_secrets = \"deny\": builds get NotFound"
+            );
+            ExitCode::from(1)
+        }
+        Answer::Value {
+            value,
+            source,
+            attempts,
+            listed,
+            ..
+        } => {
+            if !listed {
+                println!(
+                    "{id}: not in the policy; inside a build it is asked of the build client's --secret flags"
+                );
+            }
+            print_attempts(&attempts);
+            println!(
+                "{id}: resolved from {source} ({} bytes, sha256:{}…)",
                 value.len(),
                 value.short_hash()
             );
             ExitCode::SUCCESS
         }
-        None => {
-            let required = if required {
-                " (required: builds fail)"
-            } else {
-                " (optional: builds skip the mount)"
-            };
-            println!("{id}: not resolved{required}");
+        Answer::NotFound { attempts } => {
+            print_attempts(&attempts);
+            println!("{id}: not resolved (optional: builds skip the mount)");
+            ExitCode::from(1)
+        }
+        Answer::RequiredMissing { message, attempts } | Answer::Failed { message, attempts } => {
+            print_attempts(&attempts);
+            println!("{id}: not resolved; builds fail with: {message}");
             ExitCode::from(1)
         }
     }

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::source::{SourceSettings, SourceSpec};
+use crate::source::{KeyringBackend, SourceSettings, SourceSpec};
 
 /// The policy compiled into the binary; used when no policy file is found.
 pub const EMBEDDED_DEFAULT: &str = include_str!("../config/default.toml");
@@ -27,7 +27,7 @@ pub struct Policy {
     pub access: Access,
     pub secrets: BTreeMap<String, SecretRule>,
     pub ssh: BTreeMap<String, SshRule>,
-    /// Settings shared by all sources (`[exec]`, `[aws]`).
+    /// Settings shared by all sources (`[keyring]`, `[exec]`, `[aws]`).
     pub sources: SourceSettings,
 }
 
@@ -92,7 +92,15 @@ pub struct SecretRule {
     pub uid: Option<u32>,
     /// The only gid it may be mounted for (checked by `buildbroker check`).
     pub gid: Option<u32>,
+    /// Keep a resolved value this long (off when absent: every RUN resolves afresh).
+    pub cache_ttl: Option<std::time::Duration>,
+    /// How long past `cache_ttl` an expired value may answer when every source fails
+    /// transiently.
+    pub stale_on_error: Option<std::time::Duration>,
 }
+
+/// The staleness window `stale_on_error = true` means.
+pub const DEFAULT_STALE_WINDOW: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// What the policy says about one ssh id. Parsed and validated now so policy files written
 /// for SSH brokering are accepted; the session relays ssh calls to the client until the SSH
@@ -276,7 +284,16 @@ struct RawPolicy {
     #[serde(default)]
     exec: RawExec,
     #[serde(default)]
+    keyring: RawKeyring,
+    #[serde(default)]
     aws: RawAws,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawKeyring {
+    backend: Option<KeyringBackend>,
+    timeout: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -326,6 +343,16 @@ struct RawSecret {
     mode: Option<Spanned<u32>>,
     uid: Option<u32>,
     gid: Option<u32>,
+    cache_ttl: Option<Spanned<String>>,
+    stale_on_error: Option<Spanned<StaleSetting>>,
+}
+
+/// `stale_on_error = true | false | "30m"`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum StaleSetting {
+    Flag(bool),
+    Window(String),
 }
 
 #[derive(Deserialize)]
@@ -537,9 +564,41 @@ impl Policy {
                         format!("[secrets.{}] mode: expected permission bits no wider than 0o777; got {:#o}", id.get_ref(), mode.get_ref()),
                     );
             }
+            let cache_ttl =
+                rule.cache_ttl
+                    .as_ref()
+                    .and_then(|t| match parse_duration(t.get_ref()) {
+                        Ok(d) => Some(d),
+                        Err(m) => {
+                            c.push(
+                                t.span(),
+                                format!("[secrets.{}] cache_ttl: {m}", id.get_ref()),
+                            );
+                            None
+                        }
+                    });
+            let stale_on_error = rule.stale_on_error.as_ref().and_then(|s| {
+                let window = match s.get_ref() {
+                    StaleSetting::Flag(false) => return None,
+                    StaleSetting::Flag(true) => DEFAULT_STALE_WINDOW,
+                    StaleSetting::Window(w) => match parse_duration(w) {
+                        Ok(d) => d,
+                        Err(m) => {
+                            c.push(s.span(), format!("[secrets.{}] stale_on_error: expected true, false or {m}", id.get_ref()));
+                            return None;
+                        }
+                    },
+                };
+                if rule.cache_ttl.is_none() {
+                    c.push(s.span(), format!("[secrets.{}] stale_on_error needs cache_ttl: only a cached value can be served stale", id.get_ref()));
+                }
+                Some(window)
+            });
             secrets.insert(
                 id.get_ref().clone(),
                 SecretRule {
+                    cache_ttl,
+                    stale_on_error,
                     sources,
                     required: rule.required,
                     mode: rule.mode.as_ref().map(|m| *m.get_ref()),
@@ -574,6 +633,15 @@ impl Policy {
             match parse_duration(t.get_ref()) {
                 Ok(d) => sources.exec_timeout = d,
                 Err(m) => c.push(t.span(), format!("[exec] timeout: {m}")),
+            }
+        }
+        if let Some(b) = raw.keyring.backend {
+            sources.keyring_backend = b;
+        }
+        if let Some(t) = &raw.keyring.timeout {
+            match parse_duration(t.get_ref()) {
+                Ok(d) => sources.keyring_timeout = d,
+                Err(m) => c.push(t.span(), format!("[keyring] timeout: {m}")),
             }
         }
         check_aws(&raw.aws, &mut sources.aws, &mut c);

@@ -11,8 +11,10 @@
 //! - `POST /session` goes to [`session`]: buildbroker becomes the h2 server towards the daemon
 //!   and the h2 client towards buildx; `session::router` sends `Secrets/GetSecret` to
 //!   [`service::secrets`] and relays everything else.
-//! - [`policy`] decides (pure functions) what an id means; [`source`] resolves it from env,
-//!   files or the build client; [`secret::SecretBytes`] owns the value and zeroizes it.
+//! - [`resolver`] answers one request: [`policy`] decides (pure functions) what an id means,
+//!   [`cache`] may hold a value for slow sources, [`source`] resolves it from env, files, the
+//!   OS keyring, programs or the build client; [`secret::SecretBytes`] owns the value and
+//!   zeroizes it.
 //! - [`audit`] records every decision, never a value. [`config`] turns the policy TOML into a
 //!   checked [`config::Policy`]; [`dockerfile`] checks `RUN --mount` flags against it.
 //! - [`cli`] is the command line: `serve`, `check`, `resolve`.
@@ -20,11 +22,13 @@
 pub mod access;
 pub mod audit;
 pub mod broker;
+pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod dockerfile;
 pub mod policy;
 pub mod proxy;
+pub mod resolver;
 pub mod secret;
 pub mod server;
 pub mod service;

@@ -53,8 +53,8 @@ pub async fn serve_connection(
             return;
         }
     };
-    let policy = broker.policy();
-    if let Err(refused) = check_peer(&policy.access, broker.daemon_uid(), peer) {
+    let generation = broker.current();
+    if let Err(refused) = check_peer(&generation.policy.access, broker.daemon_uid(), peer) {
         tracing::warn!(uid = peer.uid, gid = peer.gid, pid = ?peer.pid, "refused connection: {refused}");
         let message = refused.to_string();
         let service = hyper::service::service_fn(move |_req: Request<Incoming>| {
@@ -234,7 +234,7 @@ impl Connection {
         &self,
         upgrades: bool,
     ) -> Result<SendRequest<Incoming>, Response<ProxyBody>> {
-        let endpoint = self.broker.policy().server.upstream.clone();
+        let endpoint = self.broker.current().policy.server.upstream.clone();
         let io: Box<dyn UpstreamIo> = match &endpoint {
             Endpoint::Unix(path) => match UnixStream::connect(path).await {
                 Ok(s) => Box::new(s),

@@ -45,11 +45,28 @@ impl SecretBytes {
         self.0.is_empty()
     }
 
+    /// Hands the bytes to the network stack without a copy: the returned `Bytes` owns this
+    /// value, and when hyper/h2 drop it (after writing, or when the stream is reset) the buffer
+    /// is zeroized like any other `SecretBytes`.
+    pub fn into_wire_bytes(self) -> bytes::Bytes {
+        bytes::Bytes::from_owner(WireOwner(self))
+    }
+
     /// A short, non-reversible fingerprint (first 12 hex digits of SHA-256) so users can tell
     /// two values apart without seeing either. `buildbroker resolve` prints it.
     pub fn short_hash(&self) -> String {
         let digest = Sha256::digest(self.expose());
         digest[..6].iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+/// Lets `Bytes` own a `SecretBytes` (and so zeroize it on drop). Private: nothing else may
+/// view secret bytes through `AsRef`.
+struct WireOwner(SecretBytes);
+
+impl AsRef<[u8]> for WireOwner {
+    fn as_ref(&self) -> &[u8] {
+        self.0.expose()
     }
 }
 
@@ -65,6 +82,15 @@ mod tests {
         assert_eq!(h, SecretBytes::new(b"hunter2".to_vec()).short_hash());
         assert_ne!(h, SecretBytes::new(b"hunter3".to_vec()).short_hash());
         assert!(!h.contains("hunter2"));
+    }
+
+    #[test]
+    fn wire_bytes_share_the_buffer_and_release_it() {
+        let s = SecretBytes::new(b"on the wire".to_vec());
+        let ptr = s.expose().as_ptr();
+        let wire = s.into_wire_bytes();
+        assert_eq!(&wire[..], b"on the wire");
+        assert_eq!(wire.as_ptr(), ptr, "no copy was made");
     }
 
     #[test]

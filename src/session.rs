@@ -19,7 +19,7 @@ use hyper::rt::{Read, Write};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio_util::sync::CancellationToken;
 
-pub use relay::{ClientChannel, RelayBody};
+pub use relay::{BoxError, ClientChannel, RelayBody};
 pub use router::{Route, SessionRouter};
 
 use crate::access::PeerInfo;

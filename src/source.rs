@@ -10,6 +10,7 @@ mod client;
 mod env;
 mod exec;
 mod file;
+pub mod keyring;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -18,6 +19,7 @@ use std::time::Duration;
 pub use aws_sm::{AwsSettings, AwsSmSpec, check_endpoint_url, check_region};
 pub use client::ClientSecrets;
 pub use exec::ExecSpec;
+pub use keyring::{KeyringBackend, KeyringSpec};
 
 use crate::secret::{MAX_SECRET_BYTES, SecretBytes};
 
@@ -28,6 +30,8 @@ pub enum SourceSpec {
     Env(String),
     /// `file:PATH`: a file's whole content (`~` expanded when the policy is loaded).
     File(PathBuf),
+    /// `keyring:SERVICE/ACCOUNT`: the OS keyring (Secret Service or the kernel keyring).
+    Keyring(KeyringSpec),
     /// `exec:PROGRAM ARG…`: a program's stdout, run without a shell.
     Exec(ExecSpec),
     /// `aws-sm:NAME_OR_ARN[?options][#key.path]`: a secret from AWS Secrets Manager.
@@ -66,12 +70,10 @@ impl SourceSpec {
                     ))
                 }
             }
+            "keyring" => KeyringSpec::parse(rest).map(SourceSpec::Keyring),
             "exec" => ExecSpec::parse(rest, home).map(SourceSpec::Exec),
             "aws-sm" => AwsSmSpec::parse(rest).map(SourceSpec::AwsSm),
             "client" if rest.is_empty() => Ok(SourceSpec::Client),
-            "keyring" => Err(format!(
-                "{scheme}: sources are not available in this version of buildbroker yet; use env:, file:, keyring:, exec: or client"
-            )),
             _ => Err(format!(
                 "unknown source {text:?}; expected env:NAME, file:PATH, keyring:SERVICE/ACCOUNT, aws-sm:NAME_OR_ARN, exec:PROGRAM ARG… or client"
             )),
@@ -83,6 +85,7 @@ impl SourceSpec {
         match self {
             SourceSpec::Env(_) => "env",
             SourceSpec::File(_) => "file",
+            SourceSpec::Keyring(_) => "keyring",
             SourceSpec::Exec(_) => "exec",
             SourceSpec::AwsSm(_) => "aws-sm",
             SourceSpec::Client => "client",
@@ -95,6 +98,7 @@ impl fmt::Display for SourceSpec {
         match self {
             SourceSpec::Env(n) => write!(f, "env:{n}"),
             SourceSpec::File(p) => write!(f, "file:{}", p.display()),
+            SourceSpec::Keyring(k) => write!(f, "keyring:{k}"),
             SourceSpec::Exec(e) => write!(f, "exec:{e}"),
             SourceSpec::AwsSm(a) => write!(f, "aws-sm:{a}"),
             SourceSpec::Client => f.write_str("client"),
@@ -146,9 +150,12 @@ impl SourceError {
     }
 }
 
-/// Settings the sources share, from the policy's `[exec]` and `[aws]` tables.
+/// Settings the sources share, from the policy's `[keyring]`, `[exec]` and `[aws]` tables.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SourceSettings {
+    pub keyring_backend: KeyringBackend,
+    /// Bound on every keyring call (a D-Bus peer that never answers must not hang a build).
+    pub keyring_timeout: Duration,
     /// How long an `exec:` program may run before it is killed.
     pub exec_timeout: Duration,
     /// Region, endpoint, profile and time limits for `aws-sm:` sources.
@@ -158,6 +165,8 @@ pub struct SourceSettings {
 impl Default for SourceSettings {
     fn default() -> Self {
         SourceSettings {
+            keyring_backend: KeyringBackend::Auto,
+            keyring_timeout: keyring::DEFAULT_TIMEOUT,
             exec_timeout: Duration::from_secs(10),
             aws: AwsSettings::default(),
         }
@@ -169,6 +178,8 @@ impl Default for SourceSettings {
 #[derive(Default)]
 pub struct SourceRuntime {
     pub settings: SourceSettings,
+    /// The shared Secret Service connection and backend choice.
+    pub keyring: keyring::KeyringRuntime,
     /// The AWS SDK configuration and one Secrets Manager client per region, made on first use.
     aws: aws_sm::AwsClients,
 }
@@ -177,6 +188,7 @@ impl SourceRuntime {
     pub fn new(settings: SourceSettings) -> Self {
         SourceRuntime {
             settings,
+            keyring: keyring::KeyringRuntime::default(),
             aws: aws_sm::AwsClients::default(),
         }
     }
@@ -211,6 +223,7 @@ pub async fn lookup(
     let result = match spec {
         SourceSpec::Env(name) => env::lookup(name),
         SourceSpec::File(path) => file::lookup(path).await,
+        SourceSpec::Keyring(k) => ctx.runtime.keyring.lookup(k, settings).await,
         SourceSpec::Exec(e) => exec::lookup(e, id, settings.exec_timeout).await,
         SourceSpec::AwsSm(a) => aws_sm::lookup(a, &settings.aws, &ctx.runtime.aws).await,
         SourceSpec::Client => match ctx.client {

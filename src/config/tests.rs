@@ -38,6 +38,13 @@ fn embedded_default_parses_with_defaults_for_a_user() {
     assert_eq!(p.server.unknown_secrets, UnknownIds::Client);
     let netrc = &p.secrets["netrc"];
     assert_eq!(netrc.sources[1], SourceSpec::File("/home/u/.netrc".into()));
+    assert!(p.secrets.contains_key("GIT_AUTH_TOKEN.github.com"));
+    assert!(
+        p.secrets
+            .values()
+            .all(|r| r.cache_ttl.is_none() && !r.required),
+        "nothing cached or required by default"
+    );
     assert_eq!(netrc.sources.last(), Some(&SourceSpec::Client));
 }
 
@@ -217,4 +224,63 @@ fn home_comes_from_passwd_when_home_is_unset() {
     assert_eq!(home_from_passwd(passwd, 0).as_deref(), Some("/root"));
     assert_eq!(home_from_passwd(passwd, 1000).as_deref(), Some("/home/u"));
     assert_eq!(home_from_passwd(passwd, 5), None);
+}
+
+#[test]
+fn source_settings_tables() {
+    let p =
+        parse("[keyring]\nbackend = \"kernel\"\ntimeout = \"750ms\"\n[exec]\ntimeout = \"2m\"\n")
+            .unwrap();
+    assert_eq!(p.sources.keyring_backend, KeyringBackend::Kernel);
+    assert_eq!(
+        p.sources.keyring_timeout,
+        std::time::Duration::from_millis(750)
+    );
+    assert_eq!(p.sources.exec_timeout, std::time::Duration::from_secs(120));
+    let errs = errors("[keyring]\nbackend = \"gnome\"\n");
+    assert!(
+        errs[0].starts_with("policy.toml:2:11:") && errs[0].contains("`secret-service`"),
+        "{errs:?}"
+    );
+    let errs = errors("[exec]\ntimeout = \"soon\"\n[keyring]\ntimeout = \"0s\"\n");
+    assert_eq!(errs.len(), 2, "{errs:?}");
+    assert!(
+        errs[0].starts_with("policy.toml:2:11: [exec] timeout: expected a duration"),
+        "{errs:?}"
+    );
+    assert!(
+        errs[1].starts_with("policy.toml:4:11: [keyring] timeout: expected a positive duration"),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn cache_settings() {
+    let p = parse(
+        "[secrets.a]\nsources = [\"env:A\"]\ncache_ttl = \"5m\"\nstale_on_error = true\n\
+         [secrets.b]\nsources = [\"env:B\"]\ncache_ttl = \"30s\"\nstale_on_error = \"10m\"\n\
+         [secrets.c]\nsources = [\"env:C\"]\n",
+    )
+    .unwrap();
+    assert_eq!(
+        p.secrets["a"].cache_ttl,
+        Some(std::time::Duration::from_secs(300))
+    );
+    assert_eq!(p.secrets["a"].stale_on_error, Some(DEFAULT_STALE_WINDOW));
+    assert_eq!(
+        p.secrets["b"].stale_on_error,
+        Some(std::time::Duration::from_secs(600))
+    );
+    assert_eq!(p.secrets["c"].cache_ttl, None, "off by default");
+
+    let errs = errors("[secrets.a]\nsources = [\"env:A\"]\nstale_on_error = true\n");
+    assert!(
+        errs[0].starts_with("policy.toml:3:18: [secrets.a] stale_on_error needs cache_ttl"),
+        "{errs:?}"
+    );
+    let errs = errors("[secrets.a]\nsources = [\"env:A\"]\ncache_ttl = \"forever\"\n");
+    assert!(
+        errs[0].starts_with("policy.toml:3:13: [secrets.a] cache_ttl: expected a duration"),
+        "{errs:?}"
+    );
 }

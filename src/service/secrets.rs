@@ -1,34 +1,140 @@
-//! `moby.buildkit.secrets.v1.Secrets/GetSecret`: policy → sources → answer → zeroize.
+//! `moby.buildkit.secrets.v1.Secrets/GetSecret`: policy → cache → sources → answer → zeroize.
 //!
-//! This is the single place where secret outcomes become gRPC status codes (design.md §5):
+//! This is the single place where secret answers become gRPC status codes (design.md §5):
 //! NotFound lets the daemon skip optional mounts; any other code fails the build, which is what
 //! a policy-required secret with no value must do.
+//!
+//! The response is framed here rather than by tonic's server codec, so that the only copy of
+//! the value on its way out is one we own: the gRPC frame is built in a `SecretBytes` and handed
+//! to h2 as `Bytes` that zeroize when h2 drops them. h2 writes a DATA payload of 256 bytes or
+//! more (1024 without vectored I/O) straight from our buffer but copies smaller ones into its
+//! connection write buffer, which is never cleared; so a short answer carries an unknown
+//! padding field (protobuf ignores unknown fields) to reach [`MIN_FRAME`]. Checked by the core
+//! dump test in tests/e2e/no_leaks.rs.
 
 use std::sync::Arc;
 
-use tonic::{Request, Response, Status};
+use bytes::{BufMut, Bytes};
+use http::{HeaderMap, HeaderValue, Request, Response};
+use http_body_util::{BodyExt, Limited, StreamBody};
+use hyper::body::{Frame, Incoming};
+use prost::Message;
+use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint};
+use tonic::Status;
 
 use crate::audit::SecretEvent;
 use crate::broker::Broker;
-use crate::policy::{SecretDecision, SecretOutcome, conclude_secret, decide_secret};
-use crate::proto::secrets::secrets_server::Secrets;
-use crate::proto::secrets::{GetSecretRequest, GetSecretResponse};
-use crate::session::SessionInfo;
-use crate::source::{ClientSecrets, ResolveContext, resolve_chain};
+use crate::proto::secrets::GetSecretRequest;
+use crate::resolver::{Answer, CacheUse, answer};
+use crate::secret::SecretBytes;
+use crate::session::{BoxError, RelayBody};
+use crate::source::ClientSecrets;
+
+/// The one method of the service.
+pub const GET_SECRET: &str = "/moby.buildkit.secrets.v1.Secrets/GetSecret";
+/// GetSecret requests carry an id and a few annotations; anything bigger is not one.
+const MAX_REQUEST: usize = 64 * 1024;
+/// Smallest gRPC frame we send, so h2 writes it from our buffer instead of copying it.
+pub const MIN_FRAME: usize = 1024;
+/// An unused field number for padding (GetSecretResponse has only `data = 1`).
+const PADDING_FIELD: u32 = 15;
 
 pub struct SecretsService {
     broker: Arc<Broker>,
-    session: Arc<SessionInfo>,
+    session: Arc<crate::session::SessionInfo>,
     /// The build client's own provider, for `client` sources.
     client: ClientSecrets,
 }
 
 impl SecretsService {
-    pub fn new(broker: Arc<Broker>, session: Arc<SessionInfo>, client: ClientSecrets) -> Self {
+    pub fn new(
+        broker: Arc<Broker>,
+        session: Arc<crate::session::SessionInfo>,
+        client: ClientSecrets,
+    ) -> Self {
         SecretsService {
             broker,
             session,
             client,
+        }
+    }
+
+    /// Answers one call on `moby.buildkit.secrets.v1.Secrets`.
+    pub async fn handle(&self, req: Request<Incoming>) -> Response<RelayBody> {
+        if req.uri().path() != GET_SECRET {
+            return status(Status::unimplemented(format!(
+                "buildbroker: no method {}",
+                req.uri().path()
+            )));
+        }
+        let id = match read_request(req).await {
+            Ok(r) => r.id,
+            Err(s) => return status(s),
+        };
+        match self.get_secret(&id).await {
+            Ok(value) => grpc_ok(encode_response(&value)),
+            Err(s) => status(s),
+        }
+    }
+
+    async fn get_secret(&self, id: &str) -> Result<Arc<SecretBytes>, Status> {
+        let generation = self.broker.current();
+        match answer(&generation, id, Some(&self.client)).await {
+            Answer::Denied => {
+                self.audit(id, None, "denied", None, None);
+                Err(Status::not_found(format!(
+                    "buildbroker: secret {id:?} is not in the policy (unknown_secrets = \"deny\")"
+                )))
+            }
+            Answer::Value {
+                value,
+                source,
+                cache,
+                attempts,
+                ..
+            } => {
+                let (decision, cache_note, error) = match cache {
+                    CacheUse::Off => ("served", None, None),
+                    CacheUse::Hit => ("served", Some("hit"), None),
+                    CacheUse::Miss => ("served", Some("miss"), None),
+                    CacheUse::Stale { past_expiry } => {
+                        let failures = attempts
+                            .iter()
+                            .map(|a| a.to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ");
+                        let note = format!(
+                            "served a cached value {} past its expiry because every source failed transiently: {failures}",
+                            humantime::format_duration(std::time::Duration::from_secs(
+                                past_expiry.as_secs()
+                            ))
+                        );
+                        ("served_stale", Some("stale"), Some(note))
+                    }
+                };
+                self.audit(
+                    id,
+                    Some(source.kind()),
+                    decision,
+                    cache_note,
+                    error.as_deref(),
+                );
+                Ok(value)
+            }
+            Answer::NotFound { .. } => {
+                self.audit(id, None, "not_found", None, None);
+                Err(Status::not_found(format!(
+                    "buildbroker: no source has secret {id:?}"
+                )))
+            }
+            Answer::RequiredMissing { message, .. } => {
+                self.audit(id, None, "required_missing", None, Some(&message));
+                Err(Status::failed_precondition(message))
+            }
+            Answer::Failed { message, .. } => {
+                self.audit(id, None, "error", None, Some(&message));
+                Err(Status::unavailable(message))
+            }
         }
     }
 
@@ -37,6 +143,7 @@ impl SecretsService {
         id: &str,
         source: Option<&'static str>,
         decision: &'static str,
+        cache: Option<&'static str>,
         error: Option<&str>,
     ) {
         self.broker.audit().secret(&SecretEvent {
@@ -46,61 +153,122 @@ impl SecretsService {
             id,
             source,
             decision,
+            cache,
             error,
         });
     }
 }
 
-#[tonic::async_trait]
-impl Secrets for SecretsService {
-    async fn get_secret(
-        &self,
-        request: Request<GetSecretRequest>,
-    ) -> Result<Response<GetSecretResponse>, Status> {
-        let id = request.into_inner().id;
-        let policy = self.broker.policy();
-        let (sources, required) = match decide_secret(&policy, &id) {
-            SecretDecision::Resolve {
-                sources, required, ..
-            } => (sources, required),
-            SecretDecision::Deny => {
-                self.audit(&id, None, "denied", None);
-                return Err(Status::not_found(format!(
-                    "buildbroker: secret {id:?} is not in the policy (unknown_secrets = \"deny\")"
-                )));
-            }
-        };
-        let sources_runtime = self.broker.sources();
-        let ctx = ResolveContext {
-            runtime: &sources_runtime,
-            client: Some(&self.client),
-        };
-        let chain = resolve_chain(sources, &id, ctx).await;
-        let served = chain.value.as_ref().map(|(i, _)| *i);
-        match conclude_secret(&id, required, served, &chain.attempts) {
-            SecretOutcome::Served { source } => {
-                let (_, value) = chain.value.expect("served implies a value");
-                self.audit(&id, Some(sources[source].kind()), "served", None);
-                // The response needs its own Vec (prost owns it until tonic has encoded it); our
-                // copy in `value` is zeroized when it drops at the end of this scope. The copies
-                // in prost/tonic/h2 buffers are not under our control (SECURITY.md).
-                Ok(Response::new(GetSecretResponse {
-                    data: value.expose().to_vec(),
-                }))
-            }
-            SecretOutcome::NotFound => {
-                self.audit(&id, None, "not_found", None);
-                Err(Status::not_found(format!(
-                    "buildbroker: no source has secret {id:?}"
-                )))
-            }
-            SecretOutcome::RequiredMissing { message } => {
-                self.audit(&id, None, "required_missing", Some(&message));
-                Err(Status::failed_precondition(message))
-            }
-            SecretOutcome::Failed { message } => {
-                self.audit(&id, None, "error", Some(&message));
-                Err(Status::unavailable(message))
+/// Reads one uncompressed gRPC message (we never advertise compression).
+async fn read_request(req: Request<Incoming>) -> Result<GetSecretRequest, Status> {
+    let body = Limited::new(req.into_body(), MAX_REQUEST)
+        .collect()
+        .await
+        .map_err(|e| {
+            Status::invalid_argument(format!(
+                "buildbroker: cannot read the GetSecret request: {e}"
+            ))
+        })?
+        .to_bytes();
+    let (header, message) = body.split_at_checked(5).ok_or_else(|| {
+        Status::invalid_argument("buildbroker: GetSecret request shorter than a gRPC frame header")
+    })?;
+    if header[0] != 0 {
+        return Err(Status::unimplemented(
+            "buildbroker: compressed GetSecret requests are not supported",
+        ));
+    }
+    let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
+    if len != message.len() {
+        return Err(Status::invalid_argument(
+            "buildbroker: GetSecret request frame length does not match its body",
+        ));
+    }
+    GetSecretRequest::decode(message).map_err(|e| {
+        Status::invalid_argument(format!("buildbroker: malformed GetSecretRequest: {e}"))
+    })
+}
+
+/// The gRPC frame of `GetSecretResponse { data: value }`, padded to [`MIN_FRAME`], in a buffer
+/// that zeroizes when the network stack drops it.
+fn encode_response(value: &SecretBytes) -> Bytes {
+    let data_len = 1 + encoded_len_varint(value.len() as u64) + value.len();
+    // Padding field: key (1 byte) + length varint + zeros, present only when needed.
+    let padding = (MIN_FRAME - 5).saturating_sub(data_len);
+    let pad_payload = padding.saturating_sub(1 + encoded_len_varint(padding as u64));
+    let pad_len = if padding == 0 {
+        0
+    } else {
+        1 + encoded_len_varint(pad_payload as u64) + pad_payload
+    };
+    let message_len = data_len + pad_len;
+
+    let mut frame = SecretBytes::with_capacity(5 + message_len);
+    let buf = frame.buffer_mut();
+    buf.put_u8(0);
+    buf.put_u32(message_len as u32);
+    encode_key(1, WireType::LengthDelimited, buf);
+    encode_varint(value.len() as u64, buf);
+    buf.extend_from_slice(value.expose());
+    if padding > 0 {
+        encode_key(PADDING_FIELD, WireType::LengthDelimited, buf);
+        encode_varint(pad_payload as u64, buf);
+        buf.resize(buf.len() + pad_payload, 0);
+    }
+    debug_assert_eq!(buf.len(), 5 + message_len);
+    frame.into_wire_bytes()
+}
+
+fn grpc_ok(frame: Bytes) -> Response<RelayBody> {
+    let mut trailers = HeaderMap::new();
+    trailers.insert("grpc-status", HeaderValue::from_static("0"));
+    let frames = futures_util::stream::iter([
+        Ok::<_, BoxError>(Frame::data(frame)),
+        Ok(Frame::trailers(trailers)),
+    ]);
+    Response::builder()
+        .header(http::header::CONTENT_TYPE, "application/grpc")
+        .body(StreamBody::new(frames).boxed_unsync())
+        .expect("a static response is valid")
+}
+
+/// A trailers-only gRPC error response.
+fn status(s: Status) -> Response<RelayBody> {
+    s.into_http::<http_body_util::Empty<Bytes>>()
+        .map(|b| b.map_err(|never| match never {}).boxed_unsync())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::secrets::GetSecretResponse;
+
+    fn decode(frame: &[u8]) -> Vec<u8> {
+        assert_eq!(frame[0], 0);
+        let len = u32::from_be_bytes(frame[1..5].try_into().unwrap()) as usize;
+        assert_eq!(len, frame.len() - 5);
+        GetSecretResponse::decode(&frame[5..]).unwrap().data
+    }
+
+    #[test]
+    fn frames_decode_to_the_value_and_small_ones_are_padded() {
+        for size in [
+            0usize, 1, 20, 127, 128, 300, 1000, 1013, 1014, 1020, 5000, 512_000,
+        ] {
+            let value: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+            let frame = encode_response(&SecretBytes::new(value.clone()));
+            assert!(
+                frame.len() >= MIN_FRAME,
+                "size {size}: frame of {} bytes",
+                frame.len()
+            );
+            assert_eq!(decode(&frame), value, "size {size}");
+            if size >= MIN_FRAME {
+                assert_eq!(
+                    frame.len(),
+                    5 + 1 + encoded_len_varint(size as u64) + size,
+                    "no padding when not needed"
+                );
             }
         }
     }

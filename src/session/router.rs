@@ -4,14 +4,11 @@ use std::convert::Infallible;
 use std::sync::Arc;
 
 use http::{Request, Response};
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use tower_service::Service;
 
 use super::SessionInfo;
-use super::relay::{BoxError, ClientChannel, RelayBody};
+use super::relay::{ClientChannel, RelayBody};
 use crate::broker::Broker;
-use crate::proto::secrets::secrets_server::SecretsServer;
 use crate::service::secrets::SecretsService;
 use crate::source::ClientSecrets;
 
@@ -36,7 +33,7 @@ impl Route {
 
 pub struct SessionRouter {
     client: ClientChannel,
-    secrets: SecretsServer<SecretsService>,
+    secrets: SecretsService,
 }
 
 impl SessionRouter {
@@ -44,7 +41,7 @@ impl SessionRouter {
         let service = SecretsService::new(broker, info, ClientSecrets::new(client.clone()));
         SessionRouter {
             client,
-            secrets: SecretsServer::new(service),
+            secrets: service,
         }
     }
 
@@ -53,10 +50,7 @@ impl SessionRouter {
         req: Request<Incoming>,
     ) -> Result<Response<RelayBody>, Infallible> {
         match Route::of(req.uri().path()) {
-            Route::Secrets => {
-                let resp = self.secrets.clone().call(req).await?;
-                Ok(resp.map(|b| b.map_err(BoxError::from).boxed_unsync()))
-            }
+            Route::Secrets => Ok(self.secrets.handle(req).await),
             Route::Relay => Ok(self.client.relay(req).await),
         }
     }

@@ -82,8 +82,8 @@ pub async fn lookup(spec: &ExecSpec, id: &str, timeout: Duration) -> Result<Look
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    let mut child = cmd
-        .spawn()
+    let mut child = spawn(&mut cmd)
+        .await
         .map_err(|e| SourceError::permanent(format!("cannot run {}: {e}", spec.program)))?;
     let stdout = child.stdout.take().expect("stdout is piped");
     let stderr = child.stderr.take().expect("stderr is piped");
@@ -128,10 +128,27 @@ pub async fn lookup(spec: &ExecSpec, id: &str, timeout: Duration) -> Result<Look
     }
 }
 
+/// Spawns, retrying briefly on ETXTBSY: a program being rewritten (or one another thread of
+/// this process just wrote, whose write descriptor a concurrently forked child still holds)
+/// cannot be executed for a moment.
+async fn spawn(cmd: &mut tokio::process::Command) -> std::io::Result<tokio::process::Child> {
+    let mut tries = 0;
+    loop {
+        match cmd.spawn() {
+            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && tries < 5 => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(10 * tries)).await;
+            }
+            result => return result,
+        }
+    }
+}
+
 /// Reads stdout into a buffer allocated once (no reallocation copies), refusing more than the
 /// cap.
 async fn read_value(mut out: impl AsyncRead + Unpin) -> Result<SecretBytes, SourceError> {
-    let capacity = MAX_SECRET_BYTES + 1;
+    // Room for a value at the cap, the "\r\n" that is stripped, and one byte to notice more.
+    let capacity = MAX_SECRET_BYTES + 3;
     let mut value = SecretBytes::with_capacity(capacity);
     let buf = value.buffer_mut();
     buf.resize(capacity, 0);

@@ -41,16 +41,28 @@ fn parse_forms() {
             "{bad:?} should be rejected"
         );
     }
-    assert!(
-        SourceSpec::parse("keyring:svc/acct", home)
-            .unwrap_err()
-            .contains("not available")
+    assert_eq!(
+        SourceSpec::parse("aws-sm:prod/db#password", home).map(|s| s.kind()),
+        Ok("aws-sm")
+    );
+    assert_eq!(
+        SourceSpec::parse("keyring:svc/acct", home),
+        Ok(SourceSpec::Keyring(KeyringSpec {
+            service: "svc".into(),
+            account: "acct".into()
+        }))
     );
 }
 
 #[test]
 fn display_round_trips() {
-    for text in ["env:X", "file:/a/b", "client"] {
+    for text in [
+        "env:X",
+        "file:/a/b",
+        "client",
+        "keyring:svc/acct",
+        "exec:op read x",
+    ] {
         assert_eq!(SourceSpec::parse(text, None).unwrap().to_string(), text);
     }
 }

@@ -173,7 +173,9 @@ fn resolve_prints_source_length_and_hash_never_the_value() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        text(&out).contains("tok: not resolved (required: builds fail)"),
+        text(&out).contains(
+            "tok: not resolved; builds fail with: buildbroker: secret \"tok\" is required by policy"
+        ),
         "{}",
         text(&out)
     );

@@ -87,3 +87,57 @@ fn sigterm_drains_and_exits_zero() {
     );
     assert!(broker.log().contains("buildbroker stopped"));
 }
+
+#[test]
+fn core_dumps_are_disabled_for_the_daemon() {
+    if skip() {
+        return;
+    }
+    let broker = Broker::start(BrokerOptions::default());
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", broker.pid())).unwrap();
+    let core = limits
+        .lines()
+        .find(|l| l.starts_with("Max core file size"))
+        .unwrap();
+    let fields: Vec<&str> = core.split_whitespace().collect();
+    assert_eq!(
+        &fields[4..6],
+        &["0", "0"],
+        "soft and hard RLIMIT_CORE are 0: {core}"
+    );
+}
+
+#[test]
+fn attach_upgrades_and_streams_are_spliced() {
+    if skip() {
+        return;
+    }
+    let broker = Broker::start(BrokerOptions::default());
+    // `docker run` without -d attaches: POST /containers/ID/attach with Upgrade: tcp, then the
+    // container's output arrives on the spliced connection.
+    let out = crate::harness::run_with_timeout(
+        {
+            let mut c = std::process::Command::new("docker");
+            c.env("DOCKER_HOST", broker.docker_host()).args([
+                "run",
+                "--rm",
+                "--network=none",
+                BASE_IMAGE,
+                "sh",
+                "-c",
+                "echo out-line; echo err-line >&2; exit 3",
+            ]);
+            c
+        },
+        Duration::from_secs(60),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stdout, "out-line\n", "stderr: {stderr}");
+    assert!(stderr.contains("err-line"), "{stderr}");
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "the exit code comes back through the broker"
+    );
+}

@@ -2,8 +2,13 @@
 //! bed's real dockerd (BuildKit 0.13). See harness.rs for how each piece is started.
 
 mod harness;
+#[path = "../support/kernel_keyring.rs"]
+mod kernel_keyring;
+#[path = "../support/secret_service.rs"]
+mod secret_service;
 
 mod bad_input;
 mod lifecycle;
 mod no_leaks;
 mod secrets;
+mod sources;

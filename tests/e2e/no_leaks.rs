@@ -111,3 +111,70 @@ fn secret_bytes_are_not_in_image_history_cache_or_logs() {
         String::from_utf8_lossy(&grep.stdout)
     );
 }
+
+/// design.md §11: no secret bytes in a core image of the broker taken after builds finished.
+/// The value comes from a file (an env: value would sit in the process environment block for
+/// the daemon's whole life, by design), the Dockerfile only hashes it, and the file is removed
+/// before the core is taken, so any copy in the image is one the broker kept.
+#[test]
+fn secret_bytes_are_not_in_a_core_image_of_the_broker_after_builds() {
+    if skip() {
+        return;
+    }
+    let value = unique_secret("core");
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_file(dir.path(), "token", value.as_bytes());
+    let broker = Broker::start(BrokerOptions {
+        policy: &format!(
+            "[secrets.tok]\nsources = [\"file:{}\"]\n[secrets.cached]\nsources = [\"file:{}\"]\ncache_ttl = \"100ms\"\n",
+            file.display(),
+            file.display()
+        ),
+        ..Default::default()
+    });
+    let expected_hash = sha256_hex(value.as_bytes());
+    for id in ["tok", "cached", "tok"] {
+        let build = Build::new(format!(
+            "FROM {BASE_IMAGE}\nRUN --mount=type=secret,id={id},required=true sha256sum /run/secrets/{id} | cut -d' ' -f1 > /h\nFROM scratch\nCOPY --from=0 /h /\n"
+        ))
+        .run(&broker);
+        build.assert_ok();
+        assert_eq!(
+            build.text("h").trim(),
+            expected_hash,
+            "the secret reached the build"
+        );
+    }
+    std::fs::remove_file(&file).unwrap();
+    // Let the cached entry expire and the 5 s sweep drop it.
+    std::thread::sleep(std::time::Duration::from_secs(6));
+
+    let core_prefix = dir.path().join("core");
+    let out = Command::new("gcore")
+        .arg("-o")
+        .arg(&core_prefix)
+        .arg(broker.pid().to_string())
+        .output()
+        .expect("gcore (package gdb) must be installed: run tests/testbed/setup.sh");
+    let core_path = dir.path().join(format!("core.{}", broker.pid()));
+    assert!(
+        core_path.exists(),
+        "gcore made no core: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let core = std::fs::read(&core_path).unwrap();
+    assert!(
+        core.len() > 1_000_000,
+        "a real core image ({} bytes)",
+        core.len()
+    );
+    // Positive control: the core holds the broker's memory (the policy text names the file).
+    assert!(
+        contains_bytes(&core, file.display().to_string().as_bytes()),
+        "the core should contain the policy's file path"
+    );
+    assert!(
+        !contains_bytes(&core, value.as_bytes()),
+        "secret bytes found in the broker's core image"
+    );
+}

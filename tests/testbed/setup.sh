@@ -37,7 +37,7 @@ EXPECT_BUILDX_VERSION=0.13.1
 APT_PKGS=(
   containerd runc tini busybox-static util-linux
   openssh-client openssh-server keyutils gnome-keyring libsecret-tools
-  dbus dbus-daemon ca-certificates socat
+  dbus dbus-daemon dbus-bin ca-certificates socat gdb
 )
 
 export DEBIAN_FRONTEND=noninteractive
@@ -90,7 +90,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   [ -z "$added_policy" ] || rm -f /usr/sbin/policy-rc.d
   [ $apt_ok = 1 ] || die "apt-get update/install of bookworm packages failed: ${missing[*]}"
 fi
-for b in containerd containerd-shim-runc-v2 runc busybox setpriv ssh ssh-add ssh-keygen socat; do
+for b in containerd containerd-shim-runc-v2 runc busybox setpriv ssh ssh-add ssh-keygen socat gcore dbus-send keyctl secret-tool gnome-keyring-daemon dbus-run-session; do
   have "$b" || die "'$b' is still missing after installing packages"
 done
 

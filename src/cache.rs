@@ -1,0 +1,178 @@
+//! The secret cache, for slow sources (AWS, `exec:`): per-id `cache_ttl`, off by default so
+//! each RUN resolves afresh.
+//!
+//! Concurrent requests for one id wait on that id's slot while the first resolves, so they share
+//! one fetch (no thundering herd on AWS). Values are held as `Arc<SecretBytes>`: an entry that
+//! expires, a sweep, a reload (the whole cache is dropped with its generation) or shutdown drops
+//! the cache's reference, and the bytes are zeroized as soon as no answer in flight still uses
+//! them. With `stale_on_error`, an expired value is kept that much longer and served only when
+//! every source failed *transiently* (timeouts, network) — never when a source says "not found"
+//! or "access denied".
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::secret::SecretBytes;
+use crate::source::{Attempt, ChainResult};
+
+/// How one id may be cached (from its policy rule).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CachePolicy {
+    pub ttl: Duration,
+    /// How long past expiry a value may still answer when the sources fail transiently.
+    pub stale_on_error: Option<Duration>,
+}
+
+/// A value the cache holds, with where it came from.
+struct Entry {
+    value: Arc<SecretBytes>,
+    /// Index of the source in the chain that produced it.
+    source: usize,
+    expires: Instant,
+    /// After this the entry is dropped even for stale-on-error.
+    keep_until: Instant,
+}
+
+#[derive(Default)]
+struct Slot {
+    entry: Option<Entry>,
+}
+
+/// What the cache did for one request.
+pub enum Cached {
+    /// A fresh entry answered; no source was asked.
+    Hit {
+        value: Arc<SecretBytes>,
+        source: usize,
+    },
+    /// The sources were asked; what they said, and the value (now cached) if one was found.
+    Fetched {
+        attempts: Vec<Attempt>,
+        served: Option<(usize, Arc<SecretBytes>)>,
+    },
+    /// The sources failed transiently and an expired value answered instead.
+    Stale {
+        attempts: Vec<Attempt>,
+        value: Arc<SecretBytes>,
+        source: usize,
+        past_expiry: Duration,
+    },
+}
+
+/// Per-id slots. The outer lock is held only to find a slot; the slot's async lock is held
+/// across a fetch, which is what makes concurrent requests share it.
+#[derive(Default)]
+pub struct SecretCache {
+    slots: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Slot>>>>,
+}
+
+impl SecretCache {
+    fn slot(&self, id: &str) -> Arc<tokio::sync::Mutex<Slot>> {
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        slots.entry(id.to_string()).or_default().clone()
+    }
+
+    /// Answers from a fresh entry, or runs `fetch` (once, however many requests wait) and
+    /// caches what it finds.
+    pub async fn resolve<F, Fut>(&self, id: &str, policy: CachePolicy, fetch: F) -> Cached
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = ChainResult>,
+    {
+        let slot = self.slot(id);
+        let mut slot = slot.lock().await;
+        let now = Instant::now();
+        if let Some(e) = &slot.entry {
+            if now < e.expires {
+                return Cached::Hit {
+                    value: e.value.clone(),
+                    source: e.source,
+                };
+            }
+            if now >= e.keep_until {
+                slot.entry = None;
+            }
+        }
+        let chain = fetch().await;
+        let now = Instant::now();
+        let transient = chain.failed_transiently();
+        let ChainResult { value, attempts } = chain;
+        if let Some((source, value)) = value {
+            let value = Arc::new(value);
+            let expires = now + policy.ttl;
+            slot.entry = Some(Entry {
+                value: value.clone(),
+                source,
+                expires,
+                keep_until: expires + policy.stale_on_error.unwrap_or_default(),
+            });
+            return Cached::Fetched {
+                attempts,
+                served: Some((source, value)),
+            };
+        }
+        if let Some(e) = &slot.entry
+            && policy.stale_on_error.is_some()
+            && transient
+            && now < e.keep_until
+        {
+            return Cached::Stale {
+                value: e.value.clone(),
+                source: e.source,
+                past_expiry: now.saturating_duration_since(e.expires),
+                attempts,
+            };
+        }
+        // Expired and not usable: drop it now rather than at the next sweep.
+        slot.entry = None;
+        Cached::Fetched {
+            attempts,
+            served: None,
+        }
+    }
+
+    /// Drops every entry past its last useful moment.
+    pub fn sweep(&self, now: Instant) {
+        let slots: Vec<_> = self
+            .slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for slot in slots {
+            // A slot busy with a fetch cleans itself up.
+            if let Ok(mut s) = slot.try_lock()
+                && s.entry.as_ref().is_some_and(|e| now >= e.keep_until)
+            {
+                s.entry = None;
+            }
+        }
+    }
+
+    /// How many ids hold a value now (for tests and metrics).
+    pub fn len(&self) -> usize {
+        let slots: Vec<_> = self
+            .slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        slots
+            .iter()
+            .filter(|s| s.try_lock().map(|s| s.entry.is_some()).unwrap_or(true))
+            .count()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests;

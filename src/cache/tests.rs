@@ -1,0 +1,270 @@
+//! Cache behaviour on tokio's paused clock: expiry, stale-on-error, sharing of in-flight
+//! fetches, and that dropped entries release (and so zeroize) their values.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use super::*;
+use crate::source::{AttemptOutcome, SourceError, SourceSpec};
+
+const TTL: Duration = Duration::from_secs(60);
+
+fn found(v: &str) -> ChainResult {
+    ChainResult {
+        value: Some((0, SecretBytes::new(v.as_bytes().to_vec()))),
+        attempts: vec![Attempt {
+            source: SourceSpec::Env("X".into()),
+            outcome: AttemptOutcome::Found,
+        }],
+    }
+}
+
+fn failing(transient: bool) -> ChainResult {
+    let e = if transient {
+        SourceError::transient("connection refused")
+    } else {
+        SourceError::permanent("access denied")
+    };
+    ChainResult {
+        value: None,
+        attempts: vec![Attempt {
+            source: SourceSpec::Env("X".into()),
+            outcome: AttemptOutcome::Failed(e),
+        }],
+    }
+}
+
+fn missing() -> ChainResult {
+    ChainResult {
+        value: None,
+        attempts: vec![Attempt {
+            source: SourceSpec::Env("X".into()),
+            outcome: AttemptOutcome::Missing("not set".into()),
+        }],
+    }
+}
+
+fn value_of(c: &Cached) -> Option<Vec<u8>> {
+    match c {
+        Cached::Hit { value, .. } | Cached::Stale { value, .. } => Some(value.expose().to_vec()),
+        Cached::Fetched { served, .. } => served.as_ref().map(|(_, v)| v.expose().to_vec()),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn fresh_entries_answer_without_fetching_until_the_ttl() {
+    let cache = SecretCache::default();
+    let policy = CachePolicy {
+        ttl: TTL,
+        stale_on_error: None,
+    };
+    let fetches = AtomicUsize::new(0);
+    let fetch = |v: &'static str| {
+        fetches.fetch_add(1, Ordering::SeqCst);
+        async move { found(v) }
+    };
+    let first = cache.resolve("id", policy, || fetch("one")).await;
+    assert!(matches!(first, Cached::Fetched { .. }));
+    tokio::time::advance(TTL - Duration::from_millis(1)).await;
+    let second = cache.resolve("id", policy, || fetch("two")).await;
+    assert!(matches!(second, Cached::Hit { .. }));
+    assert_eq!(value_of(&second).unwrap(), b"one");
+    tokio::time::advance(Duration::from_millis(1)).await;
+    let third = cache.resolve("id", policy, || fetch("three")).await;
+    assert!(
+        matches!(third, Cached::Fetched { .. }),
+        "expired at exactly the TTL"
+    );
+    assert_eq!(value_of(&third).unwrap(), b"three");
+    assert_eq!(fetches.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn expired_entries_release_their_value() {
+    let cache = SecretCache::default();
+    let policy = CachePolicy {
+        ttl: TTL,
+        stale_on_error: None,
+    };
+    let weak = match cache.resolve("id", policy, || async { found("v") }).await {
+        Cached::Fetched {
+            served: Some((_, v)),
+            ..
+        } => Arc::downgrade(&v),
+        _ => panic!("expected a fetched value"),
+    };
+    assert!(
+        weak.upgrade().is_some(),
+        "the cache holds the value while fresh"
+    );
+    tokio::time::advance(TTL).await;
+    cache.sweep(Instant::now());
+    assert!(
+        weak.upgrade().is_none(),
+        "after expiry the SecretBytes was dropped, and so zeroized"
+    );
+    assert!(cache.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropping_the_cache_releases_every_value() {
+    let cache = SecretCache::default();
+    let policy = CachePolicy {
+        ttl: TTL,
+        stale_on_error: Some(TTL),
+    };
+    let mut weaks = Vec::new();
+    for id in ["a", "b", "c"] {
+        if let Cached::Fetched {
+            served: Some((_, v)),
+            ..
+        } = cache.resolve(id, policy, || async { found("v") }).await
+        {
+            weaks.push(Arc::downgrade(&v));
+        }
+    }
+    assert_eq!(cache.len(), 3);
+    drop(cache); // what a reload or shutdown does to the old generation
+    assert!(weaks.iter().all(|w| w.upgrade().is_none()));
+}
+
+#[tokio::test(start_paused = true)]
+async fn stale_value_answers_only_transient_failures_within_the_window() {
+    let cache = SecretCache::default();
+    let policy = CachePolicy {
+        ttl: TTL,
+        stale_on_error: Some(Duration::from_secs(300)),
+    };
+    cache.resolve("id", policy, || async { found("old") }).await;
+    tokio::time::advance(TTL + Duration::from_secs(10)).await;
+
+    match cache
+        .resolve("id", policy, || async { failing(true) })
+        .await
+    {
+        Cached::Stale {
+            value,
+            past_expiry,
+            attempts,
+            ..
+        } => {
+            assert_eq!(value.expose(), b"old");
+            assert_eq!(past_expiry, Duration::from_secs(10));
+            assert_eq!(
+                attempts.len(),
+                1,
+                "the failure is reported for the audit record"
+            );
+        }
+        _ => panic!("a transient failure within the window serves the stale value"),
+    }
+    assert!(
+        value_of(
+            &cache
+                .resolve("id", policy, || async { failing(false) })
+                .await
+        )
+        .is_none(),
+        "permanent failure: no stale value"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn not_found_drops_a_stale_value() {
+    let cache = SecretCache::default();
+    let policy = CachePolicy {
+        ttl: TTL,
+        stale_on_error: Some(Duration::from_secs(300)),
+    };
+    cache.resolve("id", policy, || async { found("old") }).await;
+    tokio::time::advance(TTL).await;
+    assert!(value_of(&cache.resolve("id", policy, || async { missing() }).await).is_none());
+    // The secret was deleted upstream: even a later transient failure must not resurrect it.
+    assert!(
+        value_of(
+            &cache
+                .resolve("id", policy, || async { failing(true) })
+                .await
+        )
+        .is_none()
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn stale_window_ends() {
+    let cache = SecretCache::default();
+    let policy = CachePolicy {
+        ttl: TTL,
+        stale_on_error: Some(Duration::from_secs(300)),
+    };
+    cache.resolve("id", policy, || async { found("old") }).await;
+    tokio::time::advance(TTL + Duration::from_secs(300)).await;
+    assert!(
+        value_of(
+            &cache
+                .resolve("id", policy, || async { failing(true) })
+                .await
+        )
+        .is_none()
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn concurrent_requests_share_one_fetch() {
+    let cache = Arc::new(SecretCache::default());
+    let policy = CachePolicy {
+        ttl: TTL,
+        stale_on_error: None,
+    };
+    let fetches = Arc::new(AtomicUsize::new(0));
+    let tasks: Vec<_> = (0..100)
+        .map(|_| {
+            let cache = cache.clone();
+            let fetches = fetches.clone();
+            tokio::spawn(async move {
+                let c = cache
+                    .resolve("id", policy, || async {
+                        fetches.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_secs(2)).await; // a slow AWS call
+                        found("shared")
+                    })
+                    .await;
+                value_of(&c).unwrap()
+            })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), b"shared");
+    }
+    assert_eq!(
+        fetches.load(Ordering::SeqCst),
+        1,
+        "100 concurrent requests, one fetch"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn different_ids_do_not_wait_for_each_other() {
+    let cache = Arc::new(SecretCache::default());
+    let policy = CachePolicy {
+        ttl: TTL,
+        stale_on_error: None,
+    };
+    let slow = {
+        let cache = cache.clone();
+        tokio::spawn(async move {
+            cache
+                .resolve("slow", policy, || async {
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                    found("s")
+                })
+                .await;
+        })
+    };
+    tokio::task::yield_now().await;
+    let started = Instant::now();
+    cache.resolve("fast", policy, || async { found("f") }).await;
+    assert_eq!(started.elapsed(), Duration::ZERO);
+    slow.await.unwrap();
+}

@@ -1,0 +1,213 @@
+//! `buildbroker keyring set|get-info|delete SERVICE/ACCOUNT`: manage entries exactly where
+//! `keyring:` sources read them, so users never learn a backend's attribute names. Values come
+//! from stdin only (echo off on a terminal) and are never printed.
+
+use std::io::{IsTerminal, Read, Write};
+use std::process::ExitCode;
+
+use super::{BackendArg, KeyringAction, KeyringEntryArgs, load_policy};
+use crate::config::HostEnv;
+use crate::secret::{MAX_SECRET_BYTES, SecretBytes};
+use crate::source::{KeyringBackend, KeyringSpec, SourceRuntime, SourceSettings};
+
+pub fn run(action: KeyringAction, env: &HostEnv) -> ExitCode {
+    let entry = match &action {
+        KeyringAction::Set { entry, .. }
+        | KeyringAction::GetInfo { entry }
+        | KeyringAction::Delete { entry } => entry,
+    };
+    let Some((spec, settings)) = prepare(entry, env) else {
+        return ExitCode::from(2);
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("buildbroker: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let sources = SourceRuntime::new(settings);
+    runtime.block_on(async {
+        match action {
+            KeyringAction::Set { raw, .. } => {
+                let value = match read_value(&spec, raw) {
+                    Ok(v) => v,
+                    Err(message) => {
+                        eprintln!("buildbroker: {message}");
+                        return ExitCode::from(2);
+                    }
+                };
+                match sources
+                    .keyring
+                    .store(&spec, &value, &sources.settings)
+                    .await
+                {
+                    Ok(backend) => {
+                        println!(
+                            "stored keyring:{spec} in the {backend} ({} bytes, sha256:{}…)",
+                            value.len(),
+                            value.short_hash()
+                        );
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("buildbroker: cannot store keyring:{spec}: {e}");
+                        ExitCode::from(2)
+                    }
+                }
+            }
+            KeyringAction::GetInfo { .. } => {
+                match sources.keyring.info(&spec, &sources.settings).await {
+                    Ok(Some(info)) => {
+                        println!("keyring:{spec}");
+                        println!("  backend  {}", info.backend);
+                        println!("  where    {}", info.location);
+                        println!(
+                            "  value    {} bytes, sha256:{}…",
+                            info.length, info.short_hash
+                        );
+                        ExitCode::SUCCESS
+                    }
+                    Ok(None) => {
+                        let backend = sources
+                            .keyring
+                            .backend_for(&sources.settings)
+                            .await
+                            .unwrap_or(KeyringBackend::Auto);
+                        println!("keyring:{spec}: no such entry in the {backend}");
+                        ExitCode::from(1)
+                    }
+                    Err(e) => {
+                        eprintln!("buildbroker: keyring:{spec}: {e}");
+                        ExitCode::from(2)
+                    }
+                }
+            }
+            KeyringAction::Delete { .. } => {
+                match sources.keyring.delete(&spec, &sources.settings).await {
+                    Ok(0) => {
+                        println!("keyring:{spec}: no such entry");
+                        ExitCode::from(1)
+                    }
+                    Ok(n) => {
+                        println!(
+                            "removed keyring:{spec} ({n} entr{})",
+                            if n == 1 { "y" } else { "ies" }
+                        );
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("buildbroker: cannot remove keyring:{spec}: {e}");
+                        ExitCode::from(2)
+                    }
+                }
+            }
+        }
+    })
+}
+
+/// The entry and the keyring settings: the policy's, with --backend on top.
+fn prepare(args: &KeyringEntryArgs, env: &HostEnv) -> Option<(KeyringSpec, SourceSettings)> {
+    let text = args.entry.strip_prefix("keyring:").unwrap_or(&args.entry);
+    let spec = match KeyringSpec::parse(text) {
+        Ok(s) => s,
+        Err(m) => {
+            eprintln!("buildbroker: {m}");
+            return None;
+        }
+    };
+    let mut settings = load_policy(args.config.clone(), env)?.sources;
+    if let Some(b) = args.backend {
+        settings.keyring_backend = match b {
+            BackendArg::Auto => KeyringBackend::Auto,
+            BackendArg::SecretService => KeyringBackend::SecretService,
+            BackendArg::Kernel => KeyringBackend::Kernel,
+        };
+    }
+    Some((spec, settings))
+}
+
+/// Reads the value from stdin: hidden input on a terminal, all of it from a pipe.
+fn read_value(spec: &KeyringSpec, raw: bool) -> Result<SecretBytes, String> {
+    let stdin = std::io::stdin();
+    let mut value = SecretBytes::with_capacity(MAX_SECRET_BYTES + 2);
+    if stdin.is_terminal() {
+        eprint!("value for keyring:{spec} (input hidden): ");
+        let _ = std::io::stderr().flush();
+        let _echo_off = EchoOff::new(&stdin);
+        let mut line = String::new();
+        let read = stdin.read_line(&mut line);
+        eprintln!();
+        read.map_err(|e| format!("cannot read the value: {e}"))?;
+        value.buffer_mut().extend_from_slice(line.as_bytes());
+        zeroize::Zeroize::zeroize(&mut line);
+    } else {
+        let buf = value.buffer_mut();
+        buf.resize(MAX_SECRET_BYTES + 2, 0);
+        let mut filled = 0;
+        let mut input = stdin.lock();
+        loop {
+            if filled == buf.len() {
+                return Err(format!(
+                    "the value is over the {MAX_SECRET_BYTES}-byte limit that buildx and BuildKit accept"
+                ));
+            }
+            match input.read(&mut buf[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(format!("cannot read the value from stdin: {e}")),
+            }
+        }
+        buf.truncate(filled);
+    }
+    if !raw {
+        let buf = value.buffer_mut();
+        if buf.last() == Some(&b'\n') {
+            buf.pop();
+            if buf.last() == Some(&b'\r') {
+                buf.pop();
+            }
+        }
+    }
+    if value.is_empty() {
+        return Err("refusing to store an empty value (nothing was read from stdin)".into());
+    }
+    if value.len() > MAX_SECRET_BYTES {
+        return Err(format!(
+            "the value is over the {MAX_SECRET_BYTES}-byte limit that buildx and BuildKit accept"
+        ));
+    }
+    Ok(value)
+}
+
+/// Turns terminal echo off until dropped.
+struct EchoOff<'a> {
+    stdin: &'a std::io::Stdin,
+    saved: Option<rustix::termios::Termios>,
+}
+
+impl<'a> EchoOff<'a> {
+    fn new(stdin: &'a std::io::Stdin) -> Self {
+        use rustix::termios::{LocalModes, OptionalActions, tcgetattr, tcsetattr};
+        let saved = tcgetattr(stdin).ok();
+        if let Some(t) = &saved {
+            let mut quiet = t.clone();
+            quiet.local_modes.remove(LocalModes::ECHO);
+            let _ = tcsetattr(stdin, OptionalActions::Now, &quiet);
+        }
+        EchoOff { stdin, saved }
+    }
+}
+
+impl Drop for EchoOff<'_> {
+    fn drop(&mut self) {
+        if let Some(t) = &self.saved {
+            let _ =
+                rustix::termios::tcsetattr(self.stdin, rustix::termios::OptionalActions::Now, t);
+        }
+    }
+}

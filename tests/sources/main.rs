@@ -1,0 +1,561 @@
+//! One conformance suite, run against every source kind through the real `buildbroker resolve`:
+//! a stored value resolves byte for byte (checked by length and hash, since `resolve` never
+//! prints values), an absent one falls through to the next source, a required id with nothing
+//! fails naming the source, the 512000-byte cap holds at the edge, and the value never appears
+//! in the output. Real peers: the kernel keyring via keyctl, GNOME Keyring on a private session
+//! bus, real programs for exec:.
+
+#[path = "../support/kernel_keyring.rs"]
+mod kernel_keyring;
+#[path = "../support/secret_service.rs"]
+mod secret_service;
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Command, Output};
+
+use kernel_keyring::{KernelKey, unique};
+use secret_service::SecretServiceBed;
+use sha2::{Digest, Sha256};
+
+const CAP: usize = 512_000;
+const VALUE: &[u8] = b"conformance \xc3\xa9 value\twith tab";
+
+/// Which values around the 512000-byte cap a store can be seeded with.
+enum Capacity {
+    /// Exactly the cap and one byte more.
+    BeyondTheCap,
+    /// Exactly the cap only.
+    UpToTheCap,
+    /// Neither (the store's own limit is lower).
+    Small,
+}
+
+/// A source kind: where to put a value so that a source URI finds it.
+trait Kind {
+    /// Stores `value` and returns the URI that reads it.
+    fn put(&mut self, value: &[u8]) -> String;
+    /// A URI of this kind that finds nothing.
+    fn absent(&mut self) -> String;
+    /// Policy text the kind needs (for example a keyring backend).
+    fn policy(&self) -> String {
+        String::new()
+    }
+    /// The environment `buildbroker resolve` needs to reach the store.
+    fn env(&self) -> Vec<(String, Vec<u8>)> {
+        Vec::new()
+    }
+    /// Which values around the cap this store can be given here.
+    fn capacity(&self) -> Capacity {
+        Capacity::BeyondTheCap
+    }
+}
+
+struct Env {
+    vars: Vec<(String, Vec<u8>)>,
+}
+
+impl Kind for Env {
+    fn put(&mut self, value: &[u8]) -> String {
+        let name = format!("CONFORMANCE_{}", self.vars.len());
+        self.vars.push((name.clone(), value.to_vec()));
+        format!("env:{name}")
+    }
+    fn absent(&mut self) -> String {
+        "env:CONFORMANCE_SURELY_UNSET".into()
+    }
+    fn env(&self) -> Vec<(String, Vec<u8>)> {
+        self.vars.clone()
+    }
+    /// The kernel limits one environment string to 128 KiB.
+    fn capacity(&self) -> Capacity {
+        Capacity::Small
+    }
+}
+
+struct File {
+    dir: tempfile::TempDir,
+    n: usize,
+}
+
+impl Kind for File {
+    fn put(&mut self, value: &[u8]) -> String {
+        self.n += 1;
+        let p = self.dir.path().join(format!("v{}", self.n));
+        std::fs::write(&p, value).unwrap();
+        format!("file:{}", p.display())
+    }
+    fn absent(&mut self) -> String {
+        format!("file:{}/absent", self.dir.path().display())
+    }
+}
+
+/// exec: a program that prints a stored file, as `op read` prints an item.
+struct Exec {
+    dir: tempfile::TempDir,
+    n: usize,
+}
+
+impl Exec {
+    fn script(&self, name: &str, body: &str) -> String {
+        let p = self.dir.path().join(name);
+        std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        p.display().to_string()
+    }
+}
+
+impl Kind for Exec {
+    fn put(&mut self, value: &[u8]) -> String {
+        self.n += 1;
+        let data = self.dir.path().join(format!("v{}", self.n));
+        std::fs::write(&data, value).unwrap();
+        // One trailing newline is removed from exec output: print the value and one newline.
+        let script = self.script(&format!("get{}", self.n), "cat \"$1\"; echo");
+        format!("exec:{script} {}", data.display())
+    }
+    fn absent(&mut self) -> String {
+        let script = self.script("absent", "echo 'item not found' >&2; exit 2");
+        format!("exec:{script}")
+    }
+}
+
+struct KernelKeyring {
+    service: String,
+    keys: Vec<KernelKey>,
+}
+
+impl Kind for KernelKeyring {
+    fn put(&mut self, value: &[u8]) -> String {
+        let account = format!("acct{}", self.keys.len());
+        self.keys
+            .push(KernelKey::add(&self.service, &account, value));
+        format!("keyring:{}/{account}", self.service)
+    }
+    fn absent(&mut self) -> String {
+        format!("keyring:{}/absent", self.service)
+    }
+    fn policy(&self) -> String {
+        "[keyring]\nbackend = \"kernel\"\n".into()
+    }
+    /// The kernel caps a "user" key's payload at 32767 bytes.
+    fn capacity(&self) -> Capacity {
+        Capacity::Small
+    }
+}
+
+struct SecretService {
+    bed: SecretServiceBed,
+    n: usize,
+}
+
+impl Kind for SecretService {
+    fn put(&mut self, value: &[u8]) -> String {
+        self.n += 1;
+        let account = format!("acct{}", self.n);
+        if value.len() < 4096 {
+            self.bed.secret_tool_store("conformance", &account, value);
+        } else {
+            // secret-tool refuses long values ("password is too long"); the Secret Service
+            // itself does not, and `buildbroker keyring set` stores them.
+            let mut child = self
+                .bed
+                .command(env!("CARGO_BIN_EXE_buildbroker"))
+                .args(["keyring", "set", "--raw", "--backend", "secret-service"])
+                .arg(format!("conformance/{account}"))
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .unwrap();
+            std::io::Write::write_all(&mut child.stdin.take().unwrap(), value).unwrap();
+            assert!(
+                child.wait().unwrap().success(),
+                "buildbroker keyring set failed"
+            );
+        }
+        format!("keyring:conformance/{account}")
+    }
+    fn absent(&mut self) -> String {
+        "keyring:conformance/absent".into()
+    }
+    fn policy(&self) -> String {
+        "[keyring]\nbackend = \"secret-service\"\n".into()
+    }
+    fn env(&self) -> Vec<(String, Vec<u8>)> {
+        vec![(
+            "DBUS_SESSION_BUS_ADDRESS".into(),
+            self.bed.address.clone().into_bytes(),
+        )]
+    }
+    /// Every tool that stores items here (secret-tool, `buildbroker keyring set`) refuses a
+    /// value over the cap, so no such item can be made to test the read side.
+    fn capacity(&self) -> Capacity {
+        Capacity::UpToTheCap
+    }
+}
+
+fn resolve(kind: &dyn Kind, sources: &[String], required: bool) -> (Output, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.toml");
+    let list = sources
+        .iter()
+        .map(|s| format!("{s:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    std::fs::write(
+        &policy,
+        format!(
+            "{}\n[secrets.c]\nsources = [{list}]\nrequired = {required}\n",
+            kind.policy()
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_buildbroker"));
+    cmd.args(["resolve", "--config"])
+        .arg(&policy)
+        .arg("c")
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap());
+    for (k, v) in kind.env() {
+        use std::os::unix::ffi::OsStrExt;
+        cmd.env(k, std::ffi::OsStr::from_bytes(&v));
+    }
+    cmd.env("CONFORMANCE_FALLBACK", "fallback-value");
+    let out = cmd.output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out, text)
+}
+
+fn short_hash(v: &[u8]) -> String {
+    Sha256::digest(v)[..6]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn conformance(kind: &mut dyn Kind) {
+    // A stored value resolves byte for byte and is never printed.
+    let uri = kind.put(VALUE);
+    let (out, text) = resolve(kind, std::slice::from_ref(&uri), true);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains(&format!(
+            "c: resolved from {uri} ({} bytes, sha256:{}…)",
+            VALUE.len(),
+            short_hash(VALUE)
+        )),
+        "{text}"
+    );
+    assert!(
+        !text.as_bytes().windows(VALUE.len()).any(|w| w == VALUE),
+        "the value was printed: {text}"
+    );
+
+    // Absent: the chain falls through to the next source.
+    let absent = kind.absent();
+    let (out, text) = resolve(
+        kind,
+        &[absent.clone(), "env:CONFORMANCE_FALLBACK".into()],
+        true,
+    );
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains("c: resolved from env:CONFORMANCE_FALLBACK (14 bytes"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("  {absent}")) && text.contains("missing: "),
+        "{text}"
+    );
+
+    // Required and absent: the build would fail, naming the source.
+    let (out, text) = resolve(kind, std::slice::from_ref(&absent), true);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("is required by policy but no source has it") && text.contains(&absent),
+        "{text}"
+    );
+
+    let capacity = kind.capacity();
+    if matches!(capacity, Capacity::BeyondTheCap | Capacity::UpToTheCap) {
+        let at_cap = vec![b'x'; CAP];
+        let uri = kind.put(&at_cap);
+        let (out, text) = resolve(kind, std::slice::from_ref(&uri), true);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "exactly the cap is accepted: {text}"
+        );
+        assert!(text.contains(&format!("({CAP} bytes")), "{text}");
+    }
+    if matches!(capacity, Capacity::BeyondTheCap) {
+        let over = vec![b'x'; CAP + 1];
+        let uri = kind.put(&over);
+        let (out, text) = resolve(kind, std::slice::from_ref(&uri), true);
+        assert_eq!(out.status.code(), Some(1), "{text}");
+        assert!(text.contains("512000-byte limit"), "{text}");
+    }
+}
+
+#[test]
+fn env_conforms() {
+    conformance(&mut Env { vars: Vec::new() });
+}
+
+#[test]
+fn file_conforms() {
+    conformance(&mut File {
+        dir: tempfile::tempdir().unwrap(),
+        n: 0,
+    });
+}
+
+#[test]
+fn exec_conforms() {
+    conformance(&mut Exec {
+        dir: tempfile::tempdir().unwrap(),
+        n: 0,
+    });
+}
+
+#[test]
+fn kernel_keyring_conforms() {
+    conformance(&mut KernelKeyring {
+        service: unique("conformance"),
+        keys: Vec::new(),
+    });
+}
+
+#[test]
+fn secret_service_conforms() {
+    conformance(&mut SecretService {
+        bed: SecretServiceBed::start(),
+        n: 0,
+    });
+}
+
+fn policy_file(dir: &tempfile::TempDir, text: &str) -> std::path::PathBuf {
+    let p = dir.path().join("policy.toml");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn output_text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[test]
+fn a_locked_collection_is_a_clear_error_not_a_prompt() {
+    let bed = SecretServiceBed::start();
+    bed.secret_tool_store("locked", "acct", b"v");
+    bed.lock_login_collection();
+    let dir = tempfile::tempdir().unwrap();
+    let policy = policy_file(
+        &dir,
+        "[keyring]\nbackend = \"auto\"\n[secrets.t]\nsources = [\"keyring:locked/acct\"]\n",
+    );
+    let started = std::time::Instant::now();
+    let out = bed
+        .command(env!("CARGO_BIN_EXE_buildbroker"))
+        .args(["resolve", "--config"])
+        .arg(&policy)
+        .arg("t")
+        .output()
+        .unwrap();
+    let text = output_text(&out);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(3),
+        "no prompt, no wait"
+    );
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains(
+            "keyring:locked/acct (error: the Secret Service collection holding it is locked"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("gnome-keyring-daemon --unlock"),
+        "says what to do: {text}"
+    );
+}
+
+#[test]
+fn a_hung_secret_service_is_bounded_by_the_timeout() {
+    let bed = SecretServiceBed::start();
+    bed.secret_tool_store("hung", "acct", b"v");
+    // A real keyring daemon that stops answering: SIGSTOP it.
+    let pid = bed.keyring_pid();
+    assert!(
+        Command::new("kill")
+            .args(["-STOP", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let policy = policy_file(
+        &dir,
+        "[keyring]\nbackend = \"secret-service\"\ntimeout = \"500ms\"\n[secrets.t]\nsources = [\"keyring:hung/acct\"]\n",
+    );
+    let started = std::time::Instant::now();
+    let out = bed
+        .command(env!("CARGO_BIN_EXE_buildbroker"))
+        .args(["resolve", "--config"])
+        .arg(&policy)
+        .arg("t")
+        .output()
+        .unwrap();
+    let elapsed = started.elapsed();
+    let _ = Command::new("kill")
+        .args(["-CONT", &pid.to_string()])
+        .status();
+    let text = output_text(&out);
+    assert!(
+        elapsed < std::time::Duration::from_secs(3),
+        "took {elapsed:?}: {text}"
+    );
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("the Secret Service did not answer within 500ms"),
+        "{text}"
+    );
+}
+
+#[test]
+fn auto_uses_the_kernel_keyring_without_a_session_bus() {
+    let service = unique("auto");
+    let _key = KernelKey::add(&service, "acct", b"kernel-value");
+    let dir = tempfile::tempdir().unwrap();
+    let policy = policy_file(
+        &dir,
+        &format!("[secrets.t]\nsources = [\"keyring:{service}/acct\"]\n"),
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_buildbroker"))
+        .args(["resolve", "--config"])
+        .arg(&policy)
+        .arg("t")
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap())
+        .output()
+        .unwrap();
+    let text = output_text(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains(&format!("resolved from keyring:{service}/acct (12 bytes")),
+        "{text}"
+    );
+}
+
+#[test]
+fn keyring_cli_round_trip_in_the_kernel_keyring_across_sessions() {
+    let entry = format!("{}/token", unique("cli"));
+    let bin = env!("CARGO_BIN_EXE_buildbroker");
+    let set = Command::new(bin)
+        .args(["keyring", "set", "--backend", "kernel", &entry])
+        .stdin(std::process::Stdio::piped())
+        .output_with_stdin(b"from-stdin\n");
+    assert!(set.status.success(), "{}", output_text(&set));
+    assert!(
+        output_text(&set).contains("in the kernel keyring (10 bytes"),
+        "one newline removed: {}",
+        output_text(&set)
+    );
+    assert!(!output_text(&set).contains("from-stdin"));
+
+    // A daemon started later in another session (here: a new anonymous session keyring, as
+    // systemd gives a service) finds it.
+    let dir = tempfile::tempdir().unwrap();
+    let policy = policy_file(
+        &dir,
+        &format!("[keyring]\nbackend = \"kernel\"\n[secrets.t]\nsources = [\"keyring:{entry}\"]\n"),
+    );
+    let out = Command::new("keyctl")
+        .args(["session", "-", bin, "resolve", "--config"])
+        .arg(&policy)
+        .arg("t")
+        .output()
+        .unwrap();
+    assert!(
+        output_text(&out).contains(&format!("resolved from keyring:{entry} (10 bytes")),
+        "{}",
+        output_text(&out)
+    );
+
+    let info = Command::new(bin)
+        .args(["keyring", "get-info", "--backend", "kernel", &entry])
+        .output()
+        .unwrap();
+    let text = output_text(&info);
+    assert!(
+        info.status.success()
+            && text.contains("found in the persistent keyring")
+            && text.contains("10 bytes"),
+        "{text}"
+    );
+    assert!(!text.contains("from-stdin"));
+
+    let del = Command::new(bin)
+        .args(["keyring", "delete", "--backend", "kernel", &entry])
+        .output()
+        .unwrap();
+    assert!(del.status.success(), "{}", output_text(&del));
+    let gone = Command::new(bin)
+        .args(["keyring", "get-info", "--backend", "kernel", &entry])
+        .output()
+        .unwrap();
+    assert_eq!(gone.status.code(), Some(1), "{}", output_text(&gone));
+}
+
+#[test]
+fn keyring_cli_stores_where_secret_tool_reads() {
+    let bed = SecretServiceBed::start();
+    let out = bed
+        .command(env!("CARGO_BIN_EXE_buildbroker"))
+        .args(["keyring", "set", "cli/acct"])
+        .stdin(std::process::Stdio::piped())
+        .output_with_stdin(b"stored-by-buildbroker\n");
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert!(
+        output_text(&out).contains("in the Secret Service"),
+        "auto picked the Secret Service: {}",
+        output_text(&out)
+    );
+    let lookup = bed
+        .command("secret-tool")
+        .args(["lookup", "service", "cli", "username", "acct"])
+        .output()
+        .unwrap();
+    assert_eq!(lookup.stdout, b"stored-by-buildbroker");
+    let empty = bed
+        .command(env!("CARGO_BIN_EXE_buildbroker"))
+        .args(["keyring", "set", "cli/empty"])
+        .stdin(std::process::Stdio::piped())
+        .output_with_stdin(b"");
+    assert_eq!(empty.status.code(), Some(2));
+    assert!(output_text(&empty).contains("refusing to store an empty value"));
+}
+
+/// Runs a command with the given bytes on stdin.
+trait OutputWithStdin {
+    fn output_with_stdin(&mut self, input: &[u8]) -> Output;
+}
+
+impl OutputWithStdin for Command {
+    fn output_with_stdin(&mut self, input: &[u8]) -> Output {
+        let mut child = self
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(&mut child.stdin.take().unwrap(), input).unwrap();
+        child.wait_with_output().unwrap()
+    }
+}
