@@ -2,7 +2,8 @@
 //! tracing log (target `buildbroker::audit`).
 //!
 //! Records carry ids, source names, peers and decisions. They never carry values: nothing in
-//! [`SecretEvent`] can hold secret bytes.
+//! [`SecretEvent`] can hold secret bytes, and [`SshEvent`] names keys and hosts only by
+//! fingerprint.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -30,6 +31,29 @@ pub struct SecretEvent<'a> {
     pub cache: Option<&'static str>,
     /// What went wrong, for `required_missing` and `error`.
     pub error: Option<&'a str>,
+}
+
+/// One sign request to an ssh id buildbroker manages.
+#[derive(Debug, Serialize)]
+pub struct SshEvent<'a> {
+    /// How the build reached the agent: `session` (SSH/ForwardAgent) or `socket` (a
+    /// standalone agent socket).
+    pub via: &'static str,
+    /// The session's UUID, for `session`.
+    pub session: Option<&'a str>,
+    pub peer_uid: u32,
+    pub peer_pid: Option<i32>,
+    /// The ssh id.
+    pub id: &'a str,
+    /// The SHA256 fingerprint of the key asked to sign.
+    pub key: &'a str,
+    /// The host the agent connection is bound to (session-bind@openssh.com), as
+    /// `SHA256:… (policy hosts entry)` for constrained ids; `None` if unbound.
+    pub host: Option<&'a str>,
+    /// `signed` or `refused`.
+    pub decision: &'static str,
+    /// Why it was refused.
+    pub reason: Option<&'a str>,
 }
 
 #[derive(Serialize)]
@@ -82,6 +106,22 @@ impl AuditLog {
             "secret request"
         );
         self.write("secret", event);
+    }
+
+    pub fn ssh(&self, event: &SshEvent<'_>) {
+        tracing::info!(
+            target: "buildbroker::audit",
+            via = event.via,
+            session = event.session,
+            peer_uid = event.peer_uid,
+            id = event.id,
+            key = event.key,
+            host = event.host,
+            decision = event.decision,
+            reason = event.reason,
+            "ssh sign request"
+        );
+        self.write("ssh", event);
     }
 
     fn write<E: Serialize>(&self, event: &'static str, body: &E) {

@@ -1,6 +1,7 @@
-//! The shared state of a running daemon: the policy in force with what was built from it (the
-//! sources' shared state and the secret cache), swapped whole on SIGHUP; the audit log; and
-//! the facts about the host that policy defaults were computed from.
+//! The shared state of a running daemon: the policy in force with everything made from it (the
+//! sources' shared state, the secret cache, the ssh agents and their held keys), swapped whole
+//! on SIGHUP; the audit log; and the facts about the host that policy defaults were computed
+//! from.
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -9,22 +10,28 @@ use crate::audit::AuditLog;
 use crate::cache::SecretCache;
 use crate::config::{HostEnv, LoadError, Policy};
 use crate::source::SourceRuntime;
+use crate::ssh::SshAgents;
 
 /// One policy and everything made from it. A reload makes a new generation; requests hold the
 /// one they started with, so a reload never changes the rules halfway through an answer. The
-/// old generation's cached values are zeroized when its last request finishes.
+/// old generation's cached values and held ssh keys are zeroized when its last request ends.
 pub struct Generation {
-    pub policy: Policy,
+    pub policy: Arc<Policy>,
     /// Shared source state (clients, backend choices).
-    pub sources: SourceRuntime,
+    pub sources: Arc<SourceRuntime>,
     /// Values kept for ids with `cache_ttl`.
     pub cache: SecretCache,
+    /// The ssh ids of the policy and the keys loaded for them.
+    pub ssh: Arc<SshAgents>,
 }
 
 impl Generation {
     pub fn new(policy: Policy) -> Generation {
+        let policy = Arc::new(policy);
+        let sources = Arc::new(SourceRuntime::new(policy.sources.clone()));
         Generation {
-            sources: SourceRuntime::new(policy.sources.clone()),
+            ssh: Arc::new(SshAgents::new(policy.clone(), sources.clone())),
+            sources,
             cache: SecretCache::default(),
             policy,
         }
@@ -57,6 +64,16 @@ impl Broker {
             .clone()
     }
 
+    /// The policy in force now.
+    pub fn policy(&self) -> Arc<Policy> {
+        self.current().policy.clone()
+    }
+
+    /// The ssh agents of the policy in force now.
+    pub fn ssh(&self) -> Arc<SshAgents> {
+        self.current().ssh.clone()
+    }
+
     pub fn audit(&self) -> Arc<AuditLog> {
         self.audit.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
@@ -67,13 +84,24 @@ impl Broker {
     }
 
     /// Reads the policy again from where it came from. On any error the old policy stays.
-    /// The old generation's cache is dropped (values zeroized) once no request uses it.
     pub fn reload(&self) -> Result<Arc<Generation>, ReloadError> {
         let current = self.current();
         let next = Policy::reload(&current.policy.origin, &self.env)?;
         if next.server.listen != current.policy.server.listen {
             tracing::warn!(
                 "[server] listen changed; the new addresses take effect at the next restart"
+            );
+        }
+        let sockets = |p: &Policy| {
+            p.ssh
+                .iter()
+                .map(|(id, r)| (id.clone(), r.socket.clone()))
+                .filter(|(_, s)| s.is_some())
+                .collect::<Vec<_>>()
+        };
+        if sockets(&next) != sockets(&current.policy) {
+            tracing::warn!(
+                "[ssh.*] socket changed; agent sockets are bound at start and change at the next restart"
             );
         }
         let audit = open_audit(&next).map_err(ReloadError::Audit)?;

@@ -21,8 +21,9 @@ use crate::dockerfile::{self, Severity};
 use crate::resolver::{Answer, answer};
 use crate::source::{Attempt, AttemptOutcome};
 
-const ABOUT: &str = "Brokers build secrets for docker buildx: a Docker Engine API endpoint that answers \
-BuildKit's secret requests from a policy, so builds need no --secret flags and nothing touches disk.";
+const ABOUT: &str = "Brokers build secrets and ssh keys for docker buildx: a Docker Engine API endpoint \
+that answers BuildKit's secret and ssh-agent requests from a policy, so builds need no --secret or \
+--ssh flags, get only the keys they should, and nothing touches disk.";
 
 const AFTER_HELP: &str = "\
 Quick start:
@@ -54,7 +55,7 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the daemon: serve the Docker Engine API on the policy's listen sockets, relay it to
-    /// the upstream engine, answer secret requests. SIGHUP reloads the policy (a bad file is
+    /// the upstream engine, answer secret and ssh-agent requests, serve `[ssh.*] socket`s. SIGHUP reloads the policy (a bad file is
     /// rejected and the old policy stays); SIGTERM/SIGINT drain and exit 0.
     Serve {
         /// Policy file (default: the lookup order below, then the embedded default).
@@ -210,6 +211,13 @@ fn serve(config: Option<PathBuf>, env: HostEnv) -> ExitCode {
         let listen = policy.server.listen.clone();
         let upstream = policy.server.upstream.clone();
         let origin = policy.origin.clone();
+        let agent_sockets = match crate::ssh::socket::bind(&policy) {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("buildbroker: ssh agent socket: {e}");
+                return ExitCode::from(2);
+            }
+        };
         let broker = match Broker::new(policy, env) {
             Ok(b) => Arc::new(b),
             Err(e) => {
@@ -231,8 +239,15 @@ fn serve(config: Option<PathBuf>, env: HostEnv) -> ExitCode {
         }
         tokio::spawn(broker.clone().sweep_cache(std::time::Duration::from_secs(5)));
         let addrs = listen.iter().map(|e| e.to_string()).collect::<Vec<_>>().join(", ");
-        tracing::info!(policy = %origin, "buildbroker ready: serving the Docker Engine API on {addrs}, upstream {upstream}");
-        crate::server::run(listeners, broker, shutdown).await;
+        let agents = agent_sockets
+            .iter()
+            .map(|l| format!("; ssh agent {} on {}", l.id, l.path().display()))
+            .collect::<String>();
+        tracing::info!(policy = %origin, "buildbroker ready: serving the Docker Engine API on {addrs}, upstream {upstream}{agents}");
+        tokio::join!(
+            crate::server::run(listeners, broker.clone(), shutdown.clone()),
+            crate::ssh::socket::run(agent_sockets, broker, shutdown),
+        );
         tracing::info!("buildbroker stopped");
         ExitCode::SUCCESS
     })
@@ -249,7 +264,7 @@ fn spawn_signal_handlers(broker: Arc<Broker>, shutdown: CancellationToken) -> st
                 _ = term.recv() => { tracing::info!("SIGTERM: draining"); break; }
                 _ = int.recv() => { tracing::info!("SIGINT: draining"); break; }
                 _ = hup.recv() => match broker.reload() {
-                    Ok(g) => tracing::info!(policy = %g.policy.origin, secrets = g.policy.secrets.len(), "policy reloaded"),
+                    Ok(g) => tracing::info!(policy = %g.policy.origin, secrets = g.policy.secrets.len(), ssh = g.policy.ssh.len(), "policy reloaded"),
                     Err(e) => tracing::error!("policy reload rejected, the previous policy stays in force:\n{e}"),
                 },
             }

@@ -16,6 +16,10 @@ use toml::Spanned;
 
 use crate::source::{KeyringBackend, SourceSettings, SourceSpec};
 
+mod ssh;
+
+pub use ssh::{AgentSocket, HostRule, KeyMatch, SshKeys, SshRule, parse_host_rule};
+
 /// The policy compiled into the binary; used when no policy file is found.
 pub const EMBEDDED_DEFAULT: &str = include_str!("../config/default.toml");
 
@@ -101,15 +105,6 @@ pub struct SecretRule {
 
 /// The staleness window `stale_on_error = true` means.
 pub const DEFAULT_STALE_WINDOW: std::time::Duration = std::time::Duration::from_secs(3600);
-
-/// What the policy says about one ssh id. Parsed and validated now so policy files written
-/// for SSH brokering are accepted; the session relays ssh calls to the client until the SSH
-/// broker lands.
-#[derive(Debug, Clone)]
-pub struct SshRule {
-    pub agent: Option<String>,
-    pub keys: Vec<String>,
-}
 
 /// A listening or upstream address.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -280,7 +275,7 @@ struct RawPolicy {
     #[serde(default)]
     secrets: BTreeMap<Spanned<String>, Spanned<RawSecret>>,
     #[serde(default)]
-    ssh: BTreeMap<Spanned<String>, Spanned<RawSsh>>,
+    ssh: BTreeMap<Spanned<String>, Spanned<ssh::RawSsh>>,
     #[serde(default)]
     exec: RawExec,
     #[serde(default)]
@@ -353,14 +348,6 @@ struct RawSecret {
 enum StaleSetting {
     Flag(bool),
     Window(String),
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawSsh {
-    agent: Option<Spanned<String>>,
-    #[serde(default)]
-    keys: Vec<Spanned<String>>,
 }
 
 // ---- checked stage ---------------------------------------------------------------------------
@@ -608,25 +595,7 @@ impl Policy {
             );
         }
 
-        let mut ssh = BTreeMap::new();
-        for (id, rule) in &raw.ssh {
-            let rule = rule.get_ref();
-            for k in &rule.keys {
-                if !k.get_ref().starts_with("SHA256:") {
-                    c.push(
-                        k.span(),
-                        format!("[ssh.{}] keys: expected a SHA256 fingerprint as `ssh-add -l` prints it (SHA256:…); got {:?}", id.get_ref(), k.get_ref()),
-                    );
-                }
-            }
-            ssh.insert(
-                id.get_ref().clone(),
-                SshRule {
-                    agent: rule.agent.as_ref().map(|a| a.get_ref().clone()),
-                    keys: rule.keys.iter().map(|k| k.get_ref().clone()).collect(),
-                },
-            );
-        }
+        let ssh = ssh::check(&raw.ssh, &listen, env, &mut c);
 
         let mut sources = SourceSettings::default();
         if let Some(t) = &raw.exec.timeout {

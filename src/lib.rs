@@ -1,8 +1,9 @@
 //! # buildbroker
 //!
 //! A daemon between `docker buildx build` and the BuildKit daemon that answers the build's
-//! secret requests from a policy, so builds get tokens and credentials without `--secret`
-//! flags, without files on disk, and with every decision audited.
+//! secret and ssh-agent requests from a policy, so builds get tokens, credentials and exactly
+//! the ssh keys they should without `--secret`/`--ssh` flags, without files on disk, and with
+//! every decision audited.
 //!
 //! A tour, in the order a request travels:
 //!
@@ -10,11 +11,14 @@
 //!   Engine API to the real engine and checks each peer with [`access`].
 //! - `POST /session` goes to [`session`]: buildbroker becomes the h2 server towards the daemon
 //!   and the h2 client towards buildx; `session::router` sends `Secrets/GetSecret` to
-//!   [`service::secrets`] and relays everything else.
-//! - [`resolver`] answers one request: [`policy`] decides (pure functions) what an id means,
-//!   [`cache`] may hold a value for slow sources, [`source`] resolves it from env, files, the
-//!   OS keyring, programs or the build client; [`secret::SecretBytes`] owns the value and
+//!   [`service::secrets`], `SSH/CheckAgent` and `SSH/ForwardAgent` to [`service::ssh`], and
+//!   relays everything else.
+//! - [`resolver`] answers one secret request: [`policy`] decides (pure functions) what an id
+//!   means, [`cache`] may hold a value for slow sources, [`source`] resolves it from env, files,
+//!   the OS keyring, programs or the build client; [`secret::SecretBytes`] owns the value and
 //!   zeroizes it.
+//! - [`ssh`] is the per-id filtered agent (upstream agent or broker-held keys, destination
+//!   constraints, standalone agent sockets), spoken with ssh-agent-lib.
 //! - [`audit`] records every decision, never a value. [`config`] turns the policy TOML into a
 //!   checked [`config::Policy`]; [`dockerfile`] checks `RUN --mount` flags against it.
 //! - [`cli`] is the command line: `serve`, `check`, `resolve`.
@@ -34,6 +38,7 @@ pub mod server;
 pub mod service;
 pub mod session;
 pub mod source;
+pub mod ssh;
 
 /// Code generated from `proto/` at build time.
 #[allow(clippy::all, clippy::pedantic, missing_docs)]

@@ -3,8 +3,10 @@
 //! [`decide_secret`] says what to do with a requested id before anything is resolved;
 //! [`conclude_secret`] turns what the sources said into the answer the build gets. The gRPC
 //! status codes for those answers are chosen in one place, `service::secrets`.
+//! [`decide_ssh`] does the same for ssh ids (status codes in `service::ssh`); what a managed
+//! id may sign is decided in `ssh::destination`.
 
-use crate::config::{Policy, UnknownIds};
+use crate::config::{Policy, SshRule, UnknownIds};
 use crate::source::{Attempt, AttemptOutcome, SourceSpec};
 
 /// The implicit chain for ids the policy does not list under `unknown_secrets = "client"`.
@@ -87,6 +89,29 @@ pub fn conclude_secret(
         };
     }
     SecretOutcome::NotFound
+}
+
+/// Who answers the agent of one ssh id (`CheckAgent`, `ForwardAgent`).
+#[derive(Debug, PartialEq, Eq)]
+pub enum SshDecision<'p> {
+    /// The policy lists the id: buildbroker's own filtered agent answers.
+    Managed(&'p SshRule),
+    /// Not listed, `unknown_ssh = "client"`: the build's own `--ssh` provider answers.
+    Client,
+    /// Not listed, `unknown_ssh = "deny"`: the id does not exist.
+    Deny,
+}
+
+/// `id` as BuildKit sends it: empty means `default` (buildkit session/sshforward/ssh.go).
+pub fn decide_ssh<'p>(policy: &'p Policy, id: &str) -> SshDecision<'p> {
+    let id = if id.is_empty() { "default" } else { id };
+    match policy.ssh.get(id) {
+        Some(rule) => SshDecision::Managed(rule),
+        None => match policy.server.unknown_ssh {
+            UnknownIds::Client => SshDecision::Client,
+            UnknownIds::Deny => SshDecision::Deny,
+        },
+    }
 }
 
 #[cfg(test)]

@@ -23,7 +23,7 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// A bound unix listener; its socket file is removed when it is dropped.
 pub struct BoundListener {
     pub path: PathBuf,
-    listener: UnixListener,
+    pub(crate) listener: UnixListener,
 }
 
 impl Drop for BoundListener {
@@ -50,12 +50,14 @@ pub fn bind(endpoints: &[Endpoint]) -> Result<Vec<BoundListener>, BindError> {
         let Endpoint::Unix(path) = endpoint else {
             unreachable!("config only accepts unix:// listen addresses");
         };
-        out.push(bind_unix(path)?);
+        out.push(bind_unix(path, 0o660)?);
     }
     Ok(out)
 }
 
-fn bind_unix(path: &Path) -> Result<BoundListener, BindError> {
+/// Binds one unix socket with permissions `mode` (parent directory created 0750 if missing;
+/// a stale socket file replaced, a live one refused).
+pub(crate) fn bind_unix(path: &Path, mode: u32) -> Result<BoundListener, BindError> {
     if let Some(dir) = path.parent()
         && !dir.exists()
     {
@@ -80,7 +82,7 @@ fn bind_unix(path: &Path) -> Result<BoundListener, BindError> {
         path: path.to_path_buf(),
         source,
     })?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(|source| {
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|source| {
         BindError::Bind {
             path: path.to_path_buf(),
             source,

@@ -1,3 +1,4 @@
 //! The gRPC services buildbroker answers itself inside an intercepted session.
 
 pub mod secrets;
+pub mod ssh;

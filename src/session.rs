@@ -32,7 +32,11 @@ pub const HEADER_METHOD: &str = "x-docker-expose-session-grpc-method";
 
 /// The methods buildbroker answers itself, so the daemon must know the session serves them
 /// even when the client did not announce them.
-pub const SERVED_METHODS: &[&str] = &["/moby.buildkit.secrets.v1.Secrets/GetSecret"];
+pub const SERVED_METHODS: &[&str] = &[
+    "/moby.buildkit.secrets.v1.Secrets/GetSecret",
+    "/moby.sshforward.v1.SSH/CheckAgent",
+    "/moby.sshforward.v1.SSH/ForwardAgent",
+];
 
 /// HTTP/2 flow-control windows on both halves of a session. Large, fixed windows rather than
 /// hyper's adaptive ones: h2 counts small buffered DATA frames against a budget of half the

@@ -284,3 +284,155 @@ fn cache_settings() {
         "{errs:?}"
     );
 }
+
+#[test]
+fn ssh_ids_of_both_kinds_parse() {
+    let p = parse(
+        r#"
+[ssh.default]
+agent = "env:SSH_AUTH_SOCK"
+keys = ["SHA256:almGDuqx8VkUVKH/B5JhKyBNge9MyiYPB1e472FpkXo", "comment:deploy@ci"]
+
+[ssh.github]
+private_keys = ["file:~/.ssh/github_deploy", "env:GITLAB_KEY"]
+passphrase = "env:DEPLOY_KEY_PASSPHRASE"
+hosts = ["github.com", "SHA256:SZjPLR5J7ZAvcDVHHNdBJmrg+pXR3GtWq9fgIlM2rm0"]
+known_hosts = "~/.ssh/known_hosts"
+socket = "/run/buildbroker/ssh/github.sock"
+"#,
+    )
+    .unwrap();
+    let default = &p.ssh["default"];
+    assert_eq!(
+        default.keys,
+        SshKeys::Upstream {
+            agent: AgentSocket::Env("SSH_AUTH_SOCK".into()),
+            allow: vec![
+                KeyMatch::Fingerprint(
+                    "SHA256:almGDuqx8VkUVKH/B5JhKyBNge9MyiYPB1e472FpkXo"
+                        .parse()
+                        .unwrap()
+                ),
+                KeyMatch::Comment("deploy@ci".into()),
+            ],
+        }
+    );
+    assert!(default.hosts.is_empty() && default.socket.is_none());
+    let github = &p.ssh["github"];
+    assert_eq!(
+        github.keys,
+        SshKeys::Held {
+            private_keys: vec![
+                SourceSpec::File("/home/u/.ssh/github_deploy".into()),
+                SourceSpec::Env("GITLAB_KEY".into()),
+            ],
+            passphrase: Some(SourceSpec::Env("DEPLOY_KEY_PASSPHRASE".into())),
+        }
+    );
+    assert_eq!(github.hosts[0], HostRule::Name("github.com".into()));
+    assert!(matches!(github.hosts[1], HostRule::Fingerprint(_)));
+    assert_eq!(
+        github.known_hosts.as_deref(),
+        Some(std::path::Path::new("/home/u/.ssh/known_hosts"))
+    );
+    assert_eq!(
+        github.socket.as_deref(),
+        Some(std::path::Path::new("/run/buildbroker/ssh/github.sock"))
+    );
+}
+
+#[test]
+fn ssh_mistakes_are_reported_with_line_and_column() {
+    // (policy text, expected error substring, line:column)
+    let table = [
+        ("[ssh.a]\nkeys = []\n", "expected `agent = ", "1:1"),
+        (
+            "[ssh.a]\nagent = \"/a.sock\"\nprivate_keys = [\"file:/k\"]\n",
+            "`agent` and `private_keys` exclude each other",
+            "3:16",
+        ),
+        (
+            "[ssh.a]\nagent = \"/a.sock\"\n",
+            "needs `keys = [\"SHA256:",
+            "2:9",
+        ),
+        (
+            "[ssh.a]\nagent = \"/a.sock\"\nkeys = []\n",
+            "an empty list exposes nothing",
+            "3:8",
+        ),
+        (
+            "[ssh.a]\nagent = \"/a.sock\"\nkeys = [\"deadbeef\"]\n",
+            "expected a SHA256 fingerprint",
+            "3:9",
+        ),
+        (
+            "[ssh.a]\nagent = \"relative.sock\"\nkeys = [\"comment:x\"]\n",
+            "absolute agent socket path",
+            "2:9",
+        ),
+        (
+            "[ssh.a]\nagent = \"env:1X\"\nkeys = [\"comment:x\"]\n",
+            "expected env:NAME",
+            "2:9",
+        ),
+        (
+            "[ssh.a]\nagent = \"/a.sock\"\nkeys = [\"comment:x\"]\npassphrase = \"env:P\"\n",
+            "passphrase: only for `private_keys`",
+            "4:14",
+        ),
+        (
+            "[ssh.a]\nprivate_keys = []\n",
+            "expected at least one source",
+            "2:16",
+        ),
+        (
+            "[ssh.a]\nprivate_keys = [\"client\"]\n",
+            "client is not a source for ssh keys",
+            "2:17",
+        ),
+        (
+            "[ssh.a]\nprivate_keys = [\"file:/k\"]\nkeys = [\"comment:x\"]\n",
+            "keys: only for `agent`",
+            "3:8",
+        ),
+        (
+            "[ssh.a]\nprivate_keys = [\"file:/k\"]\nhosts = [\"github.com\"]\n",
+            "add known_hosts",
+            "3:10",
+        ),
+        (
+            "[ssh.a]\nprivate_keys = [\"file:/k\"]\nhosts = [\"SHA256:nope\"]\n",
+            "expected a SHA256 host key fingerprint",
+            "3:10",
+        ),
+        (
+            "[ssh.a]\nprivate_keys = [\"file:/k\"]\nhosts = [\"a,b\"]\n",
+            "one host name or pattern",
+            "3:10",
+        ),
+        (
+            "[ssh.a]\nprivate_keys = [\"file:/k\"]\nknown_hosts = \"/kh\"\n",
+            "only used to resolve the host names",
+            "3:15",
+        ),
+        (
+            "[ssh.a]\nprivate_keys = [\"file:/k\"]\nsocket = \"/s\"\n[ssh.b]\nprivate_keys = [\"file:/k\"]\nsocket = \"/s\"\n",
+            "already the socket of another ssh id",
+            "6:10",
+        ),
+        (
+            "[ssh.a]\nprivate_keys = [\"file:/k\"]\nsockets = \"/s\"\n",
+            "unknown key `sockets`",
+            "3:1",
+        ),
+    ];
+    for (text, expected, at) in table {
+        let errs = errors(text);
+        assert!(
+            errs.iter()
+                .any(|e| e.contains(expected) && e.starts_with(&format!("policy.toml:{at}:"))),
+            "{text:?}: expected {expected:?} at {at}, got {errs:#?}"
+        );
+    }
+}

@@ -109,3 +109,38 @@ fn conclusions_table() {
         other => panic!("expected Failed, got {other:?}"),
     }
 }
+
+#[test]
+fn ssh_decisions_table() {
+    let text = |unknown: &str| {
+        format!(
+            "[server]\nunknown_ssh = \"{unknown}\"\n\
+             [ssh.default]\nagent = \"env:SSH_AUTH_SOCK\"\nkeys = [\"comment:me\"]\n\
+             [ssh.github]\nprivate_keys = [\"file:/k\"]\n"
+        )
+    };
+    let client =
+        Policy::parse(&text("client"), PolicyOrigin::Embedded, &HostEnv::default()).unwrap();
+    let deny = Policy::parse(&text("deny"), PolicyOrigin::Embedded, &HostEnv::default()).unwrap();
+    // (policy, id, expected: managed rule id / client / deny)
+    let table: Vec<(&Policy, &str, SshDecision)> = vec![
+        (
+            &client,
+            "github",
+            SshDecision::Managed(&client.ssh["github"]),
+        ),
+        (&deny, "github", SshDecision::Managed(&deny.ssh["github"])),
+        // BuildKit sends an empty id for `default`.
+        (&client, "", SshDecision::Managed(&client.ssh["default"])),
+        (
+            &client,
+            "default",
+            SshDecision::Managed(&client.ssh["default"]),
+        ),
+        (&client, "gitlab", SshDecision::Client),
+        (&deny, "gitlab", SshDecision::Deny),
+    ];
+    for (policy, id, expected) in table {
+        assert_eq!(decide_ssh(policy, id), expected, "{id:?}");
+    }
+}

@@ -4,12 +4,16 @@ use std::convert::Infallible;
 use std::sync::Arc;
 
 use http::{Request, Response};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use tower_service::Service;
 
 use super::SessionInfo;
-use super::relay::{ClientChannel, RelayBody};
+use super::relay::{BoxError, ClientChannel, RelayBody};
 use crate::broker::Broker;
+use crate::proto::sshforward::ssh_server::SshServer;
 use crate::service::secrets::SecretsService;
+use crate::service::ssh::SshService;
 use crate::source::ClientSecrets;
 
 /// Where one call inside a session goes.
@@ -17,7 +21,9 @@ use crate::source::ClientSecrets;
 pub enum Route {
     /// `moby.buildkit.secrets.v1.Secrets/*`: answered from the policy.
     Secrets,
-    /// Everything else (Health, FileSync, Auth, SSH, Upload, …): relayed to the build client.
+    /// `moby.sshforward.v1.SSH/*`: the policy's agents, or the client's for unlisted ids.
+    Ssh,
+    /// Everything else (Health, FileSync, Auth, Upload, …): relayed to the build client.
     Relay,
 }
 
@@ -25,6 +31,8 @@ impl Route {
     pub fn of(path: &str) -> Route {
         if path.starts_with("/moby.buildkit.secrets.v1.Secrets/") {
             Route::Secrets
+        } else if path.starts_with("/moby.sshforward.v1.SSH/") {
+            Route::Ssh
         } else {
             Route::Relay
         }
@@ -34,14 +42,21 @@ impl Route {
 pub struct SessionRouter {
     client: ClientChannel,
     secrets: SecretsService,
+    ssh: SshServer<SshService>,
 }
 
 impl SessionRouter {
     pub fn new(client: ClientChannel, broker: Arc<Broker>, info: Arc<SessionInfo>) -> Self {
-        let service = SecretsService::new(broker, info, ClientSecrets::new(client.clone()));
+        let secrets = SecretsService::new(
+            broker.clone(),
+            info.clone(),
+            ClientSecrets::new(client.clone()),
+        );
+        let ssh = SshService::new(broker, info, client.clone());
         SessionRouter {
             client,
-            secrets: service,
+            secrets,
+            ssh: SshServer::new(ssh),
         }
     }
 
@@ -51,6 +66,10 @@ impl SessionRouter {
     ) -> Result<Response<RelayBody>, Infallible> {
         match Route::of(req.uri().path()) {
             Route::Secrets => Ok(self.secrets.handle(req).await),
+            Route::Ssh => {
+                let resp = self.ssh.clone().call(req).await?;
+                Ok(resp.map(|b| b.map_err(BoxError::from).boxed_unsync()))
+            }
             Route::Relay => Ok(self.client.relay(req).await),
         }
     }

@@ -30,9 +30,15 @@ fn routes() {
         Route::Secrets
     );
     for p in [
+        "/moby.sshforward.v1.SSH/ForwardAgent",
+        "/moby.sshforward.v1.SSH/CheckAgent",
+    ] {
+        assert_eq!(Route::of(p), Route::Ssh, "{p}");
+    }
+    for p in [
         "/grpc.health.v1.Health/Check",
         "/moby.filesync.v1.FileSync/DiffCopy",
-        "/moby.sshforward.v1.SSH/ForwardAgent",
+        "/moby.sshforward.v1.SSHX/ForwardAgent",
         "/moby.filesync.v1.Auth/Credentials",
         "/moby.buildkit.secrets.v1.SecretsX/GetSecret",
     ] {
@@ -64,14 +70,16 @@ fn upstream_headers_keep_the_client_and_add_our_methods_once() {
         methods,
         vec![
             "/grpc.health.v1.Health/Check",
-            "/moby.buildkit.secrets.v1.Secrets/GetSecret"
+            "/moby.buildkit.secrets.v1.Secrets/GetSecret",
+            "/moby.sshforward.v1.SSH/CheckAgent",
+            "/moby.sshforward.v1.SSH/ForwardAgent",
         ],
         "one header line per method, never comma-joined"
     );
 
-    // A client that already announces GetSecret (buildx 0.13 always does) is not duplicated.
+    // A client that already announces them (buildx 0.13 always does) gets no duplicates.
     let (_, again) = upstream_session_headers(&out).unwrap();
-    assert_eq!(again.get_all(HEADER_METHOD).iter().count(), 2);
+    assert_eq!(again.get_all(HEADER_METHOD).iter().count(), 4);
 }
 
 #[test]

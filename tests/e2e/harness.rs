@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 
 /// The base image the test bed imports (busybox only).
 pub const BASE_IMAGE: &str = "buildbroker-test/busybox";
+/// busybox plus the host's `ssh`, `ssh-add` and `ssh-keygen` (tests/testbed/setup.sh).
+pub const SSH_IMAGE: &str = "buildbroker-test/ssh";
 
 /// True when the caller asked to skip end-to-end tests; each test returns early and says so.
 pub fn skip() -> bool {
@@ -229,6 +231,8 @@ pub struct Build<'a> {
     pub args: Vec<String>,
     /// Where the result goes; `None` exports to a local directory (the default).
     pub tag: Option<String>,
+    /// `--network=` for the build: `none` (the default) or `host` (reaches a local sshd).
+    pub network: &'static str,
 }
 
 pub struct BuildResult {
@@ -274,6 +278,7 @@ impl<'a> Build<'a> {
             files: Vec::new(),
             args: Vec::new(),
             tag: None,
+            network: "none",
         }
     }
 
@@ -289,6 +294,11 @@ impl<'a> Build<'a> {
 
     pub fn tag(mut self, t: impl Into<String>) -> Self {
         self.tag = Some(t.into());
+        self
+    }
+
+    pub fn network(mut self, network: &'static str) -> Self {
+        self.network = network;
         self
     }
 
@@ -310,13 +320,8 @@ impl<'a> Build<'a> {
         let mut cmd = Command::new("docker");
         cmd.env("DOCKER_HOST", docker_host)
             .env("BUILDKIT_PROGRESS", "plain")
-            .args([
-                "buildx",
-                "build",
-                "--network=none",
-                "--no-cache",
-                "--progress=plain",
-            ]);
+            .args(["buildx", "build", "--no-cache", "--progress=plain"])
+            .arg(format!("--network={}", self.network));
         match &self.tag {
             Some(t) => cmd.args(["--load", "-t", t]),
             None => cmd

@@ -12,3 +12,5 @@ mod lifecycle;
 mod no_leaks;
 mod secrets;
 mod sources;
+mod ssh;
+mod sshbed;

@@ -1,0 +1,441 @@
+//! Broker-held keys: private keys loaded from secret sources and kept in memory only.
+//!
+//! Each `private_keys` entry is one source (`file:`, `env:`, … — the same [`SourceSpec`]s and
+//! [`resolve_chain`] as secrets, so new source kinds work here too) holding one key, in
+//! OpenSSH format (`ssh-keygen`'s default, plain or encrypted) or PEM: PKCS#1
+//! (`RSA PRIVATE KEY`), SEC1 (`EC PRIVATE KEY`), PKCS#8 (`PRIVATE KEY`) and encrypted PKCS#8
+//! (`ENCRYPTED PRIVATE KEY`). Legacy OpenSSL-encrypted PEM (`Proc-Type: 4,ENCRYPTED`) is refused
+//! with a message saying how to convert it.
+//!
+//! A [`HeldKey`] has no `Debug` and no `Clone`; its signing key zeroizes itself on drop
+//! (ed25519-dalek, rsa and ssh-key all implement that). The source bytes and any decrypted
+//! intermediate live in zeroizing buffers that are dropped as soon as the key is built.
+
+use rand_core::OsRng;
+use rsa::pkcs1::DecodeRsaPrivateKey;
+use rsa::pkcs1v15::SigningKey as RsaSigningKey;
+use rsa::signature::{RandomizedSigner, SignatureEncoding};
+use sha2::{Sha256, Sha512};
+use ssh_agent_lib::proto::Identity;
+use ssh_agent_lib::proto::signature::{RSA_SHA2_256, RSA_SHA2_512};
+use ssh_key::private::{EcdsaKeypair, KeypairData, RsaKeypair};
+use ssh_key::public::KeyData;
+use ssh_key::{Algorithm, Fingerprint, HashAlg, PrivateKey, Signature};
+use zeroize::Zeroizing;
+
+use pkcs8::DecodePrivateKey;
+
+use crate::secret::SecretBytes;
+use crate::source::{ResolveContext, SourceRuntime, SourceSpec, resolve_chain};
+
+/// The keys of one ssh id, loaded once and held until the policy is reloaded.
+#[derive(Default)]
+pub struct HeldKeys {
+    keys: Vec<HeldKey>,
+}
+
+/// One private key, ready to sign.
+pub struct HeldKey {
+    public: KeyData,
+    fingerprint: Fingerprint,
+    comment: String,
+    signer: KeySigner,
+}
+
+/// The signing half, prepared once so a signature costs only the signature.
+enum KeySigner {
+    Ed25519(ed25519_dalek::SigningKey),
+    Ecdsa(EcdsaKeypair),
+    /// Boxed: two RSA keys are large, and every other variant is small.
+    Rsa(Box<RsaSigners>),
+}
+
+/// One RSA key, ready for either SHA-2 signature algorithm.
+struct RsaSigners {
+    sha256: RsaSigningKey<Sha256>,
+    sha512: RsaSigningKey<Sha512>,
+}
+
+/// Why a key could not be loaded. Messages name the source, never the value.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum KeyLoadError {
+    /// The source has no value, or failed.
+    #[error("private key {source_uri}: {message}")]
+    Source { source_uri: String, message: String },
+    /// The bytes are not a private key this broker can hold.
+    #[error("private key {source_uri}: {error}")]
+    Parse {
+        source_uri: String,
+        error: KeyParseError,
+    },
+    /// An encrypted key and no passphrase source in the policy.
+    #[error("private key {source_uri} is encrypted; set `passphrase` for this ssh id")]
+    NeedsPassphrase { source_uri: String },
+    /// The passphrase source has no value, or failed.
+    #[error("passphrase {source_uri}: {message}")]
+    Passphrase { source_uri: String, message: String },
+}
+
+/// Why bytes are not a usable private key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyParseError {
+    #[error(
+        "not a private key: expected OpenSSH (BEGIN OPENSSH PRIVATE KEY) or PEM (RSA, EC, PRIVATE KEY, ENCRYPTED PRIVATE KEY)"
+    )]
+    NotAKey,
+    #[error(
+        "legacy OpenSSL-encrypted PEM (Proc-Type: 4,ENCRYPTED) is not supported; convert it with `ssh-keygen -p -f KEY` (OpenSSH format) or `openssl pkcs8 -topk8`"
+    )]
+    LegacyEncryptedPem,
+    #[error("the key is encrypted and no passphrase was given")]
+    Encrypted,
+    #[error("wrong passphrase, or a damaged key")]
+    WrongPassphrase,
+    #[error("cannot read the {format} key: {message}")]
+    Malformed {
+        format: &'static str,
+        message: String,
+    },
+    #[error("{0} keys cannot be held by buildbroker (ed25519, ecdsa and rsa can)")]
+    Unsupported(String),
+}
+
+/// Why a held key did not sign.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HeldSignError {
+    /// `ssh-rsa` (SHA-1) signatures: refused, as OpenSSH refuses them for new connections.
+    #[error("rsa signature without the rsa-sha2-256/512 flag (SHA-1) refused")]
+    RsaSha1,
+    #[error("signing failed")]
+    Failed,
+}
+
+impl HeldKeys {
+    /// Loads every key of an id from its sources; any failure fails the whole id, so a
+    /// policy that names a key never silently exposes fewer.
+    pub async fn load(
+        id: &str,
+        private_keys: &[SourceSpec],
+        passphrase: Option<&SourceSpec>,
+        sources: &SourceRuntime,
+    ) -> Result<HeldKeys, KeyLoadError> {
+        let mut keys = Vec::with_capacity(private_keys.len());
+        let mut pass: Option<SecretBytes> = None;
+        for spec in private_keys {
+            let source_uri = spec.to_string();
+            let bytes =
+                resolve_one(spec, id, sources)
+                    .await
+                    .map_err(|message| KeyLoadError::Source {
+                        source_uri: source_uri.clone(),
+                        message,
+                    })?;
+            let parsed = match parse_private_key(bytes.expose(), None) {
+                Err(KeyParseError::Encrypted) => {
+                    let Some(pspec) = passphrase else {
+                        return Err(KeyLoadError::NeedsPassphrase { source_uri });
+                    };
+                    if pass.is_none() {
+                        pass = Some(resolve_one(pspec, id, sources).await.map_err(|message| {
+                            KeyLoadError::Passphrase {
+                                source_uri: pspec.to_string(),
+                                message,
+                            }
+                        })?);
+                    }
+                    let pass = pass.as_ref().expect("just resolved");
+                    parse_private_key(bytes.expose(), Some(trim_newline(pass.expose())))
+                }
+                other => other,
+            };
+            let (keypair, comment) = parsed.map_err(|error| KeyLoadError::Parse {
+                source_uri: source_uri.clone(),
+                error,
+            })?;
+            let comment = if comment.is_empty() {
+                source_uri.clone()
+            } else {
+                comment
+            };
+            keys.push(
+                HeldKey::new(&keypair, comment)
+                    .map_err(|error| KeyLoadError::Parse { source_uri, error })?,
+            );
+        }
+        Ok(HeldKeys { keys })
+    }
+
+    /// The public keys and comments, for `SSH_AGENTC_REQUEST_IDENTITIES`.
+    pub fn identities(&self) -> Vec<Identity> {
+        self.keys
+            .iter()
+            .map(|k| Identity {
+                credential: k.public.clone().into(),
+                comment: k.comment.clone(),
+            })
+            .collect()
+    }
+
+    /// The held key whose public half is `public`.
+    pub fn find(&self, public: &KeyData) -> Option<&HeldKey> {
+        self.keys.iter().find(|k| k.public == *public)
+    }
+}
+
+/// A passphrase file usually ends with a newline that is not part of the passphrase.
+fn trim_newline(bytes: &[u8]) -> &[u8] {
+    let bytes = bytes.strip_suffix(b"\n").unwrap_or(bytes);
+    bytes.strip_suffix(b"\r").unwrap_or(bytes)
+}
+
+/// Resolves one source; the error is what users see (never the value).
+async fn resolve_one(
+    spec: &SourceSpec,
+    id: &str,
+    sources: &SourceRuntime,
+) -> Result<SecretBytes, String> {
+    let ctx = ResolveContext {
+        runtime: sources,
+        client: None,
+    };
+    let chain = resolve_chain(std::slice::from_ref(spec), id, ctx).await;
+    match chain.value {
+        Some((_, value)) => Ok(value),
+        None => Err(chain
+            .attempts
+            .first()
+            .map(|a| match &a.outcome {
+                crate::source::AttemptOutcome::Missing(why) => why.clone(),
+                crate::source::AttemptOutcome::Failed(why) => format!("error: {why}"),
+                crate::source::AttemptOutcome::Found => "found".into(),
+            })
+            .unwrap_or_else(|| "not resolved".into())),
+    }
+}
+
+impl HeldKey {
+    fn new(keypair: &KeypairData, comment: String) -> Result<HeldKey, KeyParseError> {
+        let malformed = |e: ssh_key::Error| KeyParseError::Malformed {
+            format: "OpenSSH",
+            message: e.to_string(),
+        };
+        let signer = match keypair {
+            KeypairData::Ed25519(kp) => {
+                KeySigner::Ed25519(ed25519_dalek::SigningKey::try_from(kp).map_err(malformed)?)
+            }
+            KeypairData::Ecdsa(kp) => KeySigner::Ecdsa(kp.clone()),
+            KeypairData::Rsa(kp) => {
+                let key = rsa_private_key(kp)?;
+                KeySigner::Rsa(Box::new(RsaSigners {
+                    sha256: RsaSigningKey::new(key.clone()),
+                    sha512: RsaSigningKey::new(key),
+                }))
+            }
+            other => {
+                let name = other
+                    .algorithm()
+                    .map(|a| a.to_string())
+                    .unwrap_or_else(|_| "unknown".into());
+                return Err(KeyParseError::Unsupported(name));
+            }
+        };
+        let public = KeyData::try_from(keypair).map_err(malformed)?;
+        Ok(HeldKey {
+            fingerprint: public.fingerprint(HashAlg::Sha256),
+            public,
+            comment,
+            signer,
+        })
+    }
+
+    pub fn fingerprint(&self) -> &Fingerprint {
+        &self.fingerprint
+    }
+
+    /// Signs `data` as an agent does: ed25519 and ecdsa by their one algorithm, rsa by the
+    /// SHA-2 variant the flags ask for (draft-miller-ssh-agent §3.6.1).
+    pub fn sign(&self, data: &[u8], flags: u32) -> Result<Signature, HeldSignError> {
+        // The `signature` crate's Signer, for ed25519-dalek and ssh-key's ECDSA alike.
+        use ed25519_dalek::Signer as _;
+        let signature = match &self.signer {
+            KeySigner::Ed25519(key) => {
+                Signature::new(Algorithm::Ed25519, key.sign(data).to_bytes().to_vec())
+            }
+            KeySigner::Ecdsa(keypair) => {
+                return keypair.try_sign(data).map_err(|_| HeldSignError::Failed);
+            }
+            // OpenSSH's agent_decode_alg checks SHA-256 first; so do we.
+            KeySigner::Rsa(rsa) if flags & RSA_SHA2_256 != 0 => Signature::new(
+                Algorithm::Rsa {
+                    hash: Some(HashAlg::Sha256),
+                },
+                rsa.sha256
+                    .try_sign_with_rng(&mut OsRng, data)
+                    .map_err(|_| HeldSignError::Failed)?
+                    .to_vec(),
+            ),
+            KeySigner::Rsa(rsa) if flags & RSA_SHA2_512 != 0 => Signature::new(
+                Algorithm::Rsa {
+                    hash: Some(HashAlg::Sha512),
+                },
+                rsa.sha512
+                    .try_sign_with_rng(&mut OsRng, data)
+                    .map_err(|_| HeldSignError::Failed)?
+                    .to_vec(),
+            ),
+            KeySigner::Rsa(_) => return Err(HeldSignError::RsaSha1),
+        };
+        signature.map_err(|_| HeldSignError::Failed)
+    }
+}
+
+/// ssh-key 0.6.7's own conversion passes `p` twice instead of `p` and `q`
+/// (private/rsa.rs, `TryFrom<&RsaKeypair> for rsa::RsaPrivateKey`), as ssh-agent-lib's
+/// key-storage example notes; build the key from the right components here.
+fn rsa_private_key(kp: &RsaKeypair) -> Result<rsa::RsaPrivateKey, KeyParseError> {
+    let malformed = |message: String| KeyParseError::Malformed {
+        format: "RSA",
+        message,
+    };
+    let big = |m: &ssh_key::Mpint| rsa::BigUint::try_from(m).map_err(|e| malformed(e.to_string()));
+    rsa::RsaPrivateKey::from_components(
+        big(&kp.public.n)?,
+        big(&kp.public.e)?,
+        big(&kp.private.d)?,
+        vec![big(&kp.private.p)?, big(&kp.private.q)?],
+    )
+    .map_err(|e| malformed(e.to_string()))
+}
+
+/// Parses a private key in any supported format; returns its key pair and comment (empty
+/// when the format has none).
+pub fn parse_private_key(
+    bytes: &[u8],
+    passphrase: Option<&[u8]>,
+) -> Result<(KeypairData, String), KeyParseError> {
+    let label = pkcs8::der::pem::decode_label(bytes).map_err(|_| KeyParseError::NotAKey)?;
+    if label == "OPENSSH PRIVATE KEY" {
+        let key = PrivateKey::from_openssh(bytes).map_err(|e| KeyParseError::Malformed {
+            format: "OpenSSH",
+            message: e.to_string(),
+        })?;
+        let key = if key.is_encrypted() {
+            let pass = passphrase.ok_or(KeyParseError::Encrypted)?;
+            key.decrypt(pass)
+                .map_err(|_| KeyParseError::WrongPassphrase)?
+        } else {
+            key
+        };
+        return Ok((key.key_data().clone(), key.comment().to_string()));
+    }
+    if contains(bytes, b"Proc-Type: 4,ENCRYPTED") {
+        return Err(KeyParseError::LegacyEncryptedPem);
+    }
+    let (_, der) = pkcs8::der::pem::decode_vec(bytes).map_err(|e| KeyParseError::Malformed {
+        format: "PEM",
+        message: e.to_string(),
+    })?;
+    let der = Zeroizing::new(der);
+    let keypair = match label {
+        "RSA PRIVATE KEY" => {
+            let key =
+                rsa::RsaPrivateKey::from_pkcs1_der(&der).map_err(|e| KeyParseError::Malformed {
+                    format: "PKCS#1",
+                    message: e.to_string(),
+                })?;
+            rsa_keypair(&key)?
+        }
+        "EC PRIVATE KEY" => ec_from_sec1(&der)?,
+        "PRIVATE KEY" => from_pkcs8(&der)?,
+        "ENCRYPTED PRIVATE KEY" => {
+            let pass = passphrase.ok_or(KeyParseError::Encrypted)?;
+            let info = pkcs8::EncryptedPrivateKeyInfo::try_from(der.as_slice()).map_err(|e| {
+                KeyParseError::Malformed {
+                    format: "encrypted PKCS#8",
+                    message: e.to_string(),
+                }
+            })?;
+            let plain = info
+                .decrypt(pass)
+                .map_err(|_| KeyParseError::WrongPassphrase)?;
+            from_pkcs8(plain.as_bytes())?
+        }
+        _ => return Err(KeyParseError::NotAKey),
+    };
+    Ok((keypair, String::new()))
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+fn rsa_keypair(key: &rsa::RsaPrivateKey) -> Result<KeypairData, KeyParseError> {
+    RsaKeypair::try_from(key)
+        .map(KeypairData::Rsa)
+        .map_err(|e| KeyParseError::Malformed {
+            format: "RSA",
+            message: e.to_string(),
+        })
+}
+
+/// A PKCS#8 `PrivateKeyInfo`: each key type checks the algorithm identifier itself.
+fn from_pkcs8(der: &[u8]) -> Result<KeypairData, KeyParseError> {
+    if let Ok(key) = ed25519_dalek::SigningKey::from_pkcs8_der(der) {
+        return Ok(KeypairData::Ed25519(key.into()));
+    }
+    if let Ok(key) = rsa::RsaPrivateKey::from_pkcs8_der(der) {
+        return rsa_keypair(&key);
+    }
+    if let Ok(key) = p256::SecretKey::from_pkcs8_der(der) {
+        return Ok(ec_p256(key));
+    }
+    if let Ok(key) = p384::SecretKey::from_pkcs8_der(der) {
+        return Ok(ec_p384(key));
+    }
+    if let Ok(key) = p521::SecretKey::from_pkcs8_der(der) {
+        return Ok(ec_p521(key));
+    }
+    Err(KeyParseError::Unsupported(
+        "this PKCS#8 key type".to_string(),
+    ))
+}
+
+/// A SEC1 `ECPrivateKey` names its curve; each curve type checks it.
+fn ec_from_sec1(der: &[u8]) -> Result<KeypairData, KeyParseError> {
+    if let Ok(key) = p256::SecretKey::from_sec1_der(der) {
+        return Ok(ec_p256(key));
+    }
+    if let Ok(key) = p384::SecretKey::from_sec1_der(der) {
+        return Ok(ec_p384(key));
+    }
+    if let Ok(key) = p521::SecretKey::from_sec1_der(der) {
+        return Ok(ec_p521(key));
+    }
+    Err(KeyParseError::Unsupported(
+        "this elliptic curve".to_string(),
+    ))
+}
+
+fn ec_p256(key: p256::SecretKey) -> KeypairData {
+    use p256::elliptic_curve::sec1::ToEncodedPoint;
+    KeypairData::Ecdsa(EcdsaKeypair::NistP256 {
+        public: key.public_key().to_encoded_point(false),
+        private: key.into(),
+    })
+}
+
+fn ec_p384(key: p384::SecretKey) -> KeypairData {
+    use p384::elliptic_curve::sec1::ToEncodedPoint;
+    KeypairData::Ecdsa(EcdsaKeypair::NistP384 {
+        public: key.public_key().to_encoded_point(false),
+        private: key.into(),
+    })
+}
+
+fn ec_p521(key: p521::SecretKey) -> KeypairData {
+    use p521::elliptic_curve::sec1::ToEncodedPoint;
+    KeypairData::Ecdsa(EcdsaKeypair::NistP521 {
+        public: key.public_key().to_encoded_point(false),
+        private: key.into(),
+    })
+}
