@@ -165,6 +165,20 @@ fn init_tracing(format: LogFormat) {
     }
 }
 
+/// A single-threaded runtime for the one-shot commands (`resolve`, `keyring`).
+fn small_runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => Some(r),
+        Err(e) => {
+            eprintln!("buildbroker: cannot start the async runtime: {e}");
+            None
+        }
+    }
+}
+
 fn load_policy(config: Option<PathBuf>, env: &HostEnv) -> Option<Policy> {
     match Policy::load(config.as_deref(), env) {
         Ok(p) => Some(p),
@@ -333,15 +347,8 @@ fn resolve(config: Option<PathBuf>, id: &str, env: &HostEnv) -> ExitCode {
     let Some(policy) = load_policy(config, env) else {
         return ExitCode::from(2);
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("buildbroker: cannot start the async runtime: {e}");
-            return ExitCode::from(2);
-        }
+    let Some(runtime) = small_runtime() else {
+        return ExitCode::from(2);
     };
     let generation = Generation::new(policy);
     let answer = runtime.block_on(answer(&generation, id, None));

@@ -148,25 +148,44 @@ impl Connection {
         }
     }
 
-    /// Attach, exec, `/grpc` and any other upgrade: relay the request on a fresh upstream
-    /// connection, and once both sides have switched protocols, splice the raw bytes.
-    async fn forward_upgrade(&self, mut req: Request<Incoming>) -> Response<ProxyBody> {
+    /// Relays an upgrade request on a fresh upstream connection (an upgrade consumes it). When
+    /// the engine switches protocols, returns its 101 for the client and both halves to be;
+    /// otherwise the engine's (or our) answer, to pass on as it is.
+    async fn relay_upgrade(
+        &self,
+        mut req: Request<Incoming>,
+    ) -> Result<(Response<ProxyBody>, UpgradePair), Response<ProxyBody>> {
+        let path = req.uri().path().to_owned();
         let downstream = hyper::upgrade::on(&mut req);
-        let mut send = match self.connect_upstream(true).await {
-            Ok(s) => s,
-            Err(resp) => return resp,
-        };
-        let mut resp = match send.send_request(req).await {
-            Ok(r) => r,
-            Err(e) => return self.upstream_failed(&e.to_string()),
-        };
+        let mut send = self.connect_upstream(true).await?;
+        let mut resp = send
+            .send_request(req)
+            .await
+            .map_err(|e| self.upstream_failed(&e.to_string()))?;
         if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
-            return resp.map(|b| b.map_err(BoxError::from).boxed_unsync());
+            tracing::debug!(%path, status = %resp.status(), "the engine did not switch protocols");
+            return Err(resp.map(|b| b.map_err(BoxError::from).boxed_unsync()));
         }
         let upstream = hyper::upgrade::on(&mut resp);
+        Ok((
+            resp.map(|b| b.map_err(BoxError::from).boxed_unsync()),
+            UpgradePair {
+                upstream,
+                downstream,
+            },
+        ))
+    }
+
+    /// Attach, exec, `/grpc` and any other upgrade: once both sides have switched protocols,
+    /// splice the raw bytes.
+    async fn forward_upgrade(&self, req: Request<Incoming>) -> Response<ProxyBody> {
+        let (resp, pair) = match self.relay_upgrade(req).await {
+            Ok(switched) => switched,
+            Err(resp) => return resp,
+        };
         let shutdown = self.shutdown.clone();
         self.tasks.spawn(async move {
-            let (up, down) = match tokio::try_join!(upstream, downstream) {
+            let (up, down) = match pair.complete().await {
                 Ok(pair) => pair,
                 Err(e) => {
                     tracing::debug!(error = %e, "upgrade did not complete");
@@ -183,7 +202,7 @@ impl Connection {
                 _ = shutdown.cancelled() => {}
             }
         });
-        resp.map(|b| b.map_err(BoxError::from).boxed_unsync())
+        resp
     }
 
     /// `POST /session`: open the upstream session with our methods added, then run the
@@ -197,21 +216,14 @@ impl Connection {
             }
         };
         *req.headers_mut() = headers;
-        let downstream = hyper::upgrade::on(&mut req);
-        let mut send = match self.connect_upstream(true).await {
-            Ok(s) => s,
-            Err(resp) => return resp,
+        let (resp, pair) = match self.relay_upgrade(req).await {
+            Ok(switched) => switched,
+            Err(resp) => {
+                tracing::warn!(session = %uuid, status = %resp.status(), "the engine did not open the session");
+                return resp;
+            }
         };
-        let mut resp = match send.send_request(req).await {
-            Ok(r) => r,
-            Err(e) => return self.upstream_failed(&e.to_string()),
-        };
-        if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
-            tracing::warn!(session = %uuid, status = %resp.status(), "the engine refused the session");
-            return resp.map(|b| b.map_err(BoxError::from).boxed_unsync());
-        }
         tracing::info!(session = %uuid, uid = self.peer.uid, pid = ?self.peer.pid, "session opened");
-        let upstream = hyper::upgrade::on(&mut resp);
         let broker = self.broker.clone();
         let info = SessionInfo {
             uuid,
@@ -219,14 +231,14 @@ impl Connection {
         };
         let shutdown = self.shutdown.clone();
         self.tasks.spawn(async move {
-            match tokio::try_join!(upstream, downstream) {
+            match pair.complete().await {
                 Ok((daemon_side, client_side)) => {
                     session::run(daemon_side, client_side, broker, info, shutdown).await
                 }
                 Err(e) => tracing::warn!(session = %info.uuid, error = %e, "session upgrade did not complete"),
             }
         });
-        resp.map(|b| b.map_err(BoxError::from).boxed_unsync())
+        resp
     }
 
     /// Opens a new HTTP/1.1 connection to the engine; its driver runs as a task.
@@ -282,6 +294,18 @@ impl Connection {
             StatusCode::BAD_GATEWAY,
             &format!("buildbroker: the upstream engine failed this request: {error}"),
         )
+    }
+}
+
+/// The two halves of a connection that switched protocols, once hyper has handed them over.
+struct UpgradePair {
+    upstream: hyper::upgrade::OnUpgrade,
+    downstream: hyper::upgrade::OnUpgrade,
+}
+
+impl UpgradePair {
+    async fn complete(self) -> hyper::Result<(hyper::upgrade::Upgraded, hyper::upgrade::Upgraded)> {
+        tokio::try_join!(self.upstream, self.downstream)
     }
 }
 

@@ -5,7 +5,7 @@
 use std::io::{IsTerminal, Read, Write};
 use std::process::ExitCode;
 
-use super::{BackendArg, KeyringAction, KeyringEntryArgs, load_policy};
+use super::{BackendArg, KeyringAction, KeyringEntryArgs, load_policy, small_runtime};
 use crate::config::HostEnv;
 use crate::secret::{MAX_SECRET_BYTES, SecretBytes};
 use crate::source::{KeyringBackend, KeyringSpec, SourceRuntime, SourceSettings};
@@ -19,15 +19,8 @@ pub fn run(action: KeyringAction, env: &HostEnv) -> ExitCode {
     let Some((spec, settings)) = prepare(entry, env) else {
         return ExitCode::from(2);
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("buildbroker: cannot start the async runtime: {e}");
-            return ExitCode::from(2);
-        }
+    let Some(runtime) = small_runtime() else {
+        return ExitCode::from(2);
     };
     let sources = SourceRuntime::new(settings);
     runtime.block_on(async {
