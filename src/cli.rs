@@ -147,7 +147,14 @@ pub fn main(cli: Cli) -> ExitCode {
 
 fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+        // The AWS SDK logs whole response bodies here at trace level, secret values included,
+        // when LOG_SENSITIVE_BODIES=true is in the environment: that target never gets through.
+        .add_directive(
+            "aws_smithy_runtime::client::orchestrator::http=off"
+                .parse()
+                .expect("a valid directive"),
+        );
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -350,6 +357,7 @@ fn resolve(config: Option<PathBuf>, id: &str, env: &HostEnv) -> ExitCode {
             let what = match &a.outcome {
                 AttemptOutcome::Found => "found".to_string(),
                 AttemptOutcome::Missing(why) => format!("missing: {why}"),
+                AttemptOutcome::Failed(e) if e.transient => format!("transient error: {e}"),
                 AttemptOutcome::Failed(e) => format!("error: {e}"),
             };
             println!("  {:<40} {what}", a.source.to_string());

@@ -31,7 +31,7 @@ pub struct Policy {
     pub access: Access,
     pub secrets: BTreeMap<String, SecretRule>,
     pub ssh: BTreeMap<String, SshRule>,
-    /// Settings shared by all sources (`[keyring]`, `[exec]`).
+    /// Settings shared by all sources (`[keyring]`, `[exec]`, `[aws]`).
     pub sources: SourceSettings,
 }
 
@@ -280,6 +280,8 @@ struct RawPolicy {
     exec: RawExec,
     #[serde(default)]
     keyring: RawKeyring,
+    #[serde(default)]
+    aws: RawAws,
 }
 
 #[derive(Deserialize, Default)]
@@ -293,6 +295,17 @@ struct RawKeyring {
 #[serde(deny_unknown_fields)]
 struct RawExec {
     timeout: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAws {
+    region: Option<Spanned<String>>,
+    endpoint_url: Option<Spanned<String>>,
+    profile: Option<Spanned<String>>,
+    timeout: Option<Spanned<String>>,
+    connect_timeout: Option<Spanned<String>>,
+    max_attempts: Option<Spanned<u32>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -600,6 +613,7 @@ impl Policy {
                 Err(m) => c.push(t.span(), format!("[keyring] timeout: {m}")),
             }
         }
+        check_aws(&raw.aws, &mut sources.aws, &mut c);
 
         if !c.errors.is_empty() {
             c.errors.sort_by_key(|e| (e.line, e.column));
@@ -622,6 +636,58 @@ impl Policy {
             ssh,
             sources,
         })
+    }
+}
+
+/// The `[aws]` table, for `aws-sm:` sources.
+fn check_aws(raw: &RawAws, aws: &mut crate::source::AwsSettings, c: &mut Collector<'_>) {
+    use crate::source::{check_endpoint_url, check_region};
+    let mut text =
+        |value: &Option<Spanned<String>>, key: &str, check: fn(&str) -> Result<(), String>| {
+            let value = value.as_ref()?;
+            match check(value.get_ref()) {
+                Ok(()) => Some(value.get_ref().clone()),
+                Err(m) => {
+                    c.push(value.span(), format!("[aws] {key}: {m}"));
+                    None
+                }
+            }
+        };
+    aws.region = text(&raw.region, "region", check_region);
+    aws.endpoint_url = text(&raw.endpoint_url, "endpoint_url", check_endpoint_url);
+    aws.profile = text(&raw.profile, "profile", |p| {
+        if p.is_empty() || p.chars().any(char::is_whitespace) {
+            Err(format!(
+                "expected a profile name from ~/.aws/config; got {p:?}"
+            ))
+        } else {
+            Ok(())
+        }
+    });
+    for (value, key, slot) in [
+        (&raw.timeout, "timeout", &mut aws.timeout),
+        (
+            &raw.connect_timeout,
+            "connect_timeout",
+            &mut aws.connect_timeout,
+        ),
+    ] {
+        if let Some(value) = value {
+            match parse_duration(value.get_ref()) {
+                Ok(d) => *slot = d,
+                Err(m) => c.push(value.span(), format!("[aws] {key}: {m}")),
+            }
+        }
+    }
+    if let Some(n) = &raw.max_attempts {
+        if (1..=10).contains(n.get_ref()) {
+            aws.max_attempts = *n.get_ref();
+        } else {
+            c.push(
+                n.span(),
+                format!("[aws] max_attempts: expected 1 to 10; got {}", n.get_ref()),
+            );
+        }
     }
 }
 

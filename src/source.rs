@@ -5,6 +5,7 @@
 //! share between requests (backend choices, timeouts, SDK clients). Nothing here may put a value
 //! into a message: [`Attempt`]s record *why* a source did not answer, never *what* it answered.
 
+mod aws_sm;
 mod client;
 mod env;
 mod exec;
@@ -15,6 +16,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use aws_sm::{AwsSettings, AwsSmSpec, check_endpoint_url, check_region};
 pub use client::ClientSecrets;
 pub use exec::ExecSpec;
 pub use keyring::{KeyringBackend, KeyringSpec};
@@ -32,6 +34,8 @@ pub enum SourceSpec {
     Keyring(KeyringSpec),
     /// `exec:PROGRAM ARG…`: a program's stdout, run without a shell.
     Exec(ExecSpec),
+    /// `aws-sm:NAME_OR_ARN[?options][#key.path]`: a secret from AWS Secrets Manager.
+    AwsSm(AwsSmSpec),
     /// `client`: the build client's own provider (`docker buildx build --secret id=…`).
     Client,
 }
@@ -68,12 +72,10 @@ impl SourceSpec {
             }
             "keyring" => KeyringSpec::parse(rest).map(SourceSpec::Keyring),
             "exec" => ExecSpec::parse(rest, home).map(SourceSpec::Exec),
+            "aws-sm" => AwsSmSpec::parse(rest).map(SourceSpec::AwsSm),
             "client" if rest.is_empty() => Ok(SourceSpec::Client),
-            "aws-sm" => Err(format!(
-                "{scheme}: sources are not available in this version of buildbroker yet; use env:, file:, keyring:, exec: or client"
-            )),
             _ => Err(format!(
-                "unknown source {text:?}; expected env:NAME, file:PATH, keyring:SERVICE/ACCOUNT, exec:PROGRAM ARG… or client"
+                "unknown source {text:?}; expected env:NAME, file:PATH, keyring:SERVICE/ACCOUNT, aws-sm:NAME_OR_ARN, exec:PROGRAM ARG… or client"
             )),
         }
     }
@@ -85,6 +87,7 @@ impl SourceSpec {
             SourceSpec::File(_) => "file",
             SourceSpec::Keyring(_) => "keyring",
             SourceSpec::Exec(_) => "exec",
+            SourceSpec::AwsSm(_) => "aws-sm",
             SourceSpec::Client => "client",
         }
     }
@@ -97,6 +100,7 @@ impl fmt::Display for SourceSpec {
             SourceSpec::File(p) => write!(f, "file:{}", p.display()),
             SourceSpec::Keyring(k) => write!(f, "keyring:{k}"),
             SourceSpec::Exec(e) => write!(f, "exec:{e}"),
+            SourceSpec::AwsSm(a) => write!(f, "aws-sm:{a}"),
             SourceSpec::Client => f.write_str("client"),
         }
     }
@@ -146,7 +150,7 @@ impl SourceError {
     }
 }
 
-/// Settings the sources share, from the policy's `[keyring]` and `[exec]` tables.
+/// Settings the sources share, from the policy's `[keyring]`, `[exec]` and `[aws]` tables.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SourceSettings {
     pub keyring_backend: KeyringBackend,
@@ -154,6 +158,8 @@ pub struct SourceSettings {
     pub keyring_timeout: Duration,
     /// How long an `exec:` program may run before it is killed.
     pub exec_timeout: Duration,
+    /// Region, endpoint, profile and time limits for `aws-sm:` sources.
+    pub aws: AwsSettings,
 }
 
 impl Default for SourceSettings {
@@ -162,6 +168,7 @@ impl Default for SourceSettings {
             keyring_backend: KeyringBackend::Auto,
             keyring_timeout: keyring::DEFAULT_TIMEOUT,
             exec_timeout: Duration::from_secs(10),
+            aws: AwsSettings::default(),
         }
     }
 }
@@ -173,6 +180,8 @@ pub struct SourceRuntime {
     pub settings: SourceSettings,
     /// The shared Secret Service connection and backend choice.
     pub keyring: keyring::KeyringRuntime,
+    /// The AWS SDK configuration and one Secrets Manager client per region, made on first use.
+    aws: aws_sm::AwsClients,
 }
 
 impl SourceRuntime {
@@ -180,6 +189,7 @@ impl SourceRuntime {
         SourceRuntime {
             settings,
             keyring: keyring::KeyringRuntime::default(),
+            aws: aws_sm::AwsClients::default(),
         }
     }
 }
@@ -215,6 +225,7 @@ pub async fn lookup(
         SourceSpec::File(path) => file::lookup(path).await,
         SourceSpec::Keyring(k) => ctx.runtime.keyring.lookup(k, settings).await,
         SourceSpec::Exec(e) => exec::lookup(e, id, settings.exec_timeout).await,
+        SourceSpec::AwsSm(a) => aws_sm::lookup(a, &settings.aws, &ctx.runtime.aws).await,
         SourceSpec::Client => match ctx.client {
             Some(client) => client.lookup(id).await,
             None => Ok(Lookup::Missing(

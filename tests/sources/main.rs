@@ -3,12 +3,16 @@
 //! prints values), an absent one falls through to the next source, a required id with nothing
 //! fails naming the source, the 512000-byte cap holds at the edge, and the value never appears
 //! in the output. Real peers: the kernel keyring via keyctl, GNOME Keyring on a private session
-//! bus, real programs for exec:.
+//! bus, real programs for exec:, moto_server for aws-sm:.
 
 #[path = "../support/kernel_keyring.rs"]
 mod kernel_keyring;
 #[path = "../support/secret_service.rs"]
 mod secret_service;
+// moto_server for aws-sm:, shared with tests/aws; this suite needs only part of it.
+#[allow(dead_code)]
+#[path = "../aws/moto.rs"]
+mod moto;
 
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Output};
@@ -193,6 +197,52 @@ impl Kind for SecretService {
     }
 }
 
+/// aws-sm: a real moto_server, seeded through the AWS SDK (text as SecretString, other bytes
+/// as SecretBinary).
+struct AwsSm {
+    moto: moto::Moto,
+    n: usize,
+}
+
+impl Kind for AwsSm {
+    fn put(&mut self, value: &[u8]) -> String {
+        self.n += 1;
+        let name = format!("conformance/v{}", self.n);
+        match std::str::from_utf8(value) {
+            Ok(text) => {
+                self.moto.create_string(&name, text);
+            }
+            Err(_) => self.moto.create_binary(&name, value),
+        }
+        format!("aws-sm:{name}")
+    }
+    fn absent(&mut self) -> String {
+        "aws-sm:conformance/absent".into()
+    }
+    fn policy(&self) -> String {
+        format!(
+            "[aws]\nendpoint_url = \"{}\"\nregion = \"{}\"\n",
+            self.moto.endpoint(),
+            moto::REGION
+        )
+    }
+    /// moto's fake credentials; no instance metadata lookups (nothing leaves loopback).
+    fn env(&self) -> Vec<(String, Vec<u8>)> {
+        [
+            ("AWS_ACCESS_KEY_ID", "testing"),
+            ("AWS_SECRET_ACCESS_KEY", "testing"),
+            ("AWS_EC2_METADATA_DISABLED", "true"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+        .collect()
+    }
+    /// AWS caps a secret at 64 KiB; moto does not, so both sides of the cap can be stored.
+    fn capacity(&self) -> Capacity {
+        Capacity::BeyondTheCap
+    }
+}
+
 fn resolve(kind: &dyn Kind, sources: &[String], required: bool) -> (Output, String) {
     let dir = tempfile::tempdir().unwrap();
     let policy = dir.path().join("policy.toml");
@@ -317,6 +367,14 @@ fn file_conforms() {
 fn exec_conforms() {
     conformance(&mut Exec {
         dir: tempfile::tempdir().unwrap(),
+        n: 0,
+    });
+}
+
+#[test]
+fn aws_sm_conforms() {
+    conformance(&mut AwsSm {
+        moto: moto::Moto::start(),
         n: 0,
     });
 }

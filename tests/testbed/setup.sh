@@ -280,11 +280,33 @@ build_images
 dk run --rm --network=none "$BUSYBOX_IMAGE" sh -c 'echo ok' 2>/dev/null | grep -qx ok \
   || log "warning: 'docker run $BUSYBOX_IMAGE' failed (builds may still work)"
 
+# ---------------------------------------------------------------- 4b. moto (AWS Secrets Manager)
+# moto_server serves the Secrets Manager API on loopback for the aws-sm: tests (design.md §10),
+# from a venv of Debian's own python3 so the host's other Pythons do not matter.
+MOTO_VERSION=5.2.5
+MOTO_VENV=$CACHE_DIR/venv
+MOTO_SERVER=$MOTO_VENV/bin/moto_server
+if [ "$("$MOTO_VENV/bin/python" -c 'import moto; print(moto.__version__)' 2>/dev/null)" != "$MOTO_VERSION" ]; then
+  if ! /usr/bin/python3 -c 'import ensurepip, venv' 2>/dev/null; then
+    log "installing python3-venv from bookworm"
+    { apt-get -o DPkg::Lock::Timeout=300 update -q >&2 \
+        && apt-get -o DPkg::Lock::Timeout=300 install -y -q --no-install-recommends python3-venv >&2; } \
+      || die "apt-get install python3-venv failed"
+  fi
+  log "installing moto[server]==$MOTO_VERSION into $MOTO_VENV"
+  rm -rf "$MOTO_VENV"
+  /usr/bin/python3 -m venv "$MOTO_VENV" || die "python3 -m venv $MOTO_VENV failed"
+  "$MOTO_VENV/bin/pip" install -q --disable-pip-version-check "moto[server]==$MOTO_VERSION" >&2 \
+    || die "pip install moto[server]==$MOTO_VERSION failed"
+fi
+[ -x "$MOTO_SERVER" ] || die "$MOTO_SERVER missing after installing moto"
+
 # ---------------------------------------------------------------- 5. env file
 cat > "$ENV_FILE.tmp" <<EOF
 TESTBED_DOCKER_HOST=$TESTBED_DOCKER_HOST
 TESTBED_BUSYBOX_IMAGE=$BUSYBOX_IMAGE
 TESTBED_SSH_IMAGE=$SSH_IMAGE
+TESTBED_MOTO_SERVER=$MOTO_SERVER
 EOF
 mv "$ENV_FILE.tmp" "$ENV_FILE"
 

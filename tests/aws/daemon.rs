@@ -1,0 +1,146 @@
+//! Real builds through the daemon with `aws-sm:` sources: real buildx → buildbroker → the test
+//! bed's dockerd, with the secret in moto.
+
+use crate::harness::*;
+use crate::moto::{Moto, REGION};
+
+/// The daemon's environment for moto: fake static credentials, the SDK's endpoint variable, a
+/// region, and no instance metadata lookups (nothing may leave loopback).
+fn moto_env(endpoint: &str) -> Vec<(&str, &str)> {
+    vec![
+        ("AWS_ACCESS_KEY_ID", "testing"),
+        ("AWS_SECRET_ACCESS_KEY", "testing"),
+        ("AWS_REGION", REGION),
+        ("AWS_ENDPOINT_URL", endpoint),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+    ]
+}
+
+const POLICY: &str = "[secrets.aws]\nsources = [\"aws-sm:ci/aws-credentials\"]\nrequired = true\n\
+                      [secrets.db_password]\nsources = [\"aws-sm:prod/db#password\"]\nrequired = true\n";
+
+/// The seed's pattern, plus a JSON field. `label` makes each test's build unique: BuildKit merges
+/// identical steps of concurrent builds and may then ask any of their sessions for the secret.
+fn dockerfile(label: &str) -> String {
+    format!(
+        "FROM {BASE_IMAGE}\n\
+         RUN --mount=type=secret,id=aws,target=/root/.aws/credentials \
+             --mount=type=secret,id=db_password \
+             mkdir /o && echo {label} > /o/label && cat /root/.aws/credentials > /o/aws && cat /run/secrets/db_password > /o/db\n\
+         FROM scratch\nCOPY --from=0 /o /\n"
+    )
+}
+
+#[test]
+fn aws_credentials_from_secrets_manager_reach_the_build() {
+    if skip() {
+        return;
+    }
+    let moto = Moto::start();
+    let credentials = "[default]\naws_access_key_id = AKIAEXAMPLE\naws_secret_access_key = wJalr/K7MDENG+bPxRfiCY\n";
+    moto.create_string("ci/aws-credentials", credentials);
+    moto.create_string(
+        "prod/db",
+        r#"{"username": "app", "password": "p@ss\"word"}"#,
+    );
+    let endpoint = moto.endpoint();
+    let broker = Broker::start(BrokerOptions {
+        policy: POLICY,
+        env: moto_env(&endpoint),
+        ..Default::default()
+    });
+    let build = Build::new(dockerfile(&unique_secret("label"))).run(&broker);
+    build.assert_ok();
+    assert_eq!(build.file("aws"), credentials.as_bytes());
+    assert_eq!(build.file("db"), b"p@ss\"word");
+    let audit = broker.audit();
+    assert!(
+        audit.contains("\"id\":\"aws\"")
+            && audit.contains("\"source\":\"aws-sm\"")
+            && audit.contains("\"decision\":\"served\""),
+        "audit: {audit}"
+    );
+}
+
+#[test]
+fn trace_log_never_holds_aws_secret_bytes() {
+    if skip() {
+        return;
+    }
+    let moto = Moto::start();
+    let whole = unique_secret("aws-whole");
+    let field = unique_secret("aws-field");
+    moto.create_string("ci/aws-credentials", &whole);
+    moto.create_string("prod/db", &format!(r#"{{"password": "{field}"}}"#));
+    let endpoint = moto.endpoint();
+    let mut env = moto_env(&endpoint);
+    // The SDK's own switch for logging response bodies: the daemon must not honour it.
+    env.push(("LOG_SENSITIVE_BODIES", "true"));
+    let broker = Broker::start(BrokerOptions {
+        policy: POLICY,
+        env,
+        rust_log: "trace",
+        ..Default::default()
+    });
+    let build = Build::new(dockerfile(&unique_secret("label"))).run(&broker);
+    build.assert_ok();
+    assert_eq!(
+        build.file("aws"),
+        whole.as_bytes(),
+        "positive control: the value did arrive"
+    );
+    assert_eq!(build.file("db"), field.as_bytes());
+
+    let log = broker.log();
+    assert!(
+        log.contains("aws_smithy_runtime") && log.contains("GetSecretValue"),
+        "positive control: the SDK's trace events are in the log"
+    );
+    for value in [&whole, &field] {
+        assert!(
+            !log.contains(value.as_str()),
+            "secret bytes in the broker's trace log"
+        );
+        assert!(
+            !build.log().contains(value.as_str()),
+            "secret bytes in buildx's output"
+        );
+        assert!(
+            !broker.audit().contains(value.as_str()),
+            "secret bytes in the audit log"
+        );
+    }
+}
+
+#[test]
+fn a_stopped_server_fails_the_next_build_with_a_transient_error() {
+    if skip() {
+        return;
+    }
+    let mut moto = Moto::start();
+    moto.create_string("ci/aws-credentials", "first-build");
+    moto.create_string("prod/db", r#"{"password": "x"}"#);
+    let endpoint = moto.endpoint();
+    let broker = Broker::start(BrokerOptions {
+        policy: POLICY,
+        env: moto_env(&endpoint),
+        ..Default::default()
+    });
+    let dockerfile = dockerfile(&unique_secret("label"));
+    Build::new(dockerfile.as_str()).run(&broker).assert_ok();
+
+    // The daemon's shared client now holds a pooled connection to a server that is gone.
+    moto.stop();
+    let build = Build::new(dockerfile.as_str()).run(&broker);
+    assert!(!build.success(), "the build must fail:\n{}", build.log());
+    let expected = format!(
+        "aws-sm:ci/aws-credentials (error: cannot reach AWS Secrets Manager at {endpoint} for secret ci/aws-credentials"
+    );
+    assert!(
+        build.log().contains(&expected),
+        "expected {expected:?} in:\n{}",
+        build.log()
+    );
+    let audit = broker.audit();
+    assert!(audit.contains("\"decision\":\"error\""), "audit: {audit}");
+}
