@@ -106,7 +106,11 @@ fn secret_bytes_are_not_in_image_history_cache_or_logs() {
         .arg(root.trim())
         .output()
         .unwrap();
-    assert_ne!(grep.status.code(), Some(0), "grep found the secret in the engine's data root");
+    assert_ne!(
+        grep.status.code(),
+        Some(0),
+        "grep found the secret in the engine's data root"
+    );
     assert!(
         grep.stdout.is_empty(),
         "secret found in the engine's data root: {}",
