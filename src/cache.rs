@@ -135,16 +135,19 @@ impl SecretCache {
         }
     }
 
-    /// Drops every entry past its last useful moment.
-    pub fn sweep(&self, now: Instant) {
-        let slots: Vec<_> = self
-            .slots
+    /// The slots as they are now, without holding the map's lock while they are looked at.
+    fn all_slots(&self) -> Vec<Arc<tokio::sync::Mutex<Slot>>> {
+        self.slots
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .values()
             .cloned()
-            .collect();
-        for slot in slots {
+            .collect()
+    }
+
+    /// Drops every entry past its last useful moment.
+    pub fn sweep(&self, now: Instant) {
+        for slot in self.all_slots() {
             // A slot busy with a fetch cleans itself up.
             if let Ok(mut s) = slot.try_lock()
                 && s.entry.as_ref().is_some_and(|e| now >= e.keep_until)
@@ -156,14 +159,7 @@ impl SecretCache {
 
     /// How many ids hold a value now (for tests and metrics).
     pub fn len(&self) -> usize {
-        let slots: Vec<_> = self
-            .slots
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect();
-        slots
+        self.all_slots()
             .iter()
             .filter(|s| s.try_lock().map(|s| s.entry.is_some()).unwrap_or(true))
             .count()
