@@ -311,7 +311,7 @@ impl<'a> Build<'a> {
         let ctx = dirs.path().join("ctx");
         let out = dirs.path().join("out");
         std::fs::create_dir_all(&ctx).unwrap();
-        std::fs::write(ctx.join("Dockerfile"), &self.dockerfile).unwrap();
+        std::fs::write(ctx.join("Dockerfile"), with_nonce(&self.dockerfile)).unwrap();
         for (name, content) in &self.files {
             let p = ctx.join(name);
             std::fs::create_dir_all(p.parent().unwrap()).unwrap();
@@ -321,7 +321,11 @@ impl<'a> Build<'a> {
         cmd.env("DOCKER_HOST", docker_host)
             .env("BUILDKIT_PROGRESS", "plain")
             .args(["buildx", "build", "--no-cache", "--progress=plain"])
-            .arg(format!("--network={}", self.network));
+            .arg(format!("--network={}", self.network))
+            .arg(format!(
+                "--build-arg=BB_TEST_NONCE={}",
+                unique_secret("nonce")
+            ));
         match &self.tag {
             Some(t) => cmd.args(["--load", "-t", t]),
             None => cmd
@@ -340,6 +344,23 @@ impl<'a> Build<'a> {
     pub fn run(&self, broker: &Broker) -> BuildResult {
         self.run_against(&broker.docker_host())
     }
+}
+
+/// BuildKit merges identical steps of builds that run at the same time on one daemon, even
+/// from different sessions — so two tests with the same Dockerfile could each be answered by
+/// the other's broker. Every stage declares a build arg that each build sets to a unique
+/// value: declared args are part of every RUN step's environment, so no two tests' steps are
+/// ever identical.
+fn with_nonce(dockerfile: &str) -> String {
+    let mut out = String::new();
+    for line in dockerfile.lines() {
+        out.push_str(line);
+        out.push('\n');
+        if line.trim_start().to_ascii_uppercase().starts_with("FROM ") {
+            out.push_str("ARG BB_TEST_NONCE\n");
+        }
+    }
+    out
 }
 
 /// Runs a command, killing it if it outlives `limit` (a hung build must not hang CI).
