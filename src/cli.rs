@@ -293,7 +293,7 @@ fn check(config: Option<PathBuf>, dockerfiles: Vec<PathBuf>, env: &HostEnv) -> E
         return ExitCode::from(2);
     };
     println!(
-        "{}: ok ({} secret ids, {} ssh ids, unknown secrets: {:?})",
+        "{}: ok ({} secret ids, {} ssh ids, unknown secrets: {})",
         policy.origin,
         policy.secrets.len(),
         policy.ssh.len(),

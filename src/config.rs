@@ -75,6 +75,15 @@ pub enum UnknownIds {
     Deny,
 }
 
+impl fmt::Display for UnknownIds {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            UnknownIds::Client => "client",
+            UnknownIds::Deny => "deny",
+        })
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct Access {
     /// Unix uids allowed to connect (root is always allowed).
