@@ -60,6 +60,54 @@ impl SecretBytes {
     }
 }
 
+impl SecretBytes {
+    /// Removes exactly one trailing newline (`\n` or `\r\n`), as `echo`, `op read` and a
+    /// typed line add one.
+    pub(crate) fn strip_one_newline(&mut self) {
+        let buf = &mut self.0;
+        if buf.last() == Some(&b'\n') {
+            buf.pop();
+            if buf.last() == Some(&b'\r') {
+                buf.pop();
+            }
+        }
+    }
+}
+
+/// A secret read in place: one zeroed allocation of a fixed size, filled by successive reads,
+/// so no reallocation ever leaves a copy behind. Input larger than planned is noticed, not
+/// grown into.
+pub(crate) struct SecretFill {
+    value: SecretBytes,
+    filled: usize,
+}
+
+impl SecretFill {
+    pub(crate) fn new(capacity: usize) -> Self {
+        let mut value = SecretBytes::with_capacity(capacity);
+        value.buffer_mut().resize(capacity, 0);
+        SecretFill { value, filled: 0 }
+    }
+
+    /// Where the next read goes; `None` once the buffer is full (more input than planned).
+    pub(crate) fn spare(&mut self) -> Option<&mut [u8]> {
+        let buf = self.value.buffer_mut();
+        (self.filled < buf.len()).then(|| &mut buf[self.filled..])
+    }
+
+    /// Records that a read put `n` bytes into [`SecretFill::spare`].
+    pub(crate) fn advance(&mut self, n: usize) {
+        self.filled += n;
+    }
+
+    /// The bytes read so far.
+    pub(crate) fn finish(mut self) -> SecretBytes {
+        let filled = self.filled;
+        self.value.buffer_mut().truncate(filled);
+        self.value
+    }
+}
+
 /// Lets `Bytes` own a `SecretBytes` (and so zeroize it on drop). Private: nothing else may
 /// view secret bytes through `AsRef`.
 struct WireOwner(SecretBytes);
@@ -91,6 +139,40 @@ mod tests {
         let wire = s.into_wire_bytes();
         assert_eq!(&wire[..], b"on the wire");
         assert_eq!(wire.as_ptr(), ptr, "no copy was made");
+    }
+
+    #[test]
+    fn fill_reads_in_place_and_notices_overflow() {
+        let mut fill = SecretFill::new(4);
+        let ptr = fill.spare().unwrap().as_ptr();
+        fill.spare().unwrap()[..3].copy_from_slice(b"abc");
+        fill.advance(3);
+        assert_eq!(fill.spare().unwrap().len(), 1);
+        fill.advance(1);
+        assert!(
+            fill.spare().is_none(),
+            "full: the caller reports too much input"
+        );
+        let mut short = SecretFill::new(8);
+        short.spare().unwrap()[..2].copy_from_slice(b"hi");
+        short.advance(2);
+        let value = short.finish();
+        assert_eq!(value.expose(), b"hi");
+        assert_ne!(value.expose().as_ptr(), ptr);
+    }
+
+    #[test]
+    fn one_trailing_newline_is_stripped() {
+        for (input, want) in [
+            (&b"v\n\n"[..], &b"v\n"[..]),
+            (b"v\r\n", b"v"),
+            (b"v", b"v"),
+            (b"\n", b""),
+        ] {
+            let mut s = SecretBytes::new(input.to_vec());
+            s.strip_one_newline();
+            assert_eq!(s.expose(), want);
+        }
     }
 
     #[test]

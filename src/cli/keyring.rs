@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use super::{BackendArg, KeyringAction, KeyringEntryArgs, load_policy, small_runtime};
 use crate::config::HostEnv;
-use crate::secret::{MAX_SECRET_BYTES, SecretBytes};
+use crate::secret::{MAX_SECRET_BYTES, SecretBytes, SecretFill};
 use crate::source::{KeyringBackend, KeyringSpec, SourceRuntime, SourceSettings};
 
 pub fn run(action: KeyringAction, env: &HostEnv) -> ExitCode {
@@ -126,45 +126,38 @@ fn prepare(args: &KeyringEntryArgs, env: &HostEnv) -> Option<(KeyringSpec, Sourc
 /// Reads the value from stdin: hidden input on a terminal, all of it from a pipe.
 fn read_value(spec: &KeyringSpec, raw: bool) -> Result<SecretBytes, String> {
     let stdin = std::io::stdin();
-    let mut value = SecretBytes::with_capacity(MAX_SECRET_BYTES + 2);
-    if stdin.is_terminal() {
+    let mut value = if stdin.is_terminal() {
         eprint!("value for keyring:{spec} (input hidden): ");
         let _ = std::io::stderr().flush();
         let _echo_off = EchoOff::new(&stdin);
         let mut line = String::new();
         let read = stdin.read_line(&mut line);
         eprintln!();
-        read.map_err(|e| format!("cannot read the value: {e}"))?;
+        let mut value = SecretBytes::with_capacity(line.len());
         value.buffer_mut().extend_from_slice(line.as_bytes());
         zeroize::Zeroize::zeroize(&mut line);
+        read.map_err(|e| format!("cannot read the value: {e}"))?;
+        value
     } else {
-        let buf = value.buffer_mut();
-        buf.resize(MAX_SECRET_BYTES + 2, 0);
-        let mut filled = 0;
+        let mut fill = SecretFill::new(MAX_SECRET_BYTES + 2);
         let mut input = stdin.lock();
         loop {
-            if filled == buf.len() {
+            let Some(spare) = fill.spare() else {
                 return Err(format!(
                     "the value is over the {MAX_SECRET_BYTES}-byte limit that buildx and BuildKit accept"
                 ));
-            }
-            match input.read(&mut buf[filled..]) {
+            };
+            match input.read(spare) {
                 Ok(0) => break,
-                Ok(n) => filled += n,
+                Ok(n) => fill.advance(n),
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(format!("cannot read the value from stdin: {e}")),
             }
         }
-        buf.truncate(filled);
-    }
+        fill.finish()
+    };
     if !raw {
-        let buf = value.buffer_mut();
-        if buf.last() == Some(&b'\n') {
-            buf.pop();
-            if buf.last() == Some(&b'\r') {
-                buf.pop();
-            }
-        }
+        value.strip_one_newline();
     }
     if value.is_empty() {
         return Err("refusing to store an empty value (nothing was read from stdin)".into());

@@ -16,7 +16,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use super::{Lookup, SourceError, expand_home};
-use crate::secret::{MAX_SECRET_BYTES, SecretBytes};
+use crate::secret::{MAX_SECRET_BYTES, SecretBytes, SecretFill};
 
 /// Environment variables passed through to the program when the daemon has them.
 const PASSED_ENV: &[&str] = &[
@@ -110,7 +110,7 @@ pub async fn lookup(spec: &ExecSpec, id: &str, timeout: Duration) -> Result<Look
     match status.code() {
         Some(0) => {
             let mut value = value?;
-            strip_one_newline(&mut value);
+            value.strip_one_newline();
             Ok(Lookup::Found(value))
         }
         Some(2) => Ok(Lookup::Missing(format!(
@@ -148,20 +148,16 @@ async fn spawn(cmd: &mut tokio::process::Command) -> std::io::Result<tokio::proc
 /// cap.
 async fn read_value(mut out: impl AsyncRead + Unpin) -> Result<SecretBytes, SourceError> {
     // Room for a value at the cap, the "\r\n" that is stripped, and one byte to notice more.
-    let capacity = MAX_SECRET_BYTES + 3;
-    let mut value = SecretBytes::with_capacity(capacity);
-    let buf = value.buffer_mut();
-    buf.resize(capacity, 0);
-    let mut filled = 0;
+    let mut fill = SecretFill::new(MAX_SECRET_BYTES + 3);
     loop {
-        if filled == capacity {
+        let Some(spare) = fill.spare() else {
             return Err(SourceError::permanent(format!(
                 "the program printed more than the {MAX_SECRET_BYTES}-byte limit that buildx and BuildKit accept"
             )));
-        }
-        match out.read(&mut buf[filled..]).await {
+        };
+        match out.read(spare).await {
             Ok(0) => break,
-            Ok(n) => filled += n,
+            Ok(n) => fill.advance(n),
             Err(e) => {
                 return Err(SourceError::transient(format!(
                     "reading the program's output: {e}"
@@ -169,8 +165,7 @@ async fn read_value(mut out: impl AsyncRead + Unpin) -> Result<SecretBytes, Sour
             }
         }
     }
-    buf.truncate(filled);
-    Ok(value)
+    Ok(fill.finish())
 }
 
 async fn read_bounded(mut r: impl AsyncRead + Unpin, limit: usize) -> Vec<u8> {
@@ -194,15 +189,5 @@ fn describe_stderr(stderr: &[u8]) -> String {
         String::new()
     } else {
         format!(": {text}")
-    }
-}
-
-fn strip_one_newline(value: &mut SecretBytes) {
-    let buf = value.buffer_mut();
-    if buf.last() == Some(&b'\n') {
-        buf.pop();
-        if buf.last() == Some(&b'\r') {
-            buf.pop();
-        }
     }
 }

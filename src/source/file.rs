@@ -10,7 +10,7 @@ use std::io::{ErrorKind, Read};
 use std::path::{Path, PathBuf};
 
 use super::{Lookup, SourceError};
-use crate::secret::{MAX_SECRET_BYTES, SecretBytes};
+use crate::secret::{MAX_SECRET_BYTES, SecretFill};
 
 pub async fn lookup(path: &Path) -> Result<Lookup, SourceError> {
     let path: PathBuf = path.to_path_buf();
@@ -41,24 +41,19 @@ fn read_capped(path: &Path) -> Result<Lookup, SourceError> {
     }
     // Allocate once for the size we expect, so no reallocation leaves an unzeroized copy
     // behind, and never read past that capacity: a file that grew meanwhile is an error.
-    let capacity = meta.len() as usize + 1;
-    let mut value = SecretBytes::with_capacity(capacity);
-    let buf = value.buffer_mut();
-    buf.resize(capacity, 0);
-    let mut filled = 0;
+    let mut fill = SecretFill::new(meta.len() as usize + 1);
     loop {
-        if filled == capacity {
+        let Some(spare) = fill.spare() else {
             return Err(SourceError::transient(
                 "file changed size while being read; try again",
             ));
-        }
-        match file.read(&mut buf[filled..]) {
+        };
+        match file.read(spare) {
             Ok(0) => break,
-            Ok(n) => filled += n,
+            Ok(n) => fill.advance(n),
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
             Err(e) => return Err(SourceError::permanent(format!("cannot read: {e}"))),
         }
     }
-    buf.truncate(filled);
-    Ok(Lookup::Found(value))
+    Ok(Lookup::Found(fill.finish()))
 }

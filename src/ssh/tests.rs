@@ -623,14 +623,9 @@ async fn held_keys_load_every_supported_format_and_sign_verifiably() {
         let (path, pubkey) = keygen(dir.path(), name, flags);
         let public = ssh_key::PublicKey::from_openssh(&pubkey).unwrap();
         let passphrase = encrypted.then_some(&pass);
-        let keys = HeldKeys::load(
-            "t",
-            &[file(&path)],
-            passphrase,
-            &crate::source::SourceRuntime::default(),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let keys = load_held("t", &[file(&path)], passphrase)
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
         let key = keys.find(public.key_data()).expect(name);
         assert_eq!(
             key.fingerprint(),
@@ -652,14 +647,7 @@ async fn rsa_honours_the_sha2_flags_and_refuses_sha1() {
     let dir = tempfile::tempdir().unwrap();
     let (path, pubkey) = keygen(dir.path(), "rsa", &["-t", "rsa", "-b", "2048", "-N", ""]);
     let public = ssh_key::PublicKey::from_openssh(&pubkey).unwrap();
-    let keys = HeldKeys::load(
-        "t",
-        &[file(&path)],
-        None,
-        &crate::source::SourceRuntime::default(),
-    )
-    .await
-    .unwrap();
+    let keys = load_held("t", &[file(&path)], None).await.unwrap();
     let key = keys.find(public.key_data()).unwrap();
     for (flags, alg) in [
         (2, "rsa-sha2-256"),
@@ -695,73 +683,38 @@ async fn key_load_errors_say_what_to_do() {
         Err(e) => e,
     };
     assert!(matches!(
-        err(HeldKeys::load(
-            "t",
-            &[file(&enc)],
-            None,
-            &crate::source::SourceRuntime::default()
-        )
-        .await),
+        err(load_held("t", &[file(&enc)], None).await),
         KeyLoadError::NeedsPassphrase { .. }
     ));
     assert!(matches!(
-        err(HeldKeys::load(
-            "t",
-            &[file(&enc)],
-            Some(&file(&wrong)),
-            &crate::source::SourceRuntime::default()
-        )
-        .await),
+        err(load_held("t", &[file(&enc)], Some(&file(&wrong))).await),
         KeyLoadError::Parse {
             error: KeyParseError::WrongPassphrase,
             ..
         }
     ));
     assert!(matches!(
-        err(HeldKeys::load(
-            "t",
-            &[file(&legacy)],
-            Some(&file(&wrong)),
-            &crate::source::SourceRuntime::default()
-        )
-        .await),
+        err(load_held("t", &[file(&legacy)], Some(&file(&wrong))).await),
         KeyLoadError::Parse {
             error: KeyParseError::LegacyEncryptedPem,
             ..
         }
     ));
     assert!(matches!(
-        err(HeldKeys::load(
-            "t",
-            &[file(&not_a_key)],
-            None,
-            &crate::source::SourceRuntime::default()
-        )
-        .await),
+        err(load_held("t", &[file(&not_a_key)], None).await),
         KeyLoadError::Parse {
             error: KeyParseError::NotAKey,
             ..
         }
     ));
-    let missing = err(HeldKeys::load(
-        "t",
-        &[file(&dir.path().join("absent"))],
-        None,
-        &crate::source::SourceRuntime::default(),
-    )
-    .await);
+    let missing = err(load_held("t", &[file(&dir.path().join("absent"))], None).await);
     assert!(missing.to_string().contains("no such file"), "{missing}");
     // One missing key fails the id, even when another loads.
     let (good, _) = keygen(dir.path(), "good", &["-t", "ed25519", "-N", ""]);
     assert!(
-        HeldKeys::load(
-            "t",
-            &[file(&good), file(&dir.path().join("absent"))],
-            None,
-            &crate::source::SourceRuntime::default()
-        )
-        .await
-        .is_err()
+        load_held("t", &[file(&good), file(&dir.path().join("absent"))], None)
+            .await
+            .is_err()
     );
 }
 
@@ -821,4 +774,19 @@ async fn held_keys_are_kept_until_a_reload_and_read_again_after_it() {
     );
     drop(before);
     assert_eq!(listed(&b).await, vec![fingerprint(&second_pub)]);
+}
+
+/// Loads held keys with the default source settings, as every test here does.
+async fn load_held(
+    id: &str,
+    keys: &[SourceSpec],
+    passphrase: Option<&SourceSpec>,
+) -> Result<HeldKeys, KeyLoadError> {
+    HeldKeys::load(
+        id,
+        keys,
+        passphrase,
+        &crate::source::SourceRuntime::default(),
+    )
+    .await
 }
