@@ -44,10 +44,7 @@ fn source_runtime(moto: &moto::Moto) -> SourceRuntime {
 }
 
 async fn resolve(runtime: &SourceRuntime, spec: &SourceSpec) {
-    let ctx = ResolveContext {
-        runtime,
-        client: None,
-    };
+    let ctx = ResolveContext::without_client(runtime);
     match lookup(spec, "bench", ctx).await {
         Ok(Lookup::Found(value)) => assert!(!value.is_empty()),
         Ok(Lookup::Missing(why)) => panic!("{spec}: missing: {why}"),

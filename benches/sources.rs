@@ -26,10 +26,7 @@ fn measure(
     spec: &SourceSpec,
     n: usize,
 ) {
-    let ctx = ResolveContext {
-        runtime,
-        client: None,
-    };
+    let ctx = ResolveContext::without_client(runtime);
     let samples = rt.block_on(async {
         for _ in 0..n / 10 + 1 {
             assert!(

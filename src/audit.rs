@@ -25,6 +25,10 @@ pub struct SecretEvent<'a> {
     pub id: &'a str,
     /// The kind of the source that answered (`env`, `file`, `client`), if one did.
     pub source: Option<&'static str>,
+    /// Whose value was served: `broker` (the policy's own sources, shared by every build the
+    /// policy serves the id to) or `session` (this session's build client supplied it, and
+    /// only this session got it).
+    pub value_owner: Option<&'static str>,
     /// `served`, `served_stale`, `not_found`, `denied`, `required_missing` or `error`.
     pub decision: &'static str,
     /// For ids with `cache_ttl`: `hit`, `miss` or `stale`.
@@ -100,6 +104,7 @@ impl AuditLog {
             peer_uid = event.peer_uid,
             id = event.id,
             source = event.source,
+            value_owner = event.value_owner,
             decision = event.decision,
             cache = event.cache,
             error = event.error,

@@ -1,6 +1,12 @@
 //! The secret cache, for slow sources (AWS, `exec:`): per-id `cache_ttl`, off by default so
 //! each RUN resolves afresh.
 //!
+//! It holds only values from the broker's own sources ([`crate::source::ValueScope::Broker`]):
+//! the resolver never passes a session-scoped source (`client`) through it, so one build's
+//! `--secret` value can never answer another build. Entries are keyed by the id *and* the
+//! position in the chain where the cached run of sources starts, so a chain such as
+//! `["client", "aws-sm:x"]` still asks each build's own client first.
+//!
 //! Concurrent requests for one id wait on that id's slot while the first resolves, so they share
 //! one fetch (no thundering herd on AWS). Values are held as `Arc<SecretBytes>`: an entry that
 //! expires, a sweep, a reload (the whole cache is dropped with its generation) or shutdown drops
@@ -61,30 +67,50 @@ pub enum Cached {
         source: usize,
         past_expiry: Duration,
     },
+    /// Another request held the slot (fetching) until this request's deadline.
+    Busy,
 }
 
-/// Per-id slots. The outer lock is held only to find a slot; the slot's async lock is held
-/// across a fetch, which is what makes concurrent requests share it.
+/// Which run of sources an entry belongs to: the secret id and the index in its chain of the
+/// first source of the run.
+pub type CacheKey<'a> = (&'a str, usize);
+
+/// Per-key slots. The outer lock is held only to find a slot; the slot's async lock is held
+/// across a fetch, which is what makes concurrent requests share it. Every fetch is bounded by
+/// the request's deadline (the sources' own lookups stop there), and so is the wait for a
+/// slot, so one stuck source cannot hold other requests past their deadline.
 #[derive(Default)]
 pub struct SecretCache {
-    slots: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Slot>>>>,
+    slots: Mutex<HashMap<(String, usize), SharedSlot>>,
 }
 
+/// One key's slot, shared by the requests that wait on it.
+type SharedSlot = Arc<tokio::sync::Mutex<Slot>>;
+
 impl SecretCache {
-    fn slot(&self, id: &str) -> Arc<tokio::sync::Mutex<Slot>> {
+    fn slot(&self, (id, first): CacheKey<'_>) -> SharedSlot {
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-        slots.entry(id.to_string()).or_default().clone()
+        slots.entry((id.to_string(), first)).or_default().clone()
     }
 
     /// Answers from a fresh entry, or runs `fetch` (once, however many requests wait) and
-    /// caches what it finds.
-    pub async fn resolve<F, Fut>(&self, id: &str, policy: CachePolicy, fetch: F) -> Cached
+    /// caches what it finds. A request that cannot get the slot by `deadline` (another one is
+    /// still fetching) gets [`Cached::Busy`].
+    pub async fn resolve<F, Fut>(
+        &self,
+        key: CacheKey<'_>,
+        policy: CachePolicy,
+        deadline: Instant,
+        fetch: F,
+    ) -> Cached
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = ChainResult>,
     {
-        let slot = self.slot(id);
-        let mut slot = slot.lock().await;
+        let slot = self.slot(key);
+        let Ok(mut slot) = tokio::time::timeout_at(deadline, slot.lock()).await else {
+            return Cached::Busy;
+        };
         let now = Instant::now();
         if let Some(e) = &slot.entry {
             if now < e.expires {
@@ -136,7 +162,7 @@ impl SecretCache {
     }
 
     /// The slots as they are now, without holding the map's lock while they are looked at.
-    fn all_slots(&self) -> Vec<Arc<tokio::sync::Mutex<Slot>>> {
+    fn all_slots(&self) -> Vec<SharedSlot> {
         self.slots
             .lock()
             .unwrap_or_else(|p| p.into_inner())

@@ -27,9 +27,14 @@ that answers BuildKit's secret and ssh-agent requests from a policy, so builds n
 
 const AFTER_HELP: &str = "\
 Quick start:
+  buildbroker keyring set buildbroker/pypi_token   # value from stdin; stored for builds only
   buildbroker serve                              # embedded default policy
   export DOCKER_HOST=unix://$XDG_RUNTIME_DIR/buildbroker/docker.sock   # (root: /run/buildbroker/docker.sock)
-  PYPI_TOKEN=… docker buildx build .             # RUN --mount=type=secret,id=pypi_token gets it
+  docker buildx build .                          # RUN --mount=type=secret,id=pypi_token gets it
+
+The embedded default serves only what was stored for builds: `keyring set buildbroker/<id>`,
+the daemon's BUILDBROKER_<ID> variables, and the build's own --secret flags. ~/.netrc,
+~/.aws/credentials, GITHUB_TOKEN and the like are served only when a policy file names them.
 
 Policy lookup without --config: $BUILDBROKER_CONFIG, $XDG_CONFIG_HOME/buildbroker/policy.toml
 (or ~/.config/buildbroker/policy.toml), /etc/buildbroker/policy.toml, then the embedded default.";
@@ -363,6 +368,19 @@ fn resolve(config: Option<PathBuf>, id: &str, env: &HostEnv) -> ExitCode {
             println!("  {:<40} {what}", a.source.to_string());
         }
     };
+    let not_resolved = |id: &str, required_missing: bool, attempts: &[Attempt], message: &str| {
+        print_attempts(attempts);
+        println!("{id}: not resolved: {message}");
+        let shown = crate::policy::secret_failure_for_build(
+            id,
+            required_missing,
+            attempts,
+            message,
+            generation.policy.server.build_errors,
+        );
+        println!("{id}: builds fail with: {shown}");
+        ExitCode::from(1)
+    };
     match answer {
         Answer::Denied => {
             println!(
@@ -395,10 +413,9 @@ fn resolve(config: Option<PathBuf>, id: &str, env: &HostEnv) -> ExitCode {
             println!("{id}: not resolved (optional: builds skip the mount)");
             ExitCode::from(1)
         }
-        Answer::RequiredMissing { message, attempts } | Answer::Failed { message, attempts } => {
-            print_attempts(&attempts);
-            println!("{id}: not resolved; builds fail with: {message}");
-            ExitCode::from(1)
+        Answer::RequiredMissing { message, attempts } => {
+            not_resolved(id, true, &attempts, &message)
         }
+        Answer::Failed { message, attempts } => not_resolved(id, false, &attempts, &message),
     }
 }

@@ -63,6 +63,29 @@ pub struct Server {
     pub unknown_ssh: UnknownIds,
     /// Optional JSON-lines audit file (never values).
     pub audit_log: Option<PathBuf>,
+    /// How long one GetSecret may take in all (every source and any wait for a cached fetch)
+    /// before it fails transiently.
+    pub fetch_timeout: std::time::Duration,
+    /// How much of a failure the build's output shows.
+    pub build_errors: BuildErrors,
+}
+
+/// The default `[server] fetch_timeout`.
+pub const DEFAULT_FETCH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// How much of a failed secret or ssh request reaches the build's output (`[server]
+/// build_errors`). The daemon log and the audit always keep the whole story.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BuildErrors {
+    /// The id, the kinds of source tried and why each gave nothing (not found, error,
+    /// unavailable): what a build author can act on, without paths, ARNs, socket paths or an
+    /// `exec:` program's stderr. The default, since the build's output may be read by anyone
+    /// who can read the CI log.
+    #[default]
+    Brief,
+    /// Everything the daemon log says (for a local daemon whose builds only its user reads).
+    Detailed,
 }
 
 /// How ids that the policy does not name are treated.
@@ -327,6 +350,8 @@ struct RawServer {
     audit_log: Option<Spanned<String>>,
     buildkit_listen: Option<Spanned<Vec<Spanned<String>>>>,
     buildkit_upstream: Option<Spanned<String>>,
+    fetch_timeout: Option<Spanned<String>>,
+    build_errors: Option<BuildErrors>,
 }
 
 #[derive(Deserialize, Default)]
@@ -533,6 +558,14 @@ impl Policy {
             }
         });
 
+        let fetch_timeout = match &raw.server.fetch_timeout {
+            None => DEFAULT_FETCH_TIMEOUT,
+            Some(t) => parse_duration(t.get_ref()).unwrap_or_else(|m| {
+                c.push(t.span(), format!("[server] fetch_timeout: {m}"));
+                DEFAULT_FETCH_TIMEOUT
+            }),
+        };
+
         let mut secrets = BTreeMap::new();
         for (id, rule) in &raw.secrets {
             let rule = rule.get_ref();
@@ -636,6 +669,8 @@ impl Policy {
                 unknown_secrets: raw.server.unknown_secrets.unwrap_or(UnknownIds::Client),
                 unknown_ssh: raw.server.unknown_ssh.unwrap_or(UnknownIds::Client),
                 audit_log,
+                fetch_timeout,
+                build_errors: raw.server.build_errors.unwrap_or_default(),
             },
             access: Access {
                 uids: raw.access.uids,

@@ -6,7 +6,7 @@
 //! [`decide_ssh`] does the same for ssh ids (status codes in `service::ssh`); what a managed
 //! id may sign is decided in `ssh::destination`.
 
-use crate::config::{Policy, SshRule, UnknownIds};
+use crate::config::{BuildErrors, Policy, SshRule, UnknownIds};
 use crate::source::{Attempt, AttemptOutcome, SourceSpec};
 
 /// The implicit chain for ids the policy does not list under `unknown_secrets = "client"`.
@@ -89,6 +89,46 @@ pub fn conclude_secret(
         };
     }
     SecretOutcome::NotFound
+}
+
+/// What the build's output shows for a secret that could not be served. Under
+/// `build_errors = "brief"` that is the id, the kinds of source tried and why each gave
+/// nothing; `detailed` (a local daemon's opt-in) is the daemon log's own message.
+pub fn secret_failure_for_build(
+    id: &str,
+    required_missing: bool,
+    attempts: &[Attempt],
+    detailed: &str,
+    level: BuildErrors,
+) -> String {
+    if level == BuildErrors::Detailed {
+        return detailed.to_string();
+    }
+    let tried = attempts
+        .iter()
+        .map(Attempt::brief)
+        .collect::<Vec<_>>()
+        .join(", ");
+    if required_missing {
+        format!(
+            "buildbroker: secret {id:?} is required by policy but no source has it; tried {tried}"
+        )
+    } else {
+        format!(
+            "buildbroker: secret {id:?} could not be resolved; tried {tried}; the buildbroker log has the details"
+        )
+    }
+}
+
+/// What the build's output shows when a managed ssh id cannot serve (see
+/// [`secret_failure_for_build`]).
+pub fn ssh_failure_for_build(id: &str, detailed: &str, level: BuildErrors) -> String {
+    match level {
+        BuildErrors::Detailed => format!("buildbroker: ssh id {id:?}: {detailed}"),
+        BuildErrors::Brief => format!(
+            "buildbroker: ssh id {id:?} cannot serve now; the buildbroker log has the details"
+        ),
+    }
 }
 
 /// Who answers the agent of one ssh id (`CheckAgent`, `ForwardAgent`).

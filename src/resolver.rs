@@ -1,20 +1,33 @@
 //! Answering one secret request: the policy's decision, the cache, the chain of sources and the
 //! conclusion. Shared by the session's Secrets service and `buildbroker resolve`, so the CLI
 //! says exactly what a build would get. Mapping answers to gRPC codes is not done here.
+//!
+//! Values never cross sessions unless the policy shares them: a chain is walked in runs, and
+//! only runs of the broker's own sources ([`ValueScope::Broker`]) go through the cache. A
+//! session-scoped source (`client`: the build's own `--secret` flags) is asked afresh in its
+//! own session every time, outside any lock, so one build's value is never cached for another
+//! and a client that never answers holds up nobody but its own build (and that only until the
+//! request's `fetch_timeout`).
 
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use crate::broker::Generation;
 use crate::cache::{CachePolicy, Cached};
 use crate::policy::{SecretDecision, SecretOutcome, conclude_secret, decide_secret};
 use crate::secret::SecretBytes;
-use crate::source::{Attempt, ClientSecrets, ResolveContext, SourceSpec, resolve_chain};
+use crate::source::{
+    Attempt, AttemptOutcome, ClientSecrets, ResolveContext, SourceError, SourceSpec, ValueScope,
+    failed_transiently, resolve_chain,
+};
 
 /// How the cache took part in an answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CacheUse {
-    /// The id has no `cache_ttl`: resolved afresh.
+    /// Not cached: the id has no `cache_ttl`, or the value came from the build client.
     Off,
     /// Answered from a fresh cached value.
     Hit,
@@ -50,6 +63,37 @@ pub enum Answer {
     },
 }
 
+/// One run of a chain: asked directly, or through the cache.
+#[derive(Debug, PartialEq, Eq)]
+enum Run {
+    Direct(Range<usize>),
+    Cached(Range<usize>),
+}
+
+/// Splits a chain into runs. Without a cache the whole chain is one direct run; with one,
+/// consecutive broker-scoped sources form cached runs and each session-scoped source is asked
+/// directly.
+fn runs(sources: &[SourceSpec], cached: bool) -> Vec<Run> {
+    if !cached {
+        return vec![Run::Direct(0..sources.len())];
+    }
+    let mut out = Vec::new();
+    let mut start = 0;
+    for (i, spec) in sources.iter().enumerate() {
+        if spec.scope() == ValueScope::Session {
+            if start < i {
+                out.push(Run::Cached(start..i));
+            }
+            out.push(Run::Direct(i..i + 1));
+            start = i + 1;
+        }
+    }
+    if start < sources.len() {
+        out.push(Run::Cached(start..sources.len()));
+    }
+    out
+}
+
 /// Resolves `id` as the daemon does for a build. `client` is the build client's own provider
 /// (None outside a session).
 pub async fn answer(generation: &Generation, id: &str, client: Option<&ClientSecrets>) -> Answer {
@@ -62,9 +106,11 @@ pub async fn answer(generation: &Generation, id: &str, client: Option<&ClientSec
         } => (sources, required, listed),
         SecretDecision::Deny => return Answer::Denied,
     };
+    let deadline = Instant::now() + policy.server.fetch_timeout;
     let ctx = ResolveContext {
         runtime: &generation.sources,
         client,
+        deadline,
     };
     let cache_policy = policy.secrets.get(id).and_then(|rule| {
         rule.cache_ttl.map(|ttl| CachePolicy {
@@ -72,42 +118,80 @@ pub async fn answer(generation: &Generation, id: &str, client: Option<&ClientSec
             stale_on_error: rule.stale_on_error,
         })
     });
-    let (attempts, served, cache) = match cache_policy {
-        None => {
-            let chain = resolve_chain(sources, id, ctx).await;
-            (
-                chain.attempts,
-                chain.value.map(|(i, v)| (i, Arc::new(v))),
-                CacheUse::Off,
-            )
+
+    let mut attempts = Vec::with_capacity(sources.len());
+    let mut served: Option<(usize, Arc<SecretBytes>)> = None;
+    let mut cache = CacheUse::Off;
+    // An expired value a cached run offered after failing transiently; served only if nothing
+    // later in the chain has a value and every failure was transient.
+    let mut stale: Option<(usize, Arc<SecretBytes>, Duration)> = None;
+    for run in runs(sources, cache_policy.is_some()) {
+        match (run, cache_policy) {
+            (Run::Direct(range), _) | (Run::Cached(range), None) => {
+                let start = range.start;
+                let chain = resolve_chain(&sources[range], id, ctx).await;
+                attempts.extend(chain.attempts);
+                if let Some((i, value)) = chain.value {
+                    served = Some((start + i, Arc::new(value)));
+                    cache = CacheUse::Off;
+                }
+            }
+            (Run::Cached(range), Some(cp)) => {
+                let start = range.start;
+                let run_sources = &sources[range];
+                let fetch = || resolve_chain(run_sources, id, ctx);
+                match generation
+                    .cache
+                    .resolve((id, start), cp, deadline, fetch)
+                    .await
+                {
+                    Cached::Hit { value, source } => {
+                        served = Some((start + source, value));
+                        cache = CacheUse::Hit;
+                    }
+                    Cached::Fetched {
+                        attempts: a,
+                        served: s,
+                    } => {
+                        attempts.extend(a);
+                        cache = CacheUse::Miss;
+                        served = s.map(|(i, v)| (start + i, v));
+                    }
+                    Cached::Stale {
+                        attempts: a,
+                        value,
+                        source,
+                        past_expiry,
+                    } => {
+                        attempts.extend(a);
+                        stale.get_or_insert((start + source, value, past_expiry));
+                    }
+                    Cached::Busy => attempts.push(Attempt {
+                        source: run_sources[0].clone(),
+                        outcome: AttemptOutcome::Failed(SourceError::transient(
+                            "another request was still fetching this id when the request's fetch_timeout ran out",
+                        )),
+                    }),
+                }
+            }
         }
-        Some(cp) => match generation
-            .cache
-            .resolve(id, cp, || resolve_chain(sources, id, ctx))
-            .await
-        {
-            Cached::Hit { value, source } => (Vec::new(), Some((source, value)), CacheUse::Hit),
-            Cached::Fetched { attempts, served } => (attempts, served, CacheUse::Miss),
-            Cached::Stale {
-                attempts,
-                value,
-                source,
-                past_expiry,
-            } => (
-                attempts,
-                Some((source, value)),
-                CacheUse::Stale { past_expiry },
-            ),
-        },
-    };
-    let conclusion = match cache {
-        // A stale answer is served despite the failures that the attempts record.
-        CacheUse::Stale { .. } => SecretOutcome::Served {
-            source: served.as_ref().map_or(0, |(i, _)| *i),
-        },
-        _ => conclude_secret(id, required, served.as_ref().map(|(i, _)| *i), &attempts),
-    };
-    match conclusion {
+        if served.is_some() {
+            break;
+        }
+    }
+    if served.is_none()
+        && let Some((source, value, past_expiry)) = stale
+        && failed_transiently(&attempts)
+    {
+        return Answer::Value {
+            value,
+            source: sources[source].clone(),
+            cache: CacheUse::Stale { past_expiry },
+            attempts,
+            listed,
+        };
+    }
+    match conclude_secret(id, required, served.as_ref().map(|(i, _)| *i), &attempts) {
         SecretOutcome::Served { source } => {
             let (_, value) = served.expect("served implies a value");
             Answer::Value {
@@ -121,5 +205,31 @@ pub async fn answer(generation: &Generation, id: &str, client: Option<&ClientSec
         SecretOutcome::NotFound => Answer::NotFound { attempts },
         SecretOutcome::RequiredMissing { message } => Answer::RequiredMissing { message, attempts },
         SecretOutcome::Failed { message } => Answer::Failed { message, attempts },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn specs(text: &[&str]) -> Vec<SourceSpec> {
+        text.iter()
+            .map(|t| SourceSpec::parse(t, None).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn runs_keep_session_sources_out_of_the_cache() {
+        let chain = specs(&["env:A", "file:/x", "client", "env:B"]);
+        assert_eq!(runs(&chain, false), vec![Run::Direct(0..4)]);
+        assert_eq!(
+            runs(&chain, true),
+            vec![Run::Cached(0..2), Run::Direct(2..3), Run::Cached(3..4)]
+        );
+        assert_eq!(runs(&specs(&["client"]), true), vec![Run::Direct(0..1)]);
+        assert_eq!(
+            runs(&specs(&["client", "env:A"]), true),
+            vec![Run::Direct(0..1), Run::Cached(1..2)]
+        );
     }
 }

@@ -80,6 +80,15 @@ impl SourceSpec {
         }
     }
 
+    /// Whose value this source gives: the broker's, shared by every build the policy allows,
+    /// or the build client's own, which belongs to the one session that supplied it.
+    pub fn scope(&self) -> ValueScope {
+        match self {
+            SourceSpec::Client => ValueScope::Session,
+            _ => ValueScope::Broker,
+        }
+    }
+
     /// The kind, as the audit log records it.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -102,6 +111,27 @@ impl fmt::Display for SourceSpec {
             SourceSpec::Exec(e) => write!(f, "exec:{e}"),
             SourceSpec::AwsSm(a) => write!(f, "aws-sm:{a}"),
             SourceSpec::Client => f.write_str("client"),
+        }
+    }
+}
+
+/// Whose value a source gives, which decides where it may go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ValueScope {
+    /// From the broker's own sources (environment, files, keyring, programs, AWS): any session
+    /// the policy serves the id to may get it, and it may be cached for all of them.
+    Broker,
+    /// From the build client of one session (its `--secret` flags): only that session may get
+    /// it. Never cached, never served to another session.
+    Session,
+}
+
+impl ValueScope {
+    /// As the audit log records it (`value_owner`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ValueScope::Broker => "broker",
+            ValueScope::Session => "session",
         }
     }
 }
@@ -211,6 +241,21 @@ pub struct ResolveContext<'a> {
     pub runtime: &'a SourceRuntime,
     /// The build client's own secrets provider, inside a session; `None` for `buildbroker resolve`.
     pub client: Option<&'a ClientSecrets>,
+    /// When the request gives up (`[server] fetch_timeout` after it arrived): a source still
+    /// busy then counts as a transient failure and the chain stops there.
+    pub deadline: tokio::time::Instant,
+}
+
+impl<'a> ResolveContext<'a> {
+    /// Outside a build session (held ssh keys, tests, benchmarks): no build client, and no
+    /// deadline beyond each source's own timeout.
+    pub fn without_client(runtime: &'a SourceRuntime) -> Self {
+        ResolveContext {
+            runtime,
+            client: None,
+            deadline: tokio::time::Instant::now() + Duration::from_secs(365 * 86_400),
+        }
+    }
 }
 
 /// Asks one source for `id`.
@@ -263,6 +308,20 @@ impl fmt::Display for Attempt {
     }
 }
 
+impl Attempt {
+    /// The attempt as a build's output shows it under `build_errors = "brief"`: the source's
+    /// kind and a reason class, never its path, ARN or a program's output.
+    pub fn brief(&self) -> String {
+        let class = match &self.outcome {
+            AttemptOutcome::Found => "found",
+            AttemptOutcome::Missing(_) => "not found",
+            AttemptOutcome::Failed(e) if e.transient => "unavailable",
+            AttemptOutcome::Failed(_) => "error",
+        };
+        format!("{} ({class})", self.source.kind())
+    }
+}
+
 /// The result of walking a chain: the value (if any) with the index of the source that gave
 /// it, and what every source tried said.
 pub struct ChainResult {
@@ -273,17 +332,23 @@ pub struct ChainResult {
 impl ChainResult {
     /// Whether every failure in the chain may pass on its own (and at least one happened).
     pub fn failed_transiently(&self) -> bool {
-        let mut failures = self.attempts.iter().filter_map(|a| match &a.outcome {
-            AttemptOutcome::Failed(e) => Some(e.transient),
-            _ => None,
-        });
-        failures
-            .next()
-            .is_some_and(|first| first && failures.all(|t| t))
+        failed_transiently(&self.attempts)
     }
 }
 
-/// Tries `sources` in order; the first that finds a value wins.
+/// Whether every failure among `attempts` may pass on its own (and at least one happened).
+pub fn failed_transiently(attempts: &[Attempt]) -> bool {
+    let mut failures = attempts.iter().filter_map(|a| match &a.outcome {
+        AttemptOutcome::Failed(e) => Some(e.transient),
+        _ => None,
+    });
+    failures
+        .next()
+        .is_some_and(|first| first && failures.all(|t| t))
+}
+
+/// Tries `sources` in order; the first that finds a value wins. A source still busy at the
+/// context's deadline fails transiently and ends the chain (there is no time left to try more).
 pub async fn resolve_chain(
     sources: &[SourceSpec],
     id: &str,
@@ -291,7 +356,16 @@ pub async fn resolve_chain(
 ) -> ChainResult {
     let mut attempts = Vec::with_capacity(sources.len());
     for (i, spec) in sources.iter().enumerate() {
-        let outcome = match lookup(spec, id, ctx).await {
+        let Ok(result) = tokio::time::timeout_at(ctx.deadline, lookup(spec, id, ctx)).await else {
+            attempts.push(Attempt {
+                source: spec.clone(),
+                outcome: AttemptOutcome::Failed(SourceError::transient(
+                    "no answer before the request's fetch_timeout ran out",
+                )),
+            });
+            break;
+        };
+        let outcome = match result {
             Ok(Lookup::Found(value)) => {
                 attempts.push(Attempt {
                     source: spec.clone(),

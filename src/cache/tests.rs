@@ -45,10 +45,16 @@ fn missing() -> ChainResult {
     }
 }
 
+/// A deadline no test reaches.
+fn far() -> Instant {
+    Instant::now() + Duration::from_secs(86_400)
+}
+
 fn value_of(c: &Cached) -> Option<Vec<u8>> {
     match c {
         Cached::Hit { value, .. } | Cached::Stale { value, .. } => Some(value.expose().to_vec()),
         Cached::Fetched { served, .. } => served.as_ref().map(|(_, v)| v.expose().to_vec()),
+        Cached::Busy => None,
     }
 }
 
@@ -64,14 +70,20 @@ async fn fresh_entries_answer_without_fetching_until_the_ttl() {
         fetches.fetch_add(1, Ordering::SeqCst);
         async move { found(v) }
     };
-    let first = cache.resolve("id", policy, || fetch("one")).await;
+    let first = cache
+        .resolve(("id", 0), policy, far(), || fetch("one"))
+        .await;
     assert!(matches!(first, Cached::Fetched { .. }));
     tokio::time::advance(TTL - Duration::from_millis(1)).await;
-    let second = cache.resolve("id", policy, || fetch("two")).await;
+    let second = cache
+        .resolve(("id", 0), policy, far(), || fetch("two"))
+        .await;
     assert!(matches!(second, Cached::Hit { .. }));
     assert_eq!(value_of(&second).unwrap(), b"one");
     tokio::time::advance(Duration::from_millis(1)).await;
-    let third = cache.resolve("id", policy, || fetch("three")).await;
+    let third = cache
+        .resolve(("id", 0), policy, far(), || fetch("three"))
+        .await;
     assert!(
         matches!(third, Cached::Fetched { .. }),
         "expired at exactly the TTL"
@@ -87,7 +99,10 @@ async fn expired_entries_release_their_value() {
         ttl: TTL,
         stale_on_error: None,
     };
-    let weak = match cache.resolve("id", policy, || async { found("v") }).await {
+    let weak = match cache
+        .resolve(("id", 0), policy, far(), || async { found("v") })
+        .await
+    {
         Cached::Fetched {
             served: Some((_, v)),
             ..
@@ -119,7 +134,9 @@ async fn dropping_the_cache_releases_every_value() {
         if let Cached::Fetched {
             served: Some((_, v)),
             ..
-        } = cache.resolve(id, policy, || async { found("v") }).await
+        } = cache
+            .resolve((id, 0), policy, far(), || async { found("v") })
+            .await
         {
             weaks.push(Arc::downgrade(&v));
         }
@@ -136,11 +153,13 @@ async fn stale_value_answers_only_transient_failures_within_the_window() {
         ttl: TTL,
         stale_on_error: Some(Duration::from_secs(300)),
     };
-    cache.resolve("id", policy, || async { found("old") }).await;
+    cache
+        .resolve(("id", 0), policy, far(), || async { found("old") })
+        .await;
     tokio::time::advance(TTL + Duration::from_secs(10)).await;
 
     match cache
-        .resolve("id", policy, || async { failing(true) })
+        .resolve(("id", 0), policy, far(), || async { failing(true) })
         .await
     {
         Cached::Stale {
@@ -162,7 +181,7 @@ async fn stale_value_answers_only_transient_failures_within_the_window() {
     assert!(
         value_of(
             &cache
-                .resolve("id", policy, || async { failing(false) })
+                .resolve(("id", 0), policy, far(), || async { failing(false) })
                 .await
         )
         .is_none(),
@@ -177,14 +196,23 @@ async fn not_found_drops_a_stale_value() {
         ttl: TTL,
         stale_on_error: Some(Duration::from_secs(300)),
     };
-    cache.resolve("id", policy, || async { found("old") }).await;
+    cache
+        .resolve(("id", 0), policy, far(), || async { found("old") })
+        .await;
     tokio::time::advance(TTL).await;
-    assert!(value_of(&cache.resolve("id", policy, || async { missing() }).await).is_none());
+    assert!(
+        value_of(
+            &cache
+                .resolve(("id", 0), policy, far(), || async { missing() })
+                .await
+        )
+        .is_none()
+    );
     // The secret was deleted upstream: even a later transient failure must not resurrect it.
     assert!(
         value_of(
             &cache
-                .resolve("id", policy, || async { failing(true) })
+                .resolve(("id", 0), policy, far(), || async { failing(true) })
                 .await
         )
         .is_none()
@@ -198,12 +226,14 @@ async fn stale_window_ends() {
         ttl: TTL,
         stale_on_error: Some(Duration::from_secs(300)),
     };
-    cache.resolve("id", policy, || async { found("old") }).await;
+    cache
+        .resolve(("id", 0), policy, far(), || async { found("old") })
+        .await;
     tokio::time::advance(TTL + Duration::from_secs(300)).await;
     assert!(
         value_of(
             &cache
-                .resolve("id", policy, || async { failing(true) })
+                .resolve(("id", 0), policy, far(), || async { failing(true) })
                 .await
         )
         .is_none()
@@ -224,7 +254,7 @@ async fn concurrent_requests_share_one_fetch() {
             let fetches = fetches.clone();
             tokio::spawn(async move {
                 let c = cache
-                    .resolve("id", policy, || async {
+                    .resolve(("id", 0), policy, far(), || async {
                         fetches.fetch_add(1, Ordering::SeqCst);
                         tokio::time::sleep(Duration::from_secs(2)).await; // a slow AWS call
                         found("shared")
@@ -255,7 +285,7 @@ async fn different_ids_do_not_wait_for_each_other() {
         let cache = cache.clone();
         tokio::spawn(async move {
             cache
-                .resolve("slow", policy, || async {
+                .resolve(("slow", 0), policy, far(), || async {
                     tokio::time::sleep(Duration::from_secs(30)).await;
                     found("s")
                 })
@@ -264,7 +294,47 @@ async fn different_ids_do_not_wait_for_each_other() {
     };
     tokio::task::yield_now().await;
     let started = Instant::now();
-    cache.resolve("fast", policy, || async { found("f") }).await;
+    cache
+        .resolve(("fast", 0), policy, far(), || async { found("f") })
+        .await;
     assert_eq!(started.elapsed(), Duration::ZERO);
     slow.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_waiter_gives_up_at_its_deadline_while_a_fetch_holds_the_slot() {
+    let cache = Arc::new(SecretCache::default());
+    let policy = CachePolicy {
+        ttl: TTL,
+        stale_on_error: None,
+    };
+    let slow = {
+        let cache = cache.clone();
+        tokio::spawn(async move {
+            cache
+                .resolve(("id", 0), policy, far(), || async {
+                    tokio::time::sleep(Duration::from_secs(600)).await;
+                    found("late")
+                })
+                .await
+        })
+    };
+    tokio::task::yield_now().await;
+    let started = Instant::now();
+    let waited = cache
+        .resolve(
+            ("id", 0),
+            policy,
+            started + Duration::from_secs(5),
+            || async { found("never asked") },
+        )
+        .await;
+    assert!(matches!(waited, Cached::Busy));
+    assert_eq!(started.elapsed(), Duration::from_secs(5));
+    // Another run of the same id's chain has its own slot and is not held up.
+    let other = cache
+        .resolve(("id", 2), policy, far(), || async { found("other run") })
+        .await;
+    assert_eq!(value_of(&other).unwrap(), b"other run");
+    assert_eq!(value_of(&slow.await.unwrap()).unwrap(), b"late");
 }

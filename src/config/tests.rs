@@ -37,7 +37,25 @@ fn embedded_default_parses_with_defaults_for_a_user() {
     );
     assert_eq!(p.server.unknown_secrets, UnknownIds::Client);
     let netrc = &p.secrets["netrc"];
-    assert_eq!(netrc.sources[1], SourceSpec::File("/home/u/.netrc".into()));
+    assert_eq!(
+        netrc.sources[0],
+        SourceSpec::Env("BUILDBROKER_NETRC".into())
+    );
+    // Only what the user stored for builds: no general-purpose credentials by default.
+    for (id, rule) in &p.secrets {
+        for source in &rule.sources {
+            let for_builds = match source {
+                SourceSpec::Env(name) => name.starts_with("BUILDBROKER_"),
+                SourceSpec::Keyring(k) => k.to_string().starts_with("buildbroker/"),
+                SourceSpec::Client => true,
+                _ => false,
+            };
+            assert!(
+                for_builds,
+                "[secrets.{id}] reads {source}, which is not meant for builds"
+            );
+        }
+    }
     assert!(p.secrets.contains_key("GIT_AUTH_TOKEN.github.com"));
     assert!(
         p.secrets

@@ -24,11 +24,12 @@ use tonic::Status;
 
 use crate::audit::SecretEvent;
 use crate::broker::Broker;
+use crate::policy::secret_failure_for_build;
 use crate::proto::secrets::GetSecretRequest;
 use crate::resolver::{Answer, CacheUse, answer};
 use crate::secret::SecretBytes;
 use crate::session::{BoxError, RelayBody};
-use crate::source::ClientSecrets;
+use crate::source::{ClientSecrets, SourceSpec};
 
 /// The one method of the service.
 pub const GET_SECRET: &str = "/moby.buildkit.secrets.v1.Secrets/GetSecret";
@@ -112,13 +113,7 @@ impl SecretsService {
                         ("served_stale", Some("stale"), Some(note))
                     }
                 };
-                self.audit(
-                    id,
-                    Some(source.kind()),
-                    decision,
-                    cache_note,
-                    error.as_deref(),
-                );
+                self.audit(id, Some(&source), decision, cache_note, error.as_deref());
                 Ok(value)
             }
             Answer::NotFound { .. } => {
@@ -127,21 +122,36 @@ impl SecretsService {
                     "buildbroker: no source has secret {id:?}"
                 )))
             }
-            Answer::RequiredMissing { message, .. } => {
+            // The audit (and so the daemon log) keeps the whole message; the build's output
+            // gets what `[server] build_errors` allows.
+            Answer::RequiredMissing { message, attempts } => {
                 self.audit(id, None, "required_missing", None, Some(&message));
-                Err(Status::failed_precondition(message))
+                Err(Status::failed_precondition(secret_failure_for_build(
+                    id,
+                    true,
+                    &attempts,
+                    &message,
+                    generation.policy.server.build_errors,
+                )))
             }
-            Answer::Failed { message, .. } => {
+            Answer::Failed { message, attempts } => {
                 self.audit(id, None, "error", None, Some(&message));
-                Err(Status::unavailable(message))
+                Err(Status::unavailable(secret_failure_for_build(
+                    id,
+                    false,
+                    &attempts,
+                    &message,
+                    generation.policy.server.build_errors,
+                )))
             }
         }
     }
 
+    /// Records one decision; `source` is the source that served the value, if one did.
     fn audit(
         &self,
         id: &str,
-        source: Option<&'static str>,
+        source: Option<&SourceSpec>,
         decision: &'static str,
         cache: Option<&'static str>,
         error: Option<&str>,
@@ -151,7 +161,8 @@ impl SecretsService {
             peer_uid: self.session.peer.uid,
             peer_pid: self.session.peer.pid,
             id,
-            source,
+            source: source.map(SourceSpec::kind),
+            value_owner: source.map(|s| s.scope().as_str()),
             decision,
             cache,
             error,

@@ -73,9 +73,10 @@ impl Ssh for SshService {
                 Ok(()) => Ok(Response::new(CheckAgentResponse {})),
                 Err(e) => {
                     tracing::info!(session = %self.session.uuid, %id, error = %e, "ssh id cannot serve");
-                    Err(Status::failed_precondition(format!(
-                        "buildbroker: ssh id {id:?}: {e}"
-                    )))
+                    let level = self.broker.policy().server.build_errors;
+                    Err(Status::failed_precondition(
+                        crate::policy::ssh_failure_for_build(&id, &e.to_string(), level),
+                    ))
                 }
             },
             // The client's answer, error or not, is passed on as it is.

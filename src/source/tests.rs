@@ -4,10 +4,7 @@ use super::*;
 
 fn ctx() -> ResolveContext<'static> {
     static RUNTIME: std::sync::OnceLock<SourceRuntime> = std::sync::OnceLock::new();
-    ResolveContext {
-        runtime: RUNTIME.get_or_init(SourceRuntime::default),
-        client: None,
-    }
+    ResolveContext::without_client(RUNTIME.get_or_init(SourceRuntime::default))
 }
 
 #[test]
@@ -272,17 +269,10 @@ async fn exec_timeout_kills_the_program() {
         ..SourceSettings::default()
     });
     let started = std::time::Instant::now();
-    let err = lookup(
-        &spec,
-        "x",
-        ResolveContext {
-            runtime: &runtime,
-            client: None,
-        },
-    )
-    .await
-    .err()
-    .expect("timeout");
+    let err = lookup(&spec, "x", ResolveContext::without_client(&runtime))
+        .await
+        .err()
+        .expect("timeout");
     assert!(started.elapsed() < std::time::Duration::from_secs(1));
     assert!(
         err.message.contains("timed out after 200ms and was killed"),

@@ -194,10 +194,7 @@ async fn resolve_one(
     id: &str,
     sources: &SourceRuntime,
 ) -> Result<SecretBytes, String> {
-    let ctx = ResolveContext {
-        runtime: sources,
-        client: None,
-    };
+    let ctx = ResolveContext::without_client(sources);
     let chain = resolve_chain(std::slice::from_ref(spec), id, ctx).await;
     match chain.value {
         Some((_, value)) => Ok(value),

@@ -172,12 +172,17 @@ fn resolve_prints_source_length_and_hash_never_the_value() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
+    let t = text(&out);
     assert!(
-        text(&out).contains(
-            "tok: not resolved; builds fail with: buildbroker: secret \"tok\" is required by policy"
+        t.contains("tok: not resolved: buildbroker: secret \"tok\" is required by policy")
+            && t.contains(&f.display().to_string()),
+        "the operator sees the whole story: {t}"
+    );
+    assert!(
+        t.contains(
+            "tok: builds fail with: buildbroker: secret \"tok\" is required by policy but no source has it; tried env (not found), file (not found)"
         ),
-        "{}",
-        text(&out)
+        "the build sees kinds and reasons only: {t}"
     );
 }
 

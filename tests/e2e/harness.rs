@@ -64,6 +64,9 @@ pub struct Broker {
 }
 
 pub struct BrokerOptions<'a> {
+    /// Policy text before the generated [server] table (top-level keys such as
+    /// `secrets.aws.sources = [...]`).
+    pub preamble: &'a str,
     /// Extra policy text appended after the generated [server] table.
     pub policy: &'a str,
     /// Extra lines inside [server].
@@ -76,6 +79,7 @@ pub struct BrokerOptions<'a> {
 impl Default for BrokerOptions<'_> {
     fn default() -> Self {
         BrokerOptions {
+            preamble: "",
             policy: "",
             server: "",
             env: Vec::new(),
@@ -93,7 +97,8 @@ impl Broker {
             .unwrap();
         let sock = dir.path().join("docker.sock");
         let policy = format!(
-            "[server]\nlisten = [\"unix://{}\"]\nupstream = \"{engine}\"\naudit_log = \"{}\"\n{}\n\n{}\n",
+            "{}\n[server]\nlisten = [\"unix://{}\"]\nupstream = \"{engine}\"\naudit_log = \"{}\"\n{}\n\n{}\n",
+            opts.preamble,
             sock.display(),
             dir.path().join("audit.jsonl").display(),
             opts.server,

@@ -191,10 +191,14 @@ fn required_secret_without_a_source_fails_naming_id_and_sources() {
         log.contains("\"deploy_key\" is required by policy"),
         "{log}"
     );
-    assert!(log.contains("env:DEPLOY_KEY (not set)"), "{log}");
+    // The build sees the kinds tried and why; the paths stay in the daemon's log.
+    assert!(log.contains("tried env (not found), file (not found)"), "{log}");
+    assert!(!log.contains("/nonexistent/deploy_key"), "{log}");
+    let daemon = broker.log();
+    assert!(daemon.contains("env:DEPLOY_KEY (not set)"), "{daemon}");
     assert!(
-        log.contains("file:/nonexistent/deploy_key (no such file)"),
-        "{log}"
+        daemon.contains("file:/nonexistent/deploy_key (no such file)"),
+        "{daemon}"
     );
 }
 
