@@ -20,6 +20,7 @@ use buildbroker::proto::secrets::secrets_client::SecretsClient;
 use buildbroker::proto::secrets::secrets_server::{Secrets, SecretsServer};
 use buildbroker::proto::secrets::{GetSecretRequest, GetSecretResponse};
 use buildbroker::session::{self, ClientChannel, RelayBody, SessionInfo};
+use buildbroker::source::{AcceptedAt, ClientProcess};
 use criterion::{Criterion, criterion_group};
 use http_body_util::BodyExt;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -45,12 +46,14 @@ impl Secrets for FakeBuildx {
 type Client = SecretsClient<ClientChannel>;
 
 /// `from_cache` is an exec: source (a real program, ~1 ms) behind `cache_ttl`: after the
-/// first call every answer is a cache hit.
-async fn start_session(token_file: &std::path::Path) -> Client {
+/// first call every answer is a cache hit. `from_client_env` reads PATH from the environment
+/// of `client_pid`, a real process standing in for buildx, as `from_env` reads the daemon's.
+async fn start_session(token_file: &std::path::Path, client_pid: u32) -> Client {
     let text = format!(
         "[secrets.from_env]\nsources = [\"env:PATH\"]\n\
          [secrets.from_file]\nsources = [\"file:{}\"]\n\
          [secrets.from_client]\nsources = [\"client\"]\n\
+         [secrets.from_client_env]\nsources = [\"client-env:PATH\"]\n\
          [secrets.from_cache]\nsources = [\"exec:/bin/cat {}\"]\ncache_ttl = \"1h\"\n",
         token_file.display(),
         token_file.display()
@@ -80,13 +83,15 @@ async fn start_session(token_file: &std::path::Path) -> Client {
             .serve_connection(TokioIo::new(buildx_io), svc)
             .await;
     });
+    let peer = PeerInfo {
+        uid: rustix::process::geteuid().as_raw(),
+        gid: rustix::process::getegid().as_raw(),
+        pid: Some(client_pid as i32),
+    };
     let info = SessionInfo {
         uuid: "bench".into(),
-        peer: PeerInfo {
-            uid: 0,
-            gid: 0,
-            pid: None,
-        },
+        peer,
+        client: Arc::new(ClientProcess::pin(&peer, AcceptedAt::now())),
     };
     tokio::spawn(session::run(
         TokioIo::new(broker_daemon_side),
@@ -118,6 +123,17 @@ async fn get(client: &Client, id: &str) {
     assert!(!resp.into_inner().data.is_empty());
 }
 
+/// A process standing in for buildx: its environment holds PATH, as a shell's would.
+fn stand_in_client() -> std::process::Child {
+    std::process::Command::new("sleep")
+        .arg("3600")
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", "/nonexistent")
+        .spawn()
+        .expect("start the stand-in build client")
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -131,12 +147,21 @@ fn bench_get_secret(c: &mut Criterion) {
     let token = dir.path().join("token");
     std::fs::write(&token, b"file-token-value").unwrap();
     let rt = runtime();
-    let client = rt.block_on(start_session(&token));
+    let mut buildx = stand_in_client();
+    let client = rt.block_on(start_session(&token, buildx.id()));
     let mut group = c.benchmark_group("get_secret_in_session");
-    for id in ["from_env", "from_file", "from_client", "from_cache"] {
+    for id in [
+        "from_env",
+        "from_client_env",
+        "from_file",
+        "from_client",
+        "from_cache",
+    ] {
         group.bench_function(id, |b| b.to_async(&rt).iter(|| get(&client, id)));
     }
     group.finish();
+    let _ = buildx.kill();
+    let _ = buildx.wait();
 }
 
 /// p50/p99 of sequential calls and calls/s with 64 concurrent callers, printed for
@@ -146,9 +171,16 @@ fn summary() {
     let token = dir.path().join("token");
     std::fs::write(&token, b"file-token-value").unwrap();
     let rt = runtime();
-    let client = rt.block_on(start_session(&token));
+    let mut buildx = stand_in_client();
+    let client = rt.block_on(start_session(&token, buildx.id()));
     println!("\nGetSecret inside a session (2 tokio workers):");
-    for id in ["from_env", "from_file", "from_client", "from_cache"] {
+    for id in [
+        "from_env",
+        "from_client_env",
+        "from_file",
+        "from_client",
+        "from_cache",
+    ] {
         let mut samples: Vec<Duration> = rt.block_on(async {
             for _ in 0..2_000 {
                 get(&client, id).await;
@@ -183,12 +215,14 @@ fn summary() {
             (total / tasks * tasks) as f64 / start.elapsed().as_secs_f64()
         });
         println!(
-            "  {id:<12} p50 {:>6.1} µs   p99 {:>6.1} µs   {:>8.0} calls/s (64 concurrent)",
+            "  {id:<16} p50 {:>6.1} µs   p99 {:>6.1} µs   {:>8.0} calls/s (64 concurrent)",
             p(0.50).as_secs_f64() * 1e6,
             p(0.99).as_secs_f64() * 1e6,
             throughput
         );
     }
+    let _ = buildx.kill();
+    let _ = buildx.wait();
 }
 
 criterion_group!(benches, bench_get_secret);

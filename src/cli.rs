@@ -27,14 +27,15 @@ that answers BuildKit's secret and ssh-agent requests from a policy, so builds n
 
 const AFTER_HELP: &str = "\
 Quick start:
-  buildbroker keyring set buildbroker/pypi_token   # value from stdin; stored for builds only
-  buildbroker serve                              # embedded default policy
-  export DOCKER_HOST=unix://$XDG_RUNTIME_DIR/buildbroker/docker.sock   # (root: /run/buildbroker/docker.sock)
-  docker buildx build .                          # RUN --mount=type=secret,id=pypi_token gets it
+  buildbroker serve &                              # embedded default policy
+  export DOCKER_HOST=unix://${XDG_RUNTIME_DIR:-/run}/buildbroker/docker.sock
+  BUILDBROKER_PYPI_TOKEN=… docker buildx build .   # RUN --mount=type=secret,id=pypi_token gets it
 
-The embedded default serves only what was stored for builds: `keyring set buildbroker/<id>`,
-the daemon's BUILDBROKER_<ID> variables, and the build's own --secret flags. ~/.netrc,
-~/.aws/credentials, GITHUB_TOKEN and the like are served only when a policy file names them.
+Which environment a source reads: `client-env:NAME` reads the build client's (the shell that
+runs `docker buildx build`), `env:NAME` the daemon's (as `buildbroker serve` started). The
+embedded default serves only what is meant for builds: BUILDBROKER_<ID> variables, entries
+stored with `buildbroker keyring set buildbroker/<id>`, and the build's own --secret flags;
+~/.netrc, ~/.aws/credentials, GITHUB_TOKEN and the like only when a policy file names them.
 
 Policy lookup without --config: $BUILDBROKER_CONFIG, $XDG_CONFIG_HOME/buildbroker/policy.toml
 (or ~/.config/buildbroker/policy.toml), /etc/buildbroker/policy.toml, then the embedded default.";

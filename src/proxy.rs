@@ -27,6 +27,7 @@ use crate::access::{PeerInfo, check_peer};
 use crate::broker::Broker;
 use crate::config::Endpoint;
 use crate::session::{self, SessionInfo};
+use crate::source::{AcceptedAt, ClientProcess};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Responses to the downstream client: relayed bodies or buildbroker's own short answers.
@@ -46,6 +47,7 @@ pub async fn serve_connection(
     tasks: TaskTracker,
     shutdown: CancellationToken,
 ) {
+    let accepted = AcceptedAt::now();
     let peer = match PeerInfo::of(&stream) {
         Ok(p) => p,
         Err(e) => {
@@ -76,6 +78,7 @@ pub async fn serve_connection(
     let conn = Arc::new(Connection {
         broker,
         peer,
+        accepted,
         upstream: Mutex::new(None),
         tasks,
         shutdown: shutdown.clone(),
@@ -107,6 +110,9 @@ pub async fn serve_connection(
 struct Connection {
     broker: Arc<Broker>,
     peer: PeerInfo,
+    /// When the peer's connection was accepted: a session's build client process must have
+    /// started before it (`client-env:`; src/source/client_env.rs).
+    accepted: AcceptedAt,
     /// Reused for plain requests; replaced when the engine closes it.
     upstream: Mutex<Option<SendRequest<Incoming>>>,
     /// Upgraded connections (sessions, attach) outlive the request; the daemon drains them.
@@ -228,6 +234,7 @@ impl Connection {
         let info = SessionInfo {
             uuid,
             peer: self.peer,
+            client: Arc::new(ClientProcess::pin(&self.peer, self.accepted)),
         };
         let shutdown = self.shutdown.clone();
         self.tasks.spawn(async move {

@@ -20,7 +20,7 @@ use crate::cache::{CachePolicy, Cached};
 use crate::policy::{SecretDecision, SecretOutcome, conclude_secret, decide_secret};
 use crate::secret::SecretBytes;
 use crate::source::{
-    Attempt, AttemptOutcome, ClientSecrets, ResolveContext, SourceError, SourceSpec, ValueScope,
+    Attempt, AttemptOutcome, BuildClient, ResolveContext, SourceError, SourceSpec, ValueScope,
     failed_transiently, resolve_chain,
 };
 
@@ -94,9 +94,9 @@ fn runs(sources: &[SourceSpec], cached: bool) -> Vec<Run> {
     out
 }
 
-/// Resolves `id` as the daemon does for a build. `client` is the build client's own provider
-/// (None outside a session).
-pub async fn answer(generation: &Generation, id: &str, client: Option<&ClientSecrets>) -> Answer {
+/// Resolves `id` as the daemon does for a build. `client` is the session's build client (None
+/// outside a session).
+pub async fn answer(generation: &Generation, id: &str, client: Option<&BuildClient>) -> Answer {
     let policy = &generation.policy;
     let (sources, required, listed) = match decide_secret(policy, id) {
         SecretDecision::Resolve {

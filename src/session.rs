@@ -24,6 +24,7 @@ pub use router::{Route, SessionRouter};
 
 use crate::access::PeerInfo;
 use crate::broker::Broker;
+use crate::source::ClientProcess;
 
 /// Header naming the session's UUID (buildkit session/manager.go, `headerSessionID`).
 pub const HEADER_UUID: &str = "x-docker-expose-session-uuid";
@@ -49,11 +50,14 @@ const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
 /// How long a closing side may take to finish its streams before it is dropped.
 const TEARDOWN_GRACE: Duration = Duration::from_secs(5);
 
-/// Who a session belongs to, for the audit log.
+/// Who a session belongs to: for the audit log, and for the sources that read the build
+/// client itself (`client-env:`).
 #[derive(Debug, Clone)]
 pub struct SessionInfo {
     pub uuid: String,
     pub peer: PeerInfo,
+    /// The build client's process, pinned when its connection was accepted.
+    pub client: Arc<ClientProcess>,
 }
 
 /// Whether an Engine API path opens a session: `/session` or `/v1.NN/session`.

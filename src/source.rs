@@ -7,6 +7,7 @@
 
 mod aws_sm;
 mod client;
+mod client_env;
 mod env;
 mod exec;
 mod file;
@@ -18,6 +19,7 @@ use std::time::Duration;
 
 pub use aws_sm::{AwsSettings, AwsSmSpec, check_endpoint_url, check_region};
 pub use client::ClientSecrets;
+pub use client_env::{AcceptedAt, ClientProcess};
 pub use exec::ExecSpec;
 pub use keyring::{KeyringBackend, KeyringSpec};
 
@@ -38,25 +40,29 @@ pub enum SourceSpec {
     AwsSm(AwsSmSpec),
     /// `client`: the build client's own provider (`docker buildx build --secret id=…`).
     Client,
+    /// `client-env:NAME`: the build client's environment variable NAME.
+    ClientEnv(String),
 }
 
 impl SourceSpec {
     /// Parses one source URI; the error says what forms are expected.
     pub fn parse(text: &str, home: Option<&str>) -> Result<SourceSpec, String> {
         let (scheme, rest) = text.split_once(':').unwrap_or((text, ""));
-        match scheme {
-            "env" => {
-                let valid = !rest.is_empty()
-                    && !rest.starts_with(|c: char| c.is_ascii_digit())
-                    && rest.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-                if valid {
-                    Ok(SourceSpec::Env(rest.to_string()))
-                } else {
-                    Err(format!(
-                        "expected env:NAME with NAME made of letters, digits and _; got {text:?}"
-                    ))
-                }
+        let variable = |make: fn(String) -> SourceSpec| {
+            let valid = !rest.is_empty()
+                && !rest.starts_with(|c: char| c.is_ascii_digit())
+                && rest.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if valid {
+                Ok(make(rest.to_string()))
+            } else {
+                Err(format!(
+                    "expected {scheme}:NAME with NAME made of letters, digits and _; got {text:?}"
+                ))
             }
+        };
+        match scheme {
+            "env" => variable(SourceSpec::Env),
+            "client-env" => variable(SourceSpec::ClientEnv),
             "file" => {
                 if rest.is_empty() {
                     return Err(format!("expected file:PATH; got {text:?}"));
@@ -75,7 +81,7 @@ impl SourceSpec {
             "aws-sm" => AwsSmSpec::parse(rest).map(SourceSpec::AwsSm),
             "client" if rest.is_empty() => Ok(SourceSpec::Client),
             _ => Err(format!(
-                "unknown source {text:?}; expected env:NAME, file:PATH, keyring:SERVICE/ACCOUNT, aws-sm:NAME_OR_ARN, exec:PROGRAM ARG… or client"
+                "unknown source {text:?}; expected env:NAME, client-env:NAME, file:PATH, keyring:SERVICE/ACCOUNT, aws-sm:NAME_OR_ARN, exec:PROGRAM ARG… or client"
             )),
         }
     }
@@ -84,7 +90,7 @@ impl SourceSpec {
     /// or the build client's own, which belongs to the one session that supplied it.
     pub fn scope(&self) -> ValueScope {
         match self {
-            SourceSpec::Client => ValueScope::Session,
+            SourceSpec::Client | SourceSpec::ClientEnv(_) => ValueScope::Session,
             _ => ValueScope::Broker,
         }
     }
@@ -98,6 +104,7 @@ impl SourceSpec {
             SourceSpec::Exec(_) => "exec",
             SourceSpec::AwsSm(_) => "aws-sm",
             SourceSpec::Client => "client",
+            SourceSpec::ClientEnv(_) => "client-env",
         }
     }
 }
@@ -111,6 +118,7 @@ impl fmt::Display for SourceSpec {
             SourceSpec::Exec(e) => write!(f, "exec:{e}"),
             SourceSpec::AwsSm(a) => write!(f, "aws-sm:{a}"),
             SourceSpec::Client => f.write_str("client"),
+            SourceSpec::ClientEnv(n) => write!(f, "client-env:{n}"),
         }
     }
 }
@@ -235,12 +243,21 @@ fn within_cap(value: SecretBytes) -> Result<Lookup, SourceError> {
     Ok(Lookup::Found(value))
 }
 
+/// The build client of one session: what its session-scoped sources read. Nothing here is
+/// shared between sessions, and values read through it belong to its session alone.
+pub struct BuildClient {
+    /// Its own secrets provider (`--secret` flags), for `client`.
+    pub secrets: ClientSecrets,
+    /// Its process, pinned when it connected, for `client-env:`.
+    pub process: std::sync::Arc<ClientProcess>,
+}
+
 /// What a request offers to sources.
 #[derive(Clone, Copy)]
 pub struct ResolveContext<'a> {
     pub runtime: &'a SourceRuntime,
-    /// The build client's own secrets provider, inside a session; `None` for `buildbroker resolve`.
-    pub client: Option<&'a ClientSecrets>,
+    /// The session's build client; `None` for `buildbroker resolve` and outside sessions.
+    pub client: Option<&'a BuildClient>,
     /// When the request gives up (`[server] fetch_timeout` after it arrived): a source still
     /// busy then counts as a transient failure and the chain stops there.
     pub deadline: tokio::time::Instant,
@@ -272,11 +289,14 @@ pub async fn lookup(
         SourceSpec::Exec(e) => exec::lookup(e, id, settings.exec_timeout).await,
         SourceSpec::AwsSm(a) => aws_sm::lookup(a, &settings.aws, &ctx.runtime.aws).await,
         SourceSpec::Client => match ctx.client {
-            Some(client) => client.lookup(id).await,
+            Some(client) => client.secrets.lookup(id).await,
             None => Ok(Lookup::Missing(
-                "no build client (only asked inside a build session)".into(),
+                "asked of the build client's --secret flags at build time".into(),
             )),
         },
+        SourceSpec::ClientEnv(name) => {
+            client_env::lookup(ctx.client.map(|c| c.process.clone()), name).await
+        }
     };
     match result? {
         Lookup::Found(v) => within_cap(v),
@@ -376,7 +396,10 @@ pub async fn resolve_chain(
                     attempts,
                 };
             }
-            Ok(Lookup::Missing(why)) => AttemptOutcome::Missing(why),
+            Ok(Lookup::Missing(why)) => {
+                tracing::debug!(id, source = %spec, %why, "source has no value");
+                AttemptOutcome::Missing(why)
+            }
             Err(e) => AttemptOutcome::Failed(e),
         };
         attempts.push(Attempt {

@@ -39,13 +39,19 @@ fn embedded_default_parses_with_defaults_for_a_user() {
     let netrc = &p.secrets["netrc"];
     assert_eq!(
         netrc.sources[0],
+        SourceSpec::ClientEnv("BUILDBROKER_NETRC".into())
+    );
+    assert_eq!(
+        netrc.sources[1],
         SourceSpec::Env("BUILDBROKER_NETRC".into())
     );
     // Only what the user stored for builds: no general-purpose credentials by default.
     for (id, rule) in &p.secrets {
         for source in &rule.sources {
             let for_builds = match source {
-                SourceSpec::Env(name) => name.starts_with("BUILDBROKER_"),
+                SourceSpec::Env(name) | SourceSpec::ClientEnv(name) => {
+                    name.starts_with("BUILDBROKER_")
+                }
                 SourceSpec::Keyring(k) => k.to_string().starts_with("buildbroker/"),
                 SourceSpec::Client => true,
                 _ => false,

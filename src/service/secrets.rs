@@ -29,7 +29,7 @@ use crate::proto::secrets::GetSecretRequest;
 use crate::resolver::{Answer, CacheUse, answer};
 use crate::secret::SecretBytes;
 use crate::session::{BoxError, RelayBody};
-use crate::source::{ClientSecrets, SourceSpec};
+use crate::source::{BuildClient, SourceSpec};
 
 /// The one method of the service.
 pub const GET_SECRET: &str = "/moby.buildkit.secrets.v1.Secrets/GetSecret";
@@ -43,15 +43,15 @@ const PADDING_FIELD: u32 = 15;
 pub struct SecretsService {
     broker: Arc<Broker>,
     session: Arc<crate::session::SessionInfo>,
-    /// The build client's own provider, for `client` sources.
-    client: ClientSecrets,
+    /// The session's build client, for `client` and `client-env:` sources.
+    client: BuildClient,
 }
 
 impl SecretsService {
     pub fn new(
         broker: Arc<Broker>,
         session: Arc<crate::session::SessionInfo>,
-        client: ClientSecrets,
+        client: BuildClient,
     ) -> Self {
         SecretsService {
             broker,

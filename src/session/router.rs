@@ -14,7 +14,7 @@ use crate::broker::Broker;
 use crate::proto::sshforward::ssh_server::SshServer;
 use crate::service::secrets::SecretsService;
 use crate::service::ssh::SshService;
-use crate::source::ClientSecrets;
+use crate::source::{BuildClient, ClientSecrets};
 
 /// Where one call inside a session goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,11 +47,11 @@ pub struct SessionRouter {
 
 impl SessionRouter {
     pub fn new(client: ClientChannel, broker: Arc<Broker>, info: Arc<SessionInfo>) -> Self {
-        let secrets = SecretsService::new(
-            broker.clone(),
-            info.clone(),
-            ClientSecrets::new(client.clone()),
-        );
+        let build_client = BuildClient {
+            secrets: ClientSecrets::new(client.clone()),
+            process: info.client.clone(),
+        };
+        let secrets = SecretsService::new(broker.clone(), info.clone(), build_client);
         let ssh = SshService::new(broker, info, client.clone());
         SessionRouter {
             client,

@@ -74,6 +74,8 @@ pub struct BrokerOptions<'a> {
     /// Environment for the daemon (it starts with an empty environment plus PATH and these).
     pub env: Vec<(&'a str, &'a str)>,
     pub rust_log: &'a str,
+    /// A command the daemon runs under (`unshare --pid --fork …`); empty: run it directly.
+    pub wrapper: Vec<&'a str>,
 }
 
 impl Default for BrokerOptions<'_> {
@@ -84,6 +86,7 @@ impl Default for BrokerOptions<'_> {
             server: "",
             env: Vec::new(),
             rust_log: "debug",
+            wrapper: Vec::new(),
         }
     }
 }
@@ -107,7 +110,14 @@ impl Broker {
         let policy_path = dir.path().join("policy.toml");
         std::fs::write(&policy_path, policy).unwrap();
         let log = std::fs::File::create(dir.path().join("broker.log")).unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_buildbroker"));
+        let mut cmd = match opts.wrapper.split_first() {
+            None => Command::new(env!("CARGO_BIN_EXE_buildbroker")),
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(env!("CARGO_BIN_EXE_buildbroker"));
+                c
+            }
+        };
         cmd.args(["serve", "--config"])
             .arg(&policy_path)
             .env_clear()
@@ -229,6 +239,12 @@ fn tail(text: &str, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
+/// The embedded default policy's text with its `[server]` header removed, so its server keys
+/// join the harness's own `[server]` table (pass it as `BrokerOptions::policy`).
+pub fn embedded_default_body() -> String {
+    include_str!("../../config/default.toml").replacen("[server]\n", "", 1)
+}
+
 /// One `docker buildx build` through a broker.
 pub struct Build<'a> {
     pub dockerfile: String,
@@ -238,6 +254,8 @@ pub struct Build<'a> {
     pub tag: Option<String>,
     /// `--network=` for the build: `none` (the default) or `host` (reaches a local sshd).
     pub network: &'static str,
+    /// Extra environment for the build client (buildx), beside the test's own.
+    pub env: Vec<(String, String)>,
 }
 
 pub struct BuildResult {
@@ -284,6 +302,7 @@ impl<'a> Build<'a> {
             args: Vec::new(),
             tag: None,
             network: "none",
+            env: Vec::new(),
         }
     }
 
@@ -299,6 +318,12 @@ impl<'a> Build<'a> {
 
     pub fn tag(mut self, t: impl Into<String>) -> Self {
         self.tag = Some(t.into());
+        self
+    }
+
+    /// Sets a variable in the build client's environment.
+    pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.env.push((key.into(), value.into()));
         self
     }
 
@@ -337,7 +362,9 @@ impl<'a> Build<'a> {
                 .arg("-o")
                 .arg(format!("type=local,dest={}", out.display())),
         };
-        cmd.args(&self.args).arg(&ctx);
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)))
+            .args(&self.args)
+            .arg(&ctx);
         let output = run_with_timeout(cmd, Duration::from_secs(180));
         BuildResult {
             output,

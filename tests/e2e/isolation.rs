@@ -196,11 +196,6 @@ fn a_client_that_never_answers_holds_up_only_its_own_build() {
 /// Linux's O_NONBLOCK (asm-generic/fcntl.h), without a libc dependency in the tests.
 const O_NONBLOCK: i32 = 0o4000;
 
-/// The embedded default's text, its `[server]` keys moved into the harness's own table.
-fn embedded_default_body() -> String {
-    include_str!("../../config/default.toml").replacen("[server]\n", "", 1)
-}
-
 #[test]
 fn embedded_default_serves_no_general_purpose_credentials_until_a_policy_opts_in() {
     if skip() {

@@ -192,7 +192,10 @@ fn required_secret_without_a_source_fails_naming_id_and_sources() {
         "{log}"
     );
     // The build sees the kinds tried and why; the paths stay in the daemon's log.
-    assert!(log.contains("tried env (not found), file (not found)"), "{log}");
+    assert!(
+        log.contains("tried env (not found), file (not found)"),
+        "{log}"
+    );
     assert!(!log.contains("/nonexistent/deploy_key"), "{log}");
     let daemon = broker.log();
     assert!(daemon.contains("env:DEPLOY_KEY (not set)"), "{daemon}");
