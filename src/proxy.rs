@@ -23,7 +23,7 @@ use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::access::{PeerInfo, check_peer};
+use crate::access::{PeerInfo, check_peer, supplementary_groups};
 use crate::broker::Broker;
 use crate::config::Endpoint;
 use crate::session::{self, SessionInfo};
@@ -54,31 +54,36 @@ pub async fn serve_connection(
         }
     };
     let generation = broker.current();
-    if let Err(refused) = check_peer(&generation.policy.access, broker.daemon_uid(), peer) {
+    let groups = supplementary_groups(&peer);
+    if let Err(refused) = check_peer(
+        &generation.policy.access,
+        broker.daemon_uid(),
+        peer,
+        &groups,
+    ) {
         tracing::warn!(uid = peer.uid, gid = peer.gid, pid = ?peer.pid, "refused connection: {refused}");
-        let message = refused.to_string();
-        let service = hyper::service::service_fn(move |_req: Request<Incoming>| {
-            let message = message.clone();
-            async move {
-                Ok::<_, std::convert::Infallible>(error_response(StatusCode::FORBIDDEN, &message))
-            }
-        });
-        let _ = hyper::server::conn::http1::Builder::new()
-            .keep_alive(false)
-            .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT)
-            .serve_connection(TokioIo::new(stream), service)
-            .await;
+        refuse(stream, StatusCode::FORBIDDEN, refused.to_string()).await;
         return;
     }
+    let limit = generation.policy.limits.connections_per_uid;
+    // The slot counts this connection against its uid and ends it if a reload revokes the uid.
+    let slot = match broker.peers().admit(peer, groups, limit, &shutdown) {
+        Ok(slot) => slot,
+        Err(full) => {
+            tracing::warn!(uid = peer.uid, pid = ?peer.pid, "refused connection: {full}");
+            refuse(stream, StatusCode::TOO_MANY_REQUESTS, full.to_string()).await;
+            return;
+        }
+    };
     tracing::debug!(uid = peer.uid, pid = ?peer.pid, "accepted connection");
 
+    // Everything this connection starts (upgrades, sessions) ends with its slot's token.
     let conn = Arc::new(Connection {
         broker,
         peer,
         upstream: Mutex::new(None),
         tasks,
-        shutdown: shutdown.clone(),
+        shutdown: slot.token.clone(),
     });
     let service = hyper::service::service_fn(move |req| {
         let conn = conn.clone();
@@ -92,7 +97,12 @@ pub async fn serve_connection(
     tokio::pin!(http);
     let result = tokio::select! {
         r = &mut http => r,
-        _ = shutdown.cancelled() => {
+        _ = slot.token.cancelled() => {
+            if !shutdown.is_cancelled() {
+                // Revoked by a reload: no grace, not even for a request in flight.
+                tracing::warn!(uid = peer.uid, pid = ?peer.pid, "closing a connection: [access] no longer allows this peer");
+                return;
+            }
             http.as_mut().graceful_shutdown();
             http.await
         }
@@ -103,6 +113,21 @@ pub async fn serve_connection(
     }
 }
 
+/// Answers every request on `stream` with `status` and `message` (the Engine API's error
+/// shape), then closes it.
+async fn refuse(stream: UnixStream, status: StatusCode, message: String) {
+    let service = hyper::service::service_fn(move |_req: Request<Incoming>| {
+        let message = message.clone();
+        async move { Ok::<_, std::convert::Infallible>(error_response(status, &message)) }
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .keep_alive(false)
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .serve_connection(TokioIo::new(stream), service)
+        .await;
+}
+
 /// One downstream connection and its paired upstream connection.
 struct Connection {
     broker: Arc<Broker>,
@@ -111,6 +136,7 @@ struct Connection {
     upstream: Mutex<Option<SendRequest<Incoming>>>,
     /// Upgraded connections (sessions, attach) outlive the request; the daemon drains them.
     tasks: TaskTracker,
+    /// Cancelled when the daemon stops or the peer's access is revoked.
     shutdown: CancellationToken,
 }
 
@@ -216,6 +242,14 @@ impl Connection {
             }
         };
         *req.headers_mut() = headers;
+        let limit = self.broker.policy().limits.sessions_per_uid;
+        let session_slot = match self.broker.peers().open_session(self.peer.uid, limit) {
+            Ok(slot) => slot,
+            Err(full) => {
+                tracing::warn!(session = %uuid, uid = self.peer.uid, "refused session: {full}");
+                return error_response(StatusCode::TOO_MANY_REQUESTS, &full.to_string());
+            }
+        };
         let (resp, pair) = match self.relay_upgrade(req).await {
             Ok(switched) => switched,
             Err(resp) => {
@@ -231,6 +265,7 @@ impl Connection {
         };
         let shutdown = self.shutdown.clone();
         self.tasks.spawn(async move {
+            let _session_slot = session_slot;
             match pair.complete().await {
                 Ok((daemon_side, client_side)) => {
                     session::run(daemon_side, client_side, broker, info, shutdown).await
