@@ -26,6 +26,7 @@ use tokio_util::task::TaskTracker;
 use crate::access::{PeerInfo, check_peer, supplementary_groups};
 use crate::broker::Broker;
 use crate::config::Endpoint;
+use crate::peers::ConnectionSlot;
 use crate::session::{self, SessionInfo};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -77,13 +78,16 @@ pub async fn serve_connection(
     };
     tracing::debug!(uid = peer.uid, pid = ?peer.pid, "accepted connection");
 
-    // Everything this connection starts (upgrades, sessions) ends with its slot's token.
+    // Everything this connection starts (upgrades, sessions) holds its slot and ends with its
+    // slot's token: an upgraded stream outlives this function but stays counted and revocable.
+    let slot = Arc::new(slot);
     let conn = Arc::new(Connection {
         broker,
         peer,
         upstream: Mutex::new(None),
         tasks,
         shutdown: slot.token.clone(),
+        slot: slot.clone(),
     });
     let service = hyper::service::service_fn(move |req| {
         let conn = conn.clone();
@@ -138,6 +142,8 @@ struct Connection {
     tasks: TaskTracker,
     /// Cancelled when the daemon stops or the peer's access is revoked.
     shutdown: CancellationToken,
+    /// This connection's place in the live-peer table, held by every task it starts.
+    slot: Arc<ConnectionSlot>,
 }
 
 impl Connection {
@@ -210,7 +216,9 @@ impl Connection {
             Err(resp) => return resp,
         };
         let shutdown = self.shutdown.clone();
+        let slot = self.slot.clone();
         self.tasks.spawn(async move {
+            let _slot = slot;
             let (up, down) = match pair.complete().await {
                 Ok(pair) => pair,
                 Err(e) => {
@@ -264,8 +272,9 @@ impl Connection {
             peer: self.peer,
         };
         let shutdown = self.shutdown.clone();
+        let slot = self.slot.clone();
         self.tasks.spawn(async move {
-            let _session_slot = session_slot;
+            let _slots = (slot, session_slot);
             match pair.complete().await {
                 Ok((daemon_side, client_side)) => {
                     session::run(daemon_side, client_side, broker, info, shutdown).await

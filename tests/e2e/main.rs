@@ -10,6 +10,7 @@ mod secret_service;
 mod bad_input;
 mod lifecycle;
 mod no_leaks;
+mod planted;
 mod secrets;
 mod sources;
 mod ssh;
