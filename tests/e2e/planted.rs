@@ -619,3 +619,42 @@ fn a_peer_removed_by_sighup_loses_its_running_build_and_its_session() {
         .unwrap();
     assert!(root.status.success());
 }
+
+#[test]
+fn the_ci_script_serves_each_job_from_a_private_directory() {
+    if skip() {
+        return;
+    }
+    let runner_temp = tempfile::tempdir().unwrap();
+    let bin = Path::new(env!("CARGO_BIN_EXE_buildbroker"))
+        .parent()
+        .unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/ci-sidecar.sh");
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "set -e; source {}; echo \"$DOCKER_HOST\"; docker version --format '{{{{.Server.Version}}}}' >/dev/null; kill \"$BUILDBROKER_PID\"",
+            script.display()
+        ))
+        .env(
+            "PATH",
+            format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default()),
+        )
+        .env("RUNNER_TEMP", runner_temp.path())
+        .env("DOCKER_HOST", engine())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let host = stdout.trim();
+    let prefix = format!("unix://{}/buildbroker.", runner_temp.path().display());
+    assert!(host.starts_with(&prefix), "DOCKER_HOST={host}");
+    let dir = Path::new(host.trim_start_matches("unix://"))
+        .parent()
+        .unwrap();
+    assert_eq!(mode(dir), 0o700, "the job's directory is private");
+}
