@@ -73,7 +73,7 @@ mod tests {
         }
         // While exec is saturated, another kind still gets a slot at once.
         let keyring = SourceSpec::parse("keyring:svc/acct", None).unwrap();
-        tokio::time::timeout(Duration::from_millis(5), slots.acquire(&keyring))
+        let _keyring_slot = tokio::time::timeout(Duration::from_millis(5), slots.acquire(&keyring))
             .await
             .expect("keyring is not queued behind exec")
             .expect("keyring takes a slot");
