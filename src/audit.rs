@@ -3,11 +3,11 @@
 //!
 //! Records carry ids, source names, peers and decisions. They never carry values: nothing in
 //! [`SecretEvent`] can hold secret bytes, and [`SshEvent`] names keys and hosts only by
-//! fingerprint.
+//! fingerprint. The file is opened by [`crate::daemon_files::open_log`] (no symlink followed,
+//! append-only, owner and mode checked on every open, nothing truncated).
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::SystemTime;
@@ -60,6 +60,16 @@ pub struct SshEvent<'a> {
     pub reason: Option<&'a str>,
 }
 
+/// A connection closed because a reload no longer allows its peer.
+#[derive(Debug, Serialize)]
+pub struct RevokeEvent {
+    pub peer_uid: u32,
+    pub peer_gid: u32,
+    pub peer_pid: Option<i32>,
+    /// Always `revoked`.
+    pub decision: &'static str,
+}
+
 #[derive(Serialize)]
 struct Line<'a, E: Serialize> {
     time: String,
@@ -79,22 +89,25 @@ impl AuditLog {
         AuditLog { file: None }
     }
 
-    /// Appends to `path` (created 0600, parent directory 0750) as well as the tracing log.
-    pub fn open(path: &Path) -> std::io::Result<Self> {
-        if let Some(dir) = path.parent() {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o750)
-                .create(dir)?;
-        }
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o600)
-            .open(path)?;
+    /// Appends to `path` (created 0600, parent directory 0750) as well as the tracing log. A
+    /// daemon running as `euid` refuses a file or directory someone else could have planted.
+    pub fn open(path: &Path, euid: u32) -> Result<Self, crate::daemon_files::PathError> {
+        let file = crate::daemon_files::open_log(path, euid)?;
         Ok(AuditLog {
             file: Some(Mutex::new(file)),
         })
+    }
+
+    pub fn revoke(&self, event: &RevokeEvent) {
+        tracing::warn!(
+            target: "buildbroker::audit",
+            peer_uid = event.peer_uid,
+            peer_gid = event.peer_gid,
+            peer_pid = event.peer_pid,
+            decision = event.decision,
+            "connection revoked: the reloaded [access] no longer allows this peer"
+        );
+        self.write("revoke", event);
     }
 
     pub fn secret(&self, event: &SecretEvent<'_>) {

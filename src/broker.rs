@@ -1,14 +1,18 @@
 //! The shared state of a running daemon: the policy in force with everything made from it (the
 //! sources' shared state, the secret cache, the ssh agents and their held keys), swapped whole
-//! on SIGHUP; the audit log; and the facts about the host that policy defaults were computed
-//! from.
+//! on SIGHUP; the audit log; the live connections ([`LivePeers`]), which a reload checks
+//! again so a peer it no longer allows loses its connections and sessions; and the facts about
+//! the host that policy defaults were computed from.
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use crate::audit::AuditLog;
+use crate::access::check_peer;
+use crate::audit::{AuditLog, RevokeEvent};
 use crate::cache::SecretCache;
-use crate::config::{HostEnv, LoadError, Policy};
+use crate::config::{HostEnv, LoadError, Policy, PolicyOrigin};
+use crate::daemon_files::{PathError, check_policy_file};
+use crate::peers::LivePeers;
 use crate::source::SourceRuntime;
 use crate::ssh::SshAgents;
 
@@ -43,17 +47,27 @@ pub struct Broker {
     audit: RwLock<Arc<AuditLog>>,
     /// The environment defaults were computed from; reloads use the same one.
     env: HostEnv,
+    /// Every open connection and session, for `[limits]` and revocation.
+    peers: LivePeers,
 }
 
 impl Broker {
-    /// Opens the policy's audit log and wraps the policy for sharing.
-    pub fn new(policy: Policy, env: HostEnv) -> std::io::Result<Broker> {
-        let audit = open_audit(&policy)?;
+    /// Checks who can write the policy file (see [`check_policy_file`]), opens the policy's
+    /// audit log and wraps the policy for sharing.
+    pub fn new(policy: Policy, env: HostEnv) -> Result<Broker, ReloadError> {
+        trusted_origin(&policy.origin, &env)?;
+        let audit = open_audit(&policy, env.euid)?;
         Ok(Broker {
             current: RwLock::new(Arc::new(Generation::new(policy))),
             audit: RwLock::new(Arc::new(audit)),
             env,
+            peers: LivePeers::default(),
         })
+    }
+
+    /// The live connections and sessions.
+    pub fn peers(&self) -> &LivePeers {
+        &self.peers
     }
 
     /// The generation in force now.
@@ -83,9 +97,12 @@ impl Broker {
         self.env.euid
     }
 
-    /// Reads the policy again from where it came from. On any error the old policy stays.
+    /// Reads the policy again from where it came from. On any error the old policy stays. On
+    /// success, every live connection whose peer the new `[access]` refuses is closed, with
+    /// the sessions and upgraded streams it opened.
     pub fn reload(&self) -> Result<Arc<Generation>, ReloadError> {
         let current = self.current();
+        trusted_origin(&current.policy.origin, &self.env)?;
         let next = Policy::reload(&current.policy.origin, &self.env)?;
         if next.server.listen != current.policy.server.listen {
             tracing::warn!(
@@ -104,11 +121,39 @@ impl Broker {
                 "[ssh.*] socket changed; agent sockets are bound at start and change at the next restart"
             );
         }
-        let audit = open_audit(&next).map_err(ReloadError::Audit)?;
+        if next.server.socket_group != current.policy.server.socket_group {
+            tracing::warn!(
+                "[server] socket_group changed; the sockets keep their group until the next restart"
+            );
+        }
+        let audit = Arc::new(open_audit(&next, self.env.euid)?);
         let next = Arc::new(Generation::new(next));
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = next.clone();
-        *self.audit.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(audit);
+        *self.audit.write().unwrap_or_else(|p| p.into_inner()) = audit.clone();
+        self.revoke_refused(&next.policy, &audit);
         Ok(next)
+    }
+
+    /// Closes the connections of every peer `policy` no longer allows.
+    fn revoke_refused(&self, policy: &Policy, audit: &AuditLog) {
+        let euid = self.env.euid;
+        let revoked = self
+            .peers
+            .revoke_refused(|peer, groups| check_peer(&policy.access, euid, peer, groups).is_ok());
+        for r in &revoked {
+            audit.revoke(&RevokeEvent {
+                peer_uid: r.peer.uid,
+                peer_gid: r.peer.gid,
+                peer_pid: r.peer.pid,
+                decision: "revoked",
+            });
+        }
+        if !revoked.is_empty() {
+            tracing::warn!(
+                connections = revoked.len(),
+                "closed the connections of peers the reloaded [access] no longer allows"
+            );
+        }
     }
 
     /// Drops expired cache entries (zeroizing them) every `every` until the daemon stops.
@@ -126,14 +171,26 @@ pub enum ReloadError {
     #[error(transparent)]
     Load(#[from] LoadError),
     #[error("cannot open the audit log: {0}")]
-    Audit(std::io::Error),
+    Audit(PathError),
+    /// A root daemon's policy file that someone other than root could change.
+    #[error(
+        "refusing the policy file: {0}. A root daemon runs the policy's exec: programs as root, so only root may be able to change the file and its directories"
+    )]
+    Untrusted(PathError),
 }
 
-fn open_audit(policy: &Policy) -> std::io::Result<AuditLog> {
+fn trusted_origin(origin: &PolicyOrigin, env: &HostEnv) -> Result<(), ReloadError> {
+    match origin {
+        PolicyOrigin::File(path) => {
+            check_policy_file(path, env.euid).map_err(ReloadError::Untrusted)
+        }
+        PolicyOrigin::Embedded => Ok(()),
+    }
+}
+
+fn open_audit(policy: &Policy, euid: u32) -> Result<AuditLog, ReloadError> {
     match &policy.server.audit_log {
-        Some(path) => AuditLog::open(path).map_err(|e| {
-            std::io::Error::new(e.kind(), format!("audit log {}: {e}", path.display()))
-        }),
+        Some(path) => AuditLog::open(path, euid).map_err(ReloadError::Audit),
         None => Ok(AuditLog::tracing_only()),
     }
 }

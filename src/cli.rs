@@ -231,13 +231,10 @@ fn serve(config: Option<PathBuf>, env: HostEnv) -> ExitCode {
         let listen = policy.server.listen.clone();
         let upstream = policy.server.upstream.clone();
         let origin = policy.origin.clone();
-        let agent_sockets = match crate::ssh::socket::bind(&policy) {
-            Ok(l) => l,
-            Err(e) => {
-                eprintln!("buildbroker: ssh agent socket: {e}");
-                return ExitCode::from(2);
-            }
-        };
+        let socket_group = policy.server.socket_group;
+        let euid = env.euid;
+        // The broker first: it refuses a policy file another user could have written before
+        // anything of that policy is acted on.
         let broker = match Broker::new(policy, env) {
             Ok(b) => Arc::new(b),
             Err(e) => {
@@ -245,7 +242,14 @@ fn serve(config: Option<PathBuf>, env: HostEnv) -> ExitCode {
                 return ExitCode::from(2);
             }
         };
-        let listeners = match crate::server::bind(&listen) {
+        let agent_sockets = match crate::ssh::socket::bind(&broker.policy(), euid) {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("buildbroker: ssh agent socket: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        let listeners = match crate::server::bind(&listen, euid, socket_group) {
             Ok(l) => l,
             Err(e) => {
                 eprintln!("buildbroker: {e}");

@@ -33,6 +33,27 @@ pub struct Policy {
     pub ssh: BTreeMap<String, SshRule>,
     /// Settings shared by all sources (`[keyring]`, `[exec]`, `[aws]`).
     pub sources: SourceSettings,
+    /// Caps on what one peer uid may hold open (`[limits]`).
+    pub limits: Limits,
+}
+
+/// `[limits]`: how much one peer uid may hold open at once. The fetch cap per slow source kind
+/// lives in [`SourceSettings::fetches_per_kind`], with the sources.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Concurrent connections (Engine API and agent sockets together) per peer uid.
+    pub connections_per_uid: usize,
+    /// Concurrent build sessions per peer uid.
+    pub sessions_per_uid: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            connections_per_uid: 256,
+            sessions_per_uid: 64,
+        }
+    }
 }
 
 /// Where a policy was read from; reloads read the same place again.
@@ -68,6 +89,9 @@ pub struct Server {
     pub fetch_timeout: std::time::Duration,
     /// How much of a failure the build's output shows.
     pub build_errors: BuildErrors,
+    /// The group of the endpoint sockets (mode 0660) and of the directory made for them; its
+    /// members may connect (it is one of [`Access::gids`]).
+    pub socket_group: Option<u32>,
 }
 
 /// The default `[server] fetch_timeout`.
@@ -111,7 +135,8 @@ impl fmt::Display for UnknownIds {
 pub struct Access {
     /// Unix uids allowed to connect (root is always allowed).
     pub uids: Vec<u32>,
-    /// Unix gids allowed to connect (a peer whose primary gid is listed is allowed).
+    /// Unix gids allowed to connect: a peer whose primary gid or one of whose supplementary
+    /// groups is listed is allowed. `[server] socket_group` is added here.
     pub gids: Vec<u32>,
 }
 
@@ -314,6 +339,24 @@ struct RawPolicy {
     keyring: RawKeyring,
     #[serde(default)]
     aws: RawAws,
+    #[serde(default)]
+    limits: RawLimits,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    connections_per_uid: Option<Spanned<i64>>,
+    sessions_per_uid: Option<Spanned<i64>>,
+    source_fetches: Option<Spanned<i64>>,
+}
+
+/// `socket_group = "docker"` or `socket_group = 999`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawGroup {
+    Gid(u32),
+    Name(String),
 }
 
 #[derive(Deserialize, Default)]
@@ -348,6 +391,7 @@ struct RawServer {
     unknown_secrets: Option<UnknownIds>,
     unknown_ssh: Option<UnknownIds>,
     audit_log: Option<Spanned<String>>,
+    socket_group: Option<Spanned<RawGroup>>,
     buildkit_listen: Option<Spanned<Vec<Spanned<String>>>>,
     buildkit_upstream: Option<Spanned<String>>,
     fetch_timeout: Option<Spanned<String>>,
@@ -656,6 +700,27 @@ impl Policy {
             }
         }
         check_aws(&raw.aws, &mut sources.aws, &mut c);
+        let limits = check_limits(&raw.limits, &mut sources, &mut c);
+
+        let socket_group = raw.server.socket_group.as_ref().and_then(|g| match g.get_ref() {
+            RawGroup::Gid(gid) => Some(*gid),
+            RawGroup::Name(name) => match crate::daemon_files::group_id(name) {
+                Some(gid) => Some(gid),
+                None => {
+                    c.push(
+                        g.span(),
+                        format!("[server] socket_group: no group named {name:?} in /etc/group; create it or give its number"),
+                    );
+                    None
+                }
+            },
+        });
+        let mut gids = raw.access.gids;
+        if let Some(gid) = socket_group
+            && !gids.contains(&gid)
+        {
+            gids.push(gid);
+        }
 
         if !c.errors.is_empty() {
             c.errors.sort_by_key(|e| (e.line, e.column));
@@ -671,16 +736,53 @@ impl Policy {
                 audit_log,
                 fetch_timeout,
                 build_errors: raw.server.build_errors.unwrap_or_default(),
+                socket_group,
             },
             access: Access {
                 uids: raw.access.uids,
-                gids: raw.access.gids,
+                gids,
             },
             secrets,
             ssh,
             sources,
+            limits,
         })
     }
+}
+
+/// The `[limits]` table: each cap a whole number from 1 to 65536.
+fn check_limits(raw: &RawLimits, sources: &mut SourceSettings, c: &mut Collector<'_>) -> Limits {
+    let mut limits = Limits::default();
+    let mut cap = |value: &Option<Spanned<i64>>, key: &str, slot: &mut usize| {
+        if let Some(v) = value {
+            match usize::try_from(*v.get_ref()) {
+                Ok(n) if (1..=65536).contains(&n) => *slot = n,
+                _ => c.push(
+                    v.span(),
+                    format!(
+                        "[limits] {key}: expected a whole number from 1 to 65536; got {}",
+                        v.get_ref()
+                    ),
+                ),
+            }
+        }
+    };
+    cap(
+        &raw.connections_per_uid,
+        "connections_per_uid",
+        &mut limits.connections_per_uid,
+    );
+    cap(
+        &raw.sessions_per_uid,
+        "sessions_per_uid",
+        &mut limits.sessions_per_uid,
+    );
+    cap(
+        &raw.source_fetches,
+        "source_fetches",
+        &mut sources.fetches_per_kind,
+    );
+    limits
 }
 
 /// The `[aws]` table, for `aws-sm:` sources.

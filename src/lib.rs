@@ -8,7 +8,10 @@
 //! A tour, in the order a request travels:
 //!
 //! - [`server`] binds the unix listeners and runs the accept loop; [`proxy`] relays the Docker
-//!   Engine API to the real engine and checks each peer with [`access`].
+//!   Engine API to the real engine and checks each peer with [`access`]; [`peers`] counts live
+//!   connections and sessions per uid and closes them when a reload revokes a peer.
+//!   [`daemon_files`] makes every socket and file the daemon creates so that another user
+//!   cannot plant or redirect it.
 //! - `POST /session` goes to [`session`]: buildbroker becomes the h2 server towards the daemon
 //!   and the h2 client towards buildx; `session::router` sends `Secrets/GetSecret` to
 //!   [`service::secrets`], `SSH/CheckAgent` and `SSH/ForwardAgent` to [`service::ssh`], and
@@ -29,7 +32,9 @@ pub mod broker;
 pub mod cache;
 pub mod cli;
 pub mod config;
+pub mod daemon_files;
 pub mod dockerfile;
+pub mod peers;
 pub mod policy;
 pub mod proxy;
 pub mod resolver;

@@ -23,9 +23,10 @@ use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::access::{PeerInfo, check_peer};
+use crate::access::{PeerInfo, check_peer, supplementary_groups};
 use crate::broker::Broker;
 use crate::config::Endpoint;
+use crate::peers::ConnectionSlot;
 use crate::session::{self, SessionInfo};
 use crate::source::{AcceptedAt, ClientProcess};
 
@@ -56,32 +57,40 @@ pub async fn serve_connection(
         }
     };
     let generation = broker.current();
-    if let Err(refused) = check_peer(&generation.policy.access, broker.daemon_uid(), peer) {
+    let groups = supplementary_groups(&peer);
+    if let Err(refused) = check_peer(
+        &generation.policy.access,
+        broker.daemon_uid(),
+        peer,
+        &groups,
+    ) {
         tracing::warn!(uid = peer.uid, gid = peer.gid, pid = ?peer.pid, "refused connection: {refused}");
-        let message = refused.to_string();
-        let service = hyper::service::service_fn(move |_req: Request<Incoming>| {
-            let message = message.clone();
-            async move {
-                Ok::<_, std::convert::Infallible>(error_response(StatusCode::FORBIDDEN, &message))
-            }
-        });
-        let _ = hyper::server::conn::http1::Builder::new()
-            .keep_alive(false)
-            .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT)
-            .serve_connection(TokioIo::new(stream), service)
-            .await;
+        refuse(stream, StatusCode::FORBIDDEN, refused.to_string()).await;
         return;
     }
+    let limit = generation.policy.limits.connections_per_uid;
+    // The slot counts this connection against its uid and ends it if a reload revokes the uid.
+    let slot = match broker.peers().admit(peer, groups, limit, &shutdown) {
+        Ok(slot) => slot,
+        Err(full) => {
+            tracing::warn!(uid = peer.uid, pid = ?peer.pid, "refused connection: {full}");
+            refuse(stream, StatusCode::TOO_MANY_REQUESTS, full.to_string()).await;
+            return;
+        }
+    };
     tracing::debug!(uid = peer.uid, pid = ?peer.pid, "accepted connection");
 
+    // Everything this connection starts (upgrades, sessions) holds its slot and ends with its
+    // slot's token: an upgraded stream outlives this function but stays counted and revocable.
+    let slot = Arc::new(slot);
     let conn = Arc::new(Connection {
         broker,
         peer,
         accepted,
         upstream: Mutex::new(None),
         tasks,
-        shutdown: shutdown.clone(),
+        shutdown: slot.token.clone(),
+        slot: slot.clone(),
     });
     let service = hyper::service::service_fn(move |req| {
         let conn = conn.clone();
@@ -95,7 +104,12 @@ pub async fn serve_connection(
     tokio::pin!(http);
     let result = tokio::select! {
         r = &mut http => r,
-        _ = shutdown.cancelled() => {
+        _ = slot.token.cancelled() => {
+            if !shutdown.is_cancelled() {
+                // Revoked by a reload: no grace, not even for a request in flight.
+                tracing::warn!(uid = peer.uid, pid = ?peer.pid, "closing a connection: [access] no longer allows this peer");
+                return;
+            }
             http.as_mut().graceful_shutdown();
             http.await
         }
@@ -104,6 +118,21 @@ pub async fn serve_connection(
         // Malformed requests are answered with 400 by hyper before this; log for operators.
         tracing::debug!(uid = peer.uid, error = %e, "connection ended with an error");
     }
+}
+
+/// Answers every request on `stream` with `status` and `message` (the Engine API's error
+/// shape), then closes it.
+async fn refuse(stream: UnixStream, status: StatusCode, message: String) {
+    let service = hyper::service::service_fn(move |_req: Request<Incoming>| {
+        let message = message.clone();
+        async move { Ok::<_, std::convert::Infallible>(error_response(status, &message)) }
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .keep_alive(false)
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .serve_connection(TokioIo::new(stream), service)
+        .await;
 }
 
 /// One downstream connection and its paired upstream connection.
@@ -117,7 +146,10 @@ struct Connection {
     upstream: Mutex<Option<SendRequest<Incoming>>>,
     /// Upgraded connections (sessions, attach) outlive the request; the daemon drains them.
     tasks: TaskTracker,
+    /// Cancelled when the daemon stops or the peer's access is revoked.
     shutdown: CancellationToken,
+    /// This connection's place in the live-peer table, held by every task it starts.
+    slot: Arc<ConnectionSlot>,
 }
 
 impl Connection {
@@ -190,7 +222,9 @@ impl Connection {
             Err(resp) => return resp,
         };
         let shutdown = self.shutdown.clone();
+        let slot = self.slot.clone();
         self.tasks.spawn(async move {
+            let _slot = slot;
             let (up, down) = match pair.complete().await {
                 Ok(pair) => pair,
                 Err(e) => {
@@ -222,6 +256,14 @@ impl Connection {
             }
         };
         *req.headers_mut() = headers;
+        let limit = self.broker.policy().limits.sessions_per_uid;
+        let session_slot = match self.broker.peers().open_session(self.peer.uid, limit) {
+            Ok(slot) => slot,
+            Err(full) => {
+                tracing::warn!(session = %uuid, uid = self.peer.uid, "refused session: {full}");
+                return error_response(StatusCode::TOO_MANY_REQUESTS, &full.to_string());
+            }
+        };
         let (resp, pair) = match self.relay_upgrade(req).await {
             Ok(switched) => switched,
             Err(resp) => {
@@ -237,7 +279,9 @@ impl Connection {
             client: Arc::new(ClientProcess::pin(&self.peer, self.accepted)),
         };
         let shutdown = self.shutdown.clone();
+        let slot = self.slot.clone();
         self.tasks.spawn(async move {
+            let _slots = (slot, session_slot);
             match pair.complete().await {
                 Ok((daemon_side, client_side)) => {
                     session::run(daemon_side, client_side, broker, info, shutdown).await

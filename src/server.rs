@@ -3,8 +3,6 @@
 //! [`run`] takes already-bound listeners and a shutdown token (as mini-redis does), so tests
 //! can run the real server in-process on temporary sockets.
 
-use std::io;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,82 +13,77 @@ use tokio_util::task::TaskTracker;
 
 use crate::broker::Broker;
 use crate::config::Endpoint;
+use crate::daemon_files::{self, PathError, SocketFile, SocketSpec};
 use crate::proxy;
 
 /// How long open connections and sessions get to finish after SIGTERM/SIGINT.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// A bound unix listener; its socket file is removed when it is dropped.
+/// A bound unix listener; its socket file is removed when it is dropped (if it is still ours).
 pub struct BoundListener {
     pub path: PathBuf,
     pub(crate) listener: UnixListener,
+    _file: SocketFile,
 }
 
-impl Drop for BoundListener {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
-    }
-}
-
+/// A socket that could not be bound; the inner error names the path, the problem and the fix.
 #[derive(Debug, thiserror::Error)]
-pub enum BindError {
-    #[error("cannot create {dir}: {source}")]
-    Dir { dir: PathBuf, source: io::Error },
-    #[error("{path} is already served by another process (is buildbroker already running?)")]
-    InUse { path: PathBuf },
-    #[error("cannot listen on {path}: {source}")]
-    Bind { path: PathBuf, source: io::Error },
+#[error("cannot listen on {path}: {source}")]
+pub struct BindError {
+    pub path: PathBuf,
+    #[source]
+    pub source: PathError,
 }
 
-/// Binds every `unix://` endpoint: parent directory created 0750 if missing, socket 0660,
-/// a stale socket file (nobody answering) replaced, a live one refused.
-pub fn bind(endpoints: &[Endpoint]) -> Result<Vec<BoundListener>, BindError> {
+/// Binds every `unix://` endpoint with [`daemon_files::bind_socket`]: socket 0660 with the
+/// `[server] socket_group` if set (the daemon's group otherwise), directory created 0750 with
+/// the same group if missing, a dead socket of ours replaced, anything else there refused.
+pub fn bind(
+    endpoints: &[Endpoint],
+    euid: u32,
+    socket_group: Option<u32>,
+) -> Result<Vec<BoundListener>, BindError> {
     let mut out = Vec::new();
     for endpoint in endpoints {
         let Endpoint::Unix(path) = endpoint else {
             unreachable!("config only accepts unix:// listen addresses");
         };
-        out.push(bind_unix(path, 0o660)?);
+        out.push(bind_unix(
+            path,
+            euid,
+            SocketSpec {
+                mode: 0o660,
+                group: socket_group,
+                dir_mode: 0o750,
+            },
+        )?);
     }
     Ok(out)
 }
 
-/// Binds one unix socket with permissions `mode` (parent directory created 0750 if missing;
-/// a stale socket file replaced, a live one refused).
-pub(crate) fn bind_unix(path: &Path, mode: u32) -> Result<BoundListener, BindError> {
-    if let Some(dir) = path.parent()
-        && !dir.exists()
-    {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o750)
-            .create(dir)
-            .map_err(|source| BindError::Dir {
-                dir: dir.to_path_buf(),
-                source,
-            })?;
-    }
-    if path.exists() {
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Err(BindError::InUse {
-                path: path.to_path_buf(),
-            });
-        }
-        let _ = std::fs::remove_file(path);
-    }
-    let listener = UnixListener::bind(path).map_err(|source| BindError::Bind {
+/// Binds one unix socket as `spec` says (see [`daemon_files::bind_socket`]).
+pub(crate) fn bind_unix(
+    path: &Path,
+    euid: u32,
+    spec: SocketSpec,
+) -> Result<BoundListener, BindError> {
+    let fail = |source| BindError {
         path: path.to_path_buf(),
         source,
-    })?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|source| {
-        BindError::Bind {
+    };
+    let (listener, file) = daemon_files::bind_socket(path, euid, spec).map_err(fail)?;
+    let io = |source| {
+        fail(PathError::Io {
             path: path.to_path_buf(),
             source,
-        }
-    })?;
+        })
+    };
+    listener.set_nonblocking(true).map_err(io)?;
+    let listener = UnixListener::from_std(listener).map_err(io)?;
     Ok(BoundListener {
         path: path.to_path_buf(),
         listener,
+        _file: file,
     })
 }
 

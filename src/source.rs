@@ -12,6 +12,7 @@ mod env;
 mod exec;
 mod file;
 pub mod keyring;
+mod slots;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -198,6 +199,9 @@ pub struct SourceSettings {
     pub exec_timeout: Duration,
     /// Region, endpoint, profile and time limits for `aws-sm:` sources.
     pub aws: AwsSettings,
+    /// How many fetches of one slow kind (`exec`, `aws-sm`, `keyring`) may run at once
+    /// (`[limits] source_fetches`); more wait for a slot.
+    pub fetches_per_kind: usize,
 }
 
 impl Default for SourceSettings {
@@ -207,6 +211,7 @@ impl Default for SourceSettings {
             keyring_timeout: keyring::DEFAULT_TIMEOUT,
             exec_timeout: Duration::from_secs(10),
             aws: AwsSettings::default(),
+            fetches_per_kind: 16,
         }
     }
 }
@@ -220,11 +225,14 @@ pub struct SourceRuntime {
     pub keyring: keyring::KeyringRuntime,
     /// The AWS SDK configuration and one Secrets Manager client per region, made on first use.
     aws: aws_sm::AwsClients,
+    /// `[limits] source_fetches`: concurrent fetches per slow kind.
+    fetch_slots: slots::FetchSlots,
 }
 
 impl SourceRuntime {
     pub fn new(settings: SourceSettings) -> Self {
         SourceRuntime {
+            fetch_slots: slots::FetchSlots::new(settings.fetches_per_kind),
             settings,
             keyring: keyring::KeyringRuntime::default(),
             aws: aws_sm::AwsClients::default(),
@@ -282,6 +290,7 @@ pub async fn lookup(
     ctx: ResolveContext<'_>,
 ) -> Result<Lookup, SourceError> {
     let settings = &ctx.runtime.settings;
+    let _slot = ctx.runtime.fetch_slots.acquire(spec).await;
     let result = match spec {
         SourceSpec::Env(name) => env::lookup(name),
         SourceSpec::File(path) => file::lookup(path).await,

@@ -460,3 +460,43 @@ fn ssh_mistakes_are_reported_with_line_and_column() {
         );
     }
 }
+
+#[test]
+fn socket_group_by_name_or_number_is_also_an_access_gid() {
+    let p = parse("[server]\nsocket_group = \"root\"\n[access]\ngids = [27]\n").unwrap();
+    assert_eq!(p.server.socket_group, Some(0));
+    assert_eq!(p.access.gids, vec![27, 0]);
+    let p = parse("[server]\nsocket_group = 999\n").unwrap();
+    assert_eq!(p.server.socket_group, Some(999));
+    assert_eq!(p.access.gids, vec![999]);
+    assert_eq!(parse("").unwrap().server.socket_group, None);
+    let e = errors("[server]\nsocket_group = \"no-such-group-here\"\n");
+    assert_eq!(e.len(), 1);
+    assert!(
+        e[0].contains("2:16") && e[0].contains("no group named"),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn limits_have_defaults_and_checked_ranges() {
+    let p = parse("").unwrap();
+    assert_eq!(p.limits, Limits::default());
+    assert_eq!(p.limits.connections_per_uid, 256);
+    assert_eq!(p.limits.sessions_per_uid, 64);
+    assert_eq!(p.sources.fetches_per_kind, 16);
+    let p = parse("[limits]\nconnections_per_uid = 3\nsessions_per_uid = 2\nsource_fetches = 1\n")
+        .unwrap();
+    assert_eq!(p.limits.connections_per_uid, 3);
+    assert_eq!(p.limits.sessions_per_uid, 2);
+    assert_eq!(p.sources.fetches_per_kind, 1);
+    let e = errors(
+        "[limits]\nconnections_per_uid = 0\nsessions_per_uid = -1\nsource_fetches = 100000\nbogus = 1\n",
+    );
+    assert_eq!(e.len(), 1, "{e:?}"); // the unknown key stops the raw stage
+    let e = errors(
+        "[limits]\nconnections_per_uid = 0\nsessions_per_uid = -1\nsource_fetches = 100000\n",
+    );
+    assert_eq!(e.len(), 3, "{e:?}");
+    assert!(e.iter().all(|m| m.contains("from 1 to 65536")), "{e:?}");
+}

@@ -17,9 +17,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::{AgentConnection, Origin, wire};
-use crate::access::{PeerInfo, check_peer};
+use crate::access::{PeerInfo, check_peer, supplementary_groups};
 use crate::broker::Broker;
 use crate::config::Policy;
+use crate::daemon_files::SocketSpec;
 use crate::server::{BindError, BoundListener, bind_unix};
 
 /// A bound agent socket and the ssh id it serves.
@@ -34,14 +35,20 @@ impl AgentListener {
     }
 }
 
-/// Binds the socket of every ssh id that has one, mode 0600.
-pub fn bind(policy: &Policy) -> Result<Vec<AgentListener>, BindError> {
+/// Binds the socket of every ssh id that has one, mode 0600 (directory 0750 if made), with
+/// the same guards against planted paths as the Docker endpoint.
+pub fn bind(policy: &Policy, euid: u32) -> Result<Vec<AgentListener>, BindError> {
     let mut out = Vec::new();
     for (id, rule) in &policy.ssh {
         if let Some(path) = &rule.socket {
+            let spec = SocketSpec {
+                mode: 0o600,
+                group: None,
+                dir_mode: 0o750,
+            };
             out.push(AgentListener {
                 id: id.clone(),
-                bound: bind_unix(path, 0o600)?,
+                bound: bind_unix(path, euid, spec)?,
             });
         }
     }
@@ -86,17 +93,33 @@ async fn serve(stream: UnixStream, id: String, broker: Arc<Broker>, shutdown: Ca
             return;
         }
     };
-    if let Err(refused) = check_peer(&broker.policy().access, broker.daemon_uid(), peer) {
+    let policy = broker.policy();
+    let groups = supplementary_groups(&peer);
+    if let Err(refused) = check_peer(&policy.access, broker.daemon_uid(), peer, &groups) {
         tracing::warn!(%id, uid = peer.uid, gid = peer.gid, pid = ?peer.pid, "refused agent socket connection: {refused}");
         return;
     }
+    let limit = policy.limits.connections_per_uid;
+    // Counted with the uid's Engine API connections; cancelled if a reload revokes the uid.
+    let slot = match broker.peers().admit(peer, groups, limit, &shutdown) {
+        Ok(slot) => slot,
+        Err(full) => {
+            tracing::warn!(%id, uid = peer.uid, pid = ?peer.pid, "refused agent socket connection: {full}");
+            return;
+        }
+    };
     tracing::debug!(%id, uid = peer.uid, pid = ?peer.pid, "agent socket connection");
     let mut connection = AgentConnection::new(broker, &id, Origin::Socket { peer });
     let mut framed = Framed::new(stream, wire::codec());
     loop {
         let frame = tokio::select! {
             f = framed.next() => f,
-            _ = shutdown.cancelled() => break,
+            _ = slot.token.cancelled() => {
+                if !shutdown.is_cancelled() {
+                    tracing::warn!(%id, uid = peer.uid, pid = ?peer.pid, "closing an agent socket connection: [access] no longer allows this peer");
+                }
+                break;
+            }
         };
         match frame {
             Some(Ok(frame)) => {
