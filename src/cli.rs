@@ -18,6 +18,7 @@ use crate::broker::Broker;
 use crate::broker::Generation;
 use crate::config::{HostEnv, Policy, PolicyOrigin};
 use crate::dockerfile::{self, Severity};
+use crate::policy::{secret_failure_for_build, template_failure_for_build};
 use crate::resolver::{Answer, answer};
 use crate::source::{Attempt, AttemptOutcome};
 
@@ -242,6 +243,13 @@ fn serve(config: Option<PathBuf>, env: HostEnv) -> ExitCode {
                 return ExitCode::from(2);
             }
         };
+        // Signals are caught before any socket exists: a SIGTERM sent as soon as a client can
+        // connect must drain, not kill the process.
+        let shutdown = CancellationToken::new();
+        if let Err(e) = spawn_signal_handlers(broker.clone(), shutdown.clone()) {
+            eprintln!("buildbroker: cannot install signal handlers: {e}");
+            return ExitCode::from(2);
+        }
         let agent_sockets = match crate::ssh::socket::bind(&broker.policy(), euid) {
             Ok(l) => l,
             Err(e) => {
@@ -256,11 +264,6 @@ fn serve(config: Option<PathBuf>, env: HostEnv) -> ExitCode {
                 return ExitCode::from(2);
             }
         };
-        let shutdown = CancellationToken::new();
-        if let Err(e) = spawn_signal_handlers(broker.clone(), shutdown.clone()) {
-            eprintln!("buildbroker: cannot install signal handlers: {e}");
-            return ExitCode::from(2);
-        }
         tokio::spawn(broker.clone().sweep_cache(std::time::Duration::from_secs(5)));
         let addrs = listen.iter().map(|e| e.to_string()).collect::<Vec<_>>().join(", ");
         let agents = agent_sockets
@@ -373,19 +376,14 @@ fn resolve(config: Option<PathBuf>, id: &str, env: &HostEnv) -> ExitCode {
             println!("  {:<40} {what}", a.source.to_string());
         }
     };
-    let not_resolved = |id: &str, required_missing: bool, attempts: &[Attempt], message: &str| {
+    // What the operator sees (the whole story), then what a build's output would show.
+    let not_resolved = |attempts: &[Attempt], message: &str, shown: String| {
         print_attempts(attempts);
         println!("{id}: not resolved: {message}");
-        let shown = crate::policy::secret_failure_for_build(
-            id,
-            required_missing,
-            attempts,
-            message,
-            generation.policy.server.build_errors,
-        );
         println!("{id}: builds fail with: {shown}");
         ExitCode::from(1)
     };
+    let level = generation.policy.server.build_errors;
     match answer {
         Answer::Denied => {
             println!(
@@ -419,8 +417,20 @@ fn resolve(config: Option<PathBuf>, id: &str, env: &HostEnv) -> ExitCode {
             ExitCode::from(1)
         }
         Answer::RequiredMissing { message, attempts } => {
-            not_resolved(id, true, &attempts, &message)
+            let shown = secret_failure_for_build(id, true, &attempts, &message, level);
+            not_resolved(&attempts, &message, shown)
         }
-        Answer::Failed { message, attempts } => not_resolved(id, false, &attempts, &message),
+        Answer::Failed { message, attempts } => {
+            let shown = secret_failure_for_build(id, false, &attempts, &message, level);
+            not_resolved(&attempts, &message, shown)
+        }
+        Answer::InputMissing {
+            input,
+            message,
+            attempts,
+        } => {
+            let shown = template_failure_for_build(id, &input, &attempts, &message, level);
+            not_resolved(&attempts, &message, shown)
+        }
     }
 }

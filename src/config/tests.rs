@@ -500,3 +500,38 @@ fn limits_have_defaults_and_checked_ranges() {
     assert_eq!(e.len(), 3, "{e:?}");
     assert!(e.iter().all(|m| m.contains("from 1 to 65536")), "{e:?}");
 }
+
+#[test]
+fn template_errors_are_located() {
+    let errs = errors(
+        "[secrets.a]\nsources = [\"env:A\"]\n\
+         [secrets.netrc]\ntemplate = \"machine h password {{missing}}\"\n\
+         [secrets.both]\nsources = [\"env:B\"]\ntemplate = \"{{a}}\"\n\
+         [secrets.x]\ntemplate = \"{{y}}\"\n\
+         [secrets.y]\ntemplate = \"pre {{x}}\"\n\
+         [secrets.open]\ntemplate = \"ab{{a\"\n\
+         [secrets.cached]\ntemplate = \"{{a}}\"\ncache_ttl = \"5m\"\n\
+         [secrets.none]\nrequired = true\n",
+    );
+    let want = [
+        "4:12: [secrets.netrc] template: {{missing}} names no id of this policy",
+        "7:12: [secrets.both]: set either sources or template, not both",
+        "9:12: [secrets.x] template: a cycle, x → y → x",
+        "13:15: [secrets.open] template: \"{{\" without a closing \"}}\"",
+        "16:13: [secrets.cached] cache_ttl: a template is rendered for each request",
+        "17:10: [secrets.none]: expected sources = [",
+    ];
+    assert_eq!(errs.len(), want.len(), "{errs:#?}");
+    for (e, w) in errs.iter().zip(want) {
+        assert!(e.contains(w), "got {e:?}, want {w:?}");
+    }
+}
+
+#[test]
+fn templates_parse_into_parts() {
+    let p =
+        parse("[secrets.a]\nsources = [\"env:A\"]\n[secrets.t]\ntemplate = \"x{{a}}y\"\n").unwrap();
+    let t = p.secrets["t"].template.as_ref().unwrap();
+    assert_eq!(t.inputs(), vec!["a"]);
+    assert!(p.secrets["t"].sources.is_empty());
+}

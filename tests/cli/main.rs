@@ -27,7 +27,7 @@ fn check_reports_unknown_key_and_wrong_type_with_line_and_column() {
     let out = bin().arg("check").arg("--config").arg(&p).output().unwrap();
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     let expected = format!(
-        "{}:6:1: unknown key `requird`, expected one of `sources`, `required`",
+        "{}:6:1: unknown key `requird`, expected one of `sources`, `template`, `required`",
         p.display()
     );
     assert!(text(&out).contains(&expected), "{}", text(&out));
@@ -352,4 +352,48 @@ fn every_shipped_policy_passes_check() {
         }
     }
     assert!(checked >= 2, "config/ holds the default and the CI example");
+}
+
+#[test]
+fn resolve_shows_which_ids_a_template_used_and_where_each_came_from() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("p.toml");
+    std::fs::write(
+        &p,
+        "[secrets.user]\nsources = [\"env:U\"]\n[secrets.pass]\nsources = [\"env:P\", \"env:P2\"]\n\
+         [secrets.netrc]\ntemplate = \"machine h login {{user}} password {{pass}}\\n\"\n",
+    )
+    .unwrap();
+    let out = bin()
+        .args(["resolve", "--config"])
+        .arg(&p)
+        .arg("netrc")
+        .env("U", "ci")
+        .env("P2", "template-secret-77")
+        .output()
+        .unwrap();
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{t}");
+    let len = "machine h login ci password template-secret-77\n".len();
+    assert!(
+        t.contains(&format!(
+            "netrc: resolved from a template of user (from env:U), pass (from env:P2) ({len} bytes"
+        )),
+        "{t}"
+    );
+    assert!(!t.contains("template-secret-77"), "{t}");
+
+    let out = bin()
+        .args(["resolve", "--config"])
+        .arg(&p)
+        .arg("netrc")
+        .env("U", "ci")
+        .output()
+        .unwrap();
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    assert!(
+        t.contains("netrc: builds fail with: buildbroker: secret \"netrc\" is rendered from \"pass\", which has no value; tried env (not found), env (not found)"),
+        "{t}"
+    );
 }

@@ -17,3 +17,4 @@ mod secrets;
 mod sources;
 mod ssh;
 mod sshbed;
+mod templates;
