@@ -150,7 +150,8 @@ impl SourceError {
     }
 }
 
-/// Settings the sources share, from the policy's `[keyring]`, `[exec]` and `[aws]` tables.
+/// Settings the sources share, from the policy's `[keyring]`, `[exec]`, `[file]` and `[aws]`
+/// tables.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SourceSettings {
     pub keyring_backend: KeyringBackend,
@@ -158,6 +159,9 @@ pub struct SourceSettings {
     pub keyring_timeout: Duration,
     /// How long an `exec:` program may run before it is killed.
     pub exec_timeout: Duration,
+    /// `[file] allow_foreign`: `file:` paths a root daemon reads although another user owns
+    /// (or could replace) them.
+    pub file_allow_foreign: Vec<PathBuf>,
     /// Region, endpoint, profile and time limits for `aws-sm:` sources.
     pub aws: AwsSettings,
 }
@@ -168,6 +172,7 @@ impl Default for SourceSettings {
             keyring_backend: KeyringBackend::Auto,
             keyring_timeout: keyring::DEFAULT_TIMEOUT,
             exec_timeout: Duration::from_secs(10),
+            file_allow_foreign: Vec::new(),
             aws: AwsSettings::default(),
         }
     }
@@ -222,7 +227,7 @@ pub async fn lookup(
     let settings = &ctx.runtime.settings;
     let result = match spec {
         SourceSpec::Env(name) => env::lookup(name),
-        SourceSpec::File(path) => file::lookup(path).await,
+        SourceSpec::File(path) => file::lookup(path, &settings.file_allow_foreign).await,
         SourceSpec::Keyring(k) => ctx.runtime.keyring.lookup(k, settings).await,
         SourceSpec::Exec(e) => exec::lookup(e, id, settings.exec_timeout).await,
         SourceSpec::AwsSm(a) => aws_sm::lookup(a, &settings.aws, &ctx.runtime.aws).await,
