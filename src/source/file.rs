@@ -240,16 +240,17 @@ fn refusal(path: &Path, real: &Path, found: &Foreign) -> String {
     } else {
         format!("{} (-> {})", path.display(), real.display())
     };
-    let why = match found {
-        Foreign::Owner { path: p, uid } => format!(
-            "{} is owned by {}, not root",
-            p.display(),
-            user_name(*uid)
+    let (at, why) = match found {
+        Foreign::Owner { path: p, uid } => (p, format!("is owned by {}, not root", user_name(*uid))),
+        Foreign::Writable { path: p, mode } => (
+            p,
+            format!("is writable by group or others (mode {mode:04o})"),
         ),
-        Foreign::Writable { path: p, mode } => format!(
-            "{} is writable by group or others (mode {mode:04o})",
-            p.display()
-        ),
+    };
+    let why = if at == real {
+        format!("it {why}")
+    } else {
+        format!("{} {why}", at.display())
     };
     format!(
         "refusing {shown}: {why}, so another user could change or replace it, and buildbroker runs as root. If that user is trusted to supply this value, allow the path in the policy: [file] allow_foreign = [\"{}\"]",

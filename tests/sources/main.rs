@@ -617,3 +617,154 @@ impl OutputWithStdin for Command {
         child.wait_with_output().unwrap()
     }
 }
+
+/// Runs `buildbroker resolve ID` on a policy text, with a clean environment.
+fn resolve_with(policy_text: &str, id: &str) -> (Output, String, std::time::Duration) {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = policy_file(&dir, policy_text);
+    let started = std::time::Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_buildbroker"))
+        .args(["resolve", "--config"])
+        .arg(&policy)
+        .arg(id)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap())
+        .output()
+        .unwrap();
+    let took = started.elapsed();
+    let text = output_text(&out);
+    (out, text, took)
+}
+
+#[test]
+fn a_fifo_file_source_fails_fast() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("token");
+    let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success());
+    // Nobody ever writes to it: a blocking open would hang resolve (and a daemon's thread).
+    let (out, text, took) = resolve_with(
+        &format!(
+            "[secrets.t]\nsources = [\"file:{}\"]\nrequired = true\n",
+            fifo.display()
+        ),
+        "t",
+    );
+    assert!(took < std::time::Duration::from_secs(3), "took {took:?}");
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains(&format!(
+            "{} is a FIFO (named pipe), not a regular file",
+            fifo.display()
+        )),
+        "{text}"
+    );
+}
+
+/// A second unix user for files the root daemon must not trust (created once, idempotently).
+fn other_user() -> (u32, u32) {
+    let exists = |name: &str| {
+        Command::new("id")
+            .args(["-u", name])
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+    };
+    if exists("bb-other").is_none() {
+        // Exit 9: another test created it meanwhile.
+        let status = Command::new("useradd")
+            .args(["--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "bb-other"])
+            .status()
+            .unwrap();
+        assert!(matches!(status.code(), Some(0 | 9)), "useradd: {status}");
+    }
+    let id = |flag: &str| -> u32 {
+        let out = Command::new("id").args([flag, "bb-other"]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+    };
+    (id("-u"), id("-g"))
+}
+
+#[test]
+fn a_root_daemon_refuses_another_users_file_unless_the_policy_allows_it() {
+    assert!(
+        rustix::process::geteuid().is_root(),
+        "this test checks the root daemon's rule and runs as root (as CI does)"
+    );
+    let (uid, gid) = other_user();
+    let dir = tempfile::tempdir().unwrap();
+    let theirs = dir.path().join("netrc");
+    std::fs::write(&theirs, b"machine example login ci password p").unwrap();
+    std::os::unix::fs::chown(&theirs, Some(uid), Some(gid)).unwrap();
+    let sources = format!("[secrets.t]\nsources = [\"file:{}\"]\nrequired = true\n", theirs.display());
+
+    let (out, text, _) = resolve_with(&sources, "t");
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains(&format!("refusing {}", theirs.display()))
+            && text.contains(&format!("it is owned by uid {uid} (bb-other), not root"))
+            && text.contains(&format!("[file] allow_foreign = [\"{}\"]", theirs.display())),
+        "names the path, the owner and the opt-in: {text}"
+    );
+
+    let allowed = format!("{sources}[file]\nallow_foreign = [\"{}\"]\n", theirs.display());
+    let (out, text, _) = resolve_with(&allowed, "t");
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("t: resolved from file:"), "{text}");
+
+    // Root's own file, but in a directory the other user owns: they could swap it.
+    let their_dir = dir.path().join("home");
+    std::fs::create_dir(&their_dir).unwrap();
+    std::os::unix::fs::chown(&their_dir, Some(uid), Some(gid)).unwrap();
+    let inside = their_dir.join("token");
+    std::fs::write(&inside, b"v").unwrap();
+    let (out, text, _) = resolve_with(
+        &format!("[secrets.t]\nsources = [\"file:{}\"]\n", inside.display()),
+        "t",
+    );
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains(&format!("{} is owned by uid {uid} (bb-other)", their_dir.display())),
+        "{text}"
+    );
+
+    // A symlink the other user planted, pointing at root's file.
+    let rootfile = dir.path().join("root-only");
+    std::fs::write(&rootfile, b"root's").unwrap();
+    let link = their_dir.join("link");
+    std::os::unix::fs::symlink(&rootfile, &link).unwrap();
+    std::os::unix::fs::lchown(&link, Some(uid), Some(gid)).unwrap();
+    let (out, text, _) = resolve_with(
+        &format!("[secrets.t]\nsources = [\"file:{}\"]\n", link.display()),
+        "t",
+    );
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("bb-other"), "{text}");
+
+    // A group-writable file of root's.
+    let shared = dir.path().join("shared");
+    std::fs::write(&shared, b"v").unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o660)).unwrap();
+    let (out, text, _) = resolve_with(
+        &format!("[secrets.t]\nsources = [\"file:{}\"]\n", shared.display()),
+        "t",
+    );
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("is writable by group or others (mode 0660)"),
+        "{text}"
+    );
+}
+
+#[test]
+fn allow_foreign_must_name_a_file_source() {
+    let (out, text, _) = resolve_with(
+        "[secrets.t]\nsources = [\"file:/etc/hostname\"]\n[file]\nallow_foreign = [\"/etc/hostnme\"]\n",
+        "t",
+    );
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(
+        text.contains("[file] allow_foreign: no file: source of this policy reads /etc/hostnme"),
+        "{text}"
+    );
+}
