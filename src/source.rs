@@ -9,7 +9,7 @@ mod aws_sm;
 mod client;
 mod env;
 mod exec;
-mod file;
+pub(crate) mod file;
 pub mod keyring;
 
 use std::fmt;

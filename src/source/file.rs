@@ -44,30 +44,11 @@ pub async fn lookup(path: &Path, allow_foreign: &[PathBuf]) -> Result<Lookup, So
 /// Opens `path` without blocking and reads it; `check_owners` applies the root daemon's rule
 /// that only root may be able to write the file and the directories leading to it.
 fn read_capped(path: &Path, check_owners: bool) -> Result<Lookup, SourceError> {
-    let flags = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC | OFlags::NOCTTY;
-    let fd = match rustix::fs::open(path, flags, Mode::empty()) {
-        Ok(fd) => fd,
-        Err(rustix::io::Errno::NOENT) => return Ok(Lookup::Missing("no such file".into())),
-        Err(e) => {
-            return Err(SourceError::permanent(format!(
-                "cannot open {}: {}",
-                path.display(),
-                std::io::Error::from(e)
-            )));
-        }
+    let (mut file, meta) = match open_regular(path) {
+        Ok(Some(opened)) => opened,
+        Ok(None) => return Ok(Lookup::Missing("no such file".into())),
+        Err(message) => return Err(SourceError::permanent(message)),
     };
-    let mut file = File::from(fd);
-    let meta = file
-        .metadata()
-        .map_err(|e| SourceError::permanent(format!("cannot stat {}: {e}", path.display())))?;
-    let kind = FileType::from_raw_mode(meta.mode());
-    if kind != FileType::RegularFile {
-        return Err(SourceError::permanent(format!(
-            "{} is {}, not a regular file; file: reads regular files only",
-            path.display(),
-            describe(kind)
-        )));
-    }
     if check_owners {
         check_foreign(path, &file, &meta)?;
     }
@@ -94,6 +75,37 @@ fn read_capped(path: &Path, check_owners: bool) -> Result<Lookup, SourceError> {
         }
     }
     Ok(Lookup::Found(fill.finish()))
+}
+
+/// Opens `path` for reading without blocking and without becoming its controlling terminal,
+/// and accepts it only if the opened descriptor is a regular file; `None` when it does not
+/// exist. Shared with the other files the daemon reads at request time (known_hosts).
+pub(crate) fn open_regular(path: &Path) -> Result<Option<(File, Metadata)>, String> {
+    let flags = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC | OFlags::NOCTTY;
+    let fd = match rustix::fs::open(path, flags, Mode::empty()) {
+        Ok(fd) => fd,
+        Err(rustix::io::Errno::NOENT) => return Ok(None),
+        Err(e) => {
+            return Err(format!(
+                "cannot open {}: {}",
+                path.display(),
+                std::io::Error::from(e)
+            ));
+        }
+    };
+    let file = File::from(fd);
+    let meta = file
+        .metadata()
+        .map_err(|e| format!("cannot stat {}: {e}", path.display()))?;
+    let kind = FileType::from_raw_mode(meta.mode());
+    if kind != FileType::RegularFile {
+        return Err(format!(
+            "{} is {}, not a regular file",
+            path.display(),
+            describe(kind)
+        ));
+    }
+    Ok(Some((file, meta)))
 }
 
 fn describe(kind: FileType) -> &'static str {
