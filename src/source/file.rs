@@ -180,8 +180,9 @@ fn check_foreign(path: &Path, file: &File, meta: &Metadata) -> Result<(), Source
     // The kernel's name for what we opened: symlinks resolved, and the very inode we read.
     let real = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
         .map_err(|e| SourceError::permanent(format!("cannot resolve {}: {e}", path.display())))?;
-    let stat_error =
-        |p: &Path, e: std::io::Error| SourceError::permanent(format!("cannot stat {}: {e}", p.display()));
+    let stat_error = |p: &Path, e: std::io::Error| {
+        SourceError::permanent(format!("cannot stat {}: {e}", p.display()))
+    };
     let mut steps = Vec::new();
     let written = lexical(path);
     let mut on_the_way: Vec<&Path> = written.ancestors().collect();
@@ -253,7 +254,9 @@ fn refusal(path: &Path, real: &Path, found: &Foreign) -> String {
         format!("{} (-> {})", path.display(), real.display())
     };
     let (at, why) = match found {
-        Foreign::Owner { path: p, uid } => (p, format!("is owned by {}, not root", user_name(*uid))),
+        Foreign::Owner { path: p, uid } => {
+            (p, format!("is owned by {}, not root", user_name(*uid)))
+        }
         Foreign::Writable { path: p, mode } => (
             p,
             format!("is writable by group or others (mode {mode:04o})"),
@@ -273,14 +276,16 @@ fn refusal(path: &Path, real: &Path, found: &Foreign) -> String {
 /// `uid 1001 (ci)`: the name from /etc/passwd when it has one (no NSS lookup: a daemon that
 /// reads a secret should not load NSS modules for an error message).
 fn user_name(uid: u32) -> String {
-    let name = std::fs::read_to_string("/etc/passwd").ok().and_then(|text| {
-        text.lines().find_map(|line| {
-            let mut fields = line.split(':');
-            let name = fields.next()?;
-            let id = fields.nth(1)?;
-            (id.parse::<u32>().ok()? == uid).then(|| name.to_string())
-        })
-    });
+    let name = std::fs::read_to_string("/etc/passwd")
+        .ok()
+        .and_then(|text| {
+            text.lines().find_map(|line| {
+                let mut fields = line.split(':');
+                let name = fields.next()?;
+                let id = fields.nth(1)?;
+                (id.parse::<u32>().ok()? == uid).then(|| name.to_string())
+            })
+        });
     match name {
         Some(n) => format!("uid {uid} ({n})"),
         None => format!("uid {uid}"),

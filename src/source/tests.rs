@@ -391,7 +391,11 @@ async fn exec_timeout_kills_a_grandchild_that_holds_stdout() {
             "returned after {took:?}, not at the 300ms timeout"
         );
         assert!(err.message.contains(says), "{}", err.message);
-        assert!(err.message.contains("timed out after 300ms"), "{}", err.message);
+        assert!(
+            err.message.contains("timed out after 300ms"),
+            "{}",
+            err.message
+        );
         let text = std::fs::read_to_string(&pids).unwrap();
         for pid in text.split_whitespace() {
             let pid: u32 = pid.parse().unwrap();
@@ -446,7 +450,8 @@ async fn file_source_refuses_a_fifo_at_once() {
     .err()
     .expect("a FIFO is an error");
     assert!(
-        err.message.contains("is a FIFO (named pipe), not a regular file"),
+        err.message
+            .contains("is a FIFO (named pipe), not a regular file"),
         "{}",
         err.message
     );

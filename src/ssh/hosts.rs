@@ -125,7 +125,9 @@ fn read_capped(path: &Path) -> Result<String, String> {
     let (file, meta) =
         crate::source::file::open_regular(path)?.ok_or_else(|| "no such file".to_string())?;
     let too_big = || {
-        format!("it is over the {MAX_KNOWN_HOSTS_BYTES}-byte limit for a known_hosts file; keep only the hosts this policy needs")
+        format!(
+            "it is over the {MAX_KNOWN_HOSTS_BYTES}-byte limit for a known_hosts file; keep only the hosts this policy needs"
+        )
     };
     if meta.len() > MAX_KNOWN_HOSTS_BYTES {
         return Err(too_big());

@@ -673,13 +673,22 @@ fn other_user() -> (u32, u32) {
     if exists("bb-other").is_none() {
         // Exit 9: another test created it meanwhile.
         let status = Command::new("useradd")
-            .args(["--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "bb-other"])
+            .args([
+                "--system",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                "bb-other",
+            ])
             .status()
             .unwrap();
         assert!(matches!(status.code(), Some(0 | 9)), "useradd: {status}");
     }
     let id = |flag: &str| -> u32 {
-        let out = Command::new("id").args([flag, "bb-other"]).output().unwrap();
+        let out = Command::new("id")
+            .args([flag, "bb-other"])
+            .output()
+            .unwrap();
         String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
     };
     (id("-u"), id("-g"))
@@ -696,18 +705,27 @@ fn a_root_daemon_refuses_another_users_file_unless_the_policy_allows_it() {
     let theirs = dir.path().join("netrc");
     std::fs::write(&theirs, b"machine example login ci password p").unwrap();
     std::os::unix::fs::chown(&theirs, Some(uid), Some(gid)).unwrap();
-    let sources = format!("[secrets.t]\nsources = [\"file:{}\"]\nrequired = true\n", theirs.display());
+    let sources = format!(
+        "[secrets.t]\nsources = [\"file:{}\"]\nrequired = true\n",
+        theirs.display()
+    );
 
     let (out, text, _) = resolve_with(&sources, "t");
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(
         text.contains(&format!("refusing {}", theirs.display()))
             && text.contains(&format!("it is owned by uid {uid} (bb-other), not root"))
-            && text.contains(&format!("[file] allow_foreign = [\"{}\"]", theirs.display())),
+            && text.contains(&format!(
+                "[file] allow_foreign = [\"{}\"]",
+                theirs.display()
+            )),
         "names the path, the owner and the opt-in: {text}"
     );
 
-    let allowed = format!("{sources}[file]\nallow_foreign = [\"{}\"]\n", theirs.display());
+    let allowed = format!(
+        "{sources}[file]\nallow_foreign = [\"{}\"]\n",
+        theirs.display()
+    );
     let (out, text, _) = resolve_with(&allowed, "t");
     assert_eq!(out.status.code(), Some(0), "{text}");
     assert!(text.contains("t: resolved from file:"), "{text}");
@@ -724,7 +742,10 @@ fn a_root_daemon_refuses_another_users_file_unless_the_policy_allows_it() {
     );
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(
-        text.contains(&format!("{} is owned by uid {uid} (bb-other)", their_dir.display())),
+        text.contains(&format!(
+            "{} is owned by uid {uid} (bb-other)",
+            their_dir.display()
+        )),
         "{text}"
     );
 
