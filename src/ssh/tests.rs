@@ -662,6 +662,20 @@ async fn rsa_honours_the_sha2_flags_and_refuses_sha1() {
         key.sign(b"x", 0).unwrap_err(),
         super::held::HeldSignError::RsaSha1
     );
+    // With allow_sha1, an ssh-rsa signature (PKCS#1 v1.5 over SHA-1) that verifies.
+    let sig = key.sign_rsa_sha1(b"x").unwrap();
+    let ssh_key::public::KeyData::Rsa(rsa_public) = public.key_data() else {
+        panic!("an rsa key")
+    };
+    let verifying = rsa::pkcs1v15::VerifyingKey::<sha1::Sha1>::new(
+        rsa::RsaPublicKey::try_from(rsa_public).unwrap(),
+    );
+    verifying
+        .verify(
+            b"x",
+            &rsa::pkcs1v15::Signature::try_from(sig.as_slice()).unwrap(),
+        )
+        .expect("a valid SHA-1 signature");
 }
 
 #[tokio::test]
