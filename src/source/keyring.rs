@@ -80,14 +80,14 @@ impl fmt::Display for KeyringBackend {
     }
 }
 
-/// What `buildbroker keyring get-info` shows about an entry. Never the value.
+/// What `buildbroker keyring get-info` shows about an entry: where it lives, and the value,
+/// which the command turns into a length and a keyed fingerprint and never prints.
 pub struct EntryInfo {
     pub backend: KeyringBackend,
     /// Where it lives: the kernel keyring that holds it, or the Secret Service item's label and
     /// attributes.
     pub location: String,
-    pub length: usize,
-    pub short_hash: String,
+    pub value: SecretBytes,
 }
 
 /// The keyring state shared by requests: one Secret Service connection, kept while it works.

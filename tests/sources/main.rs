@@ -19,7 +19,6 @@ use std::process::{Command, Output};
 
 use kernel_keyring::{KernelKey, unique};
 use secret_service::SecretServiceBed;
-use sha2::{Digest, Sha256};
 
 const CAP: usize = 512_000;
 const VALUE: &[u8] = b"conformance \xc3\xa9 value\twith tab";
@@ -269,7 +268,8 @@ fn resolve(kind: &dyn Kind, sources: &[String], required: bool) -> (Output, Stri
         use std::os::unix::ffi::OsStrExt;
         cmd.env(k, std::ffi::OsStr::from_bytes(&v));
     }
-    cmd.env("CONFORMANCE_FALLBACK", "fallback-value");
+    cmd.env("CONFORMANCE_FALLBACK", "fallback-value")
+        .env("STATE_DIRECTORY", state_dir());
     let out = cmd.output().unwrap();
     let text = format!(
         "{}{}",
@@ -279,11 +279,16 @@ fn resolve(kind: &dyn Kind, sources: &[String], required: bool) -> (Output, Stri
     (out, text)
 }
 
-fn short_hash(v: &[u8]) -> String {
-    Sha256::digest(v)[..6]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+/// The state directory every `resolve` of this suite uses, so its fingerprint key is known.
+fn state_dir() -> &'static std::path::Path {
+    static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| tempfile::tempdir().unwrap()).path()
+}
+
+/// What `resolve` prints for a value: its fingerprint under the suite's key.
+fn fingerprint(v: &[u8]) -> String {
+    let key = std::fs::read(state_dir().join("fingerprint.key")).unwrap();
+    buildbroker::cli::fingerprint::keyed_fingerprint(&key, v)
 }
 
 fn conformance(kind: &mut dyn Kind) {
@@ -293,9 +298,9 @@ fn conformance(kind: &mut dyn Kind) {
     assert_eq!(out.status.code(), Some(0), "{text}");
     assert!(
         text.contains(&format!(
-            "c: resolved from {uri} ({} bytes, sha256:{}…)",
+            "c: resolved from {uri} ({} bytes, fingerprint {})",
             VALUE.len(),
-            short_hash(VALUE)
+            fingerprint(VALUE)
         )),
         "{text}"
     );
