@@ -120,7 +120,8 @@ impl FingerprintKey {
     /// Creates the key; `None` if another process created the file first.
     fn create(path: &Path) -> Result<Option<FingerprintKey>, String> {
         use rand_core::RngCore;
-        let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let flags =
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
         let fd = match rustix::fs::open(path, flags, Mode::from_raw_mode(0o600)) {
             Ok(fd) => fd,
             Err(rustix::io::Errno::EXIST) => return Ok(None),

@@ -4,7 +4,6 @@ use std::net::TcpListener;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-
 use crate::harness::skip;
 use crate::moto::{Moto, REGION, xml_text};
 

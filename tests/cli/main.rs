@@ -426,7 +426,10 @@ fn resolve_fingerprints_are_keyed_stable_and_tell_values_apart() {
         .output()
         .unwrap();
     let t = text(&out);
-    assert!(t.contains("no fingerprint:") && t.contains("mode 0600"), "{t}");
+    assert!(
+        t.contains("no fingerprint:") && t.contains("mode 0600"),
+        "{t}"
+    );
     assert!(!t.contains("hmac-sha256:"), "{t}");
 }
 
@@ -449,7 +452,10 @@ fn resolve_and_keyring_run_without_core_dumps() {
     let seen = dir.path().join("limits");
     std::fs::write(
         &script,
-        format!("#!/bin/sh\ncat /proc/$PPID/limits > {}\necho v\n", seen.display()),
+        format!(
+            "#!/bin/sh\ncat /proc/$PPID/limits > {}\necho v\n",
+            seen.display()
+        ),
     )
     .unwrap();
     use std::os::unix::fs::PermissionsExt;
@@ -468,7 +474,11 @@ fn resolve_and_keyring_run_without_core_dumps() {
         .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let limits = std::fs::read_to_string(&seen).unwrap();
-    assert_eq!(core_limit(&limits), "Max core file size 0 0 bytes", "{limits}");
+    assert_eq!(
+        core_limit(&limits),
+        "Max core file size 0 0 bytes",
+        "{limits}"
+    );
 
     // keyring set: waits for its value on stdin; look at it while it waits.
     let mut child = bin()

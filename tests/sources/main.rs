@@ -794,3 +794,103 @@ fn allow_foreign_must_name_a_file_source() {
         "{text}"
     );
 }
+
+/// Set in the re-executed test process that talks to the bed's Secret Service in-process (the
+/// crate forbids the `unsafe` that setting DBUS_SESSION_BUS_ADDRESS in this process would need).
+const CONCURRENT_CHILD: &str = "BB_TEST_SECRET_SERVICE_CHILD_PID";
+
+#[test]
+fn a_hung_secret_service_makes_each_id_wait_its_own_timeout_not_a_queue() {
+    if let Some(pid) = std::env::var_os(CONCURRENT_CHILD) {
+        return concurrent_lookups_against_a_stopped_keyring(&pid.to_string_lossy());
+    }
+    let bed = SecretServiceBed::start();
+    bed.secret_tool_store("queue", "a", b"value-a");
+    bed.secret_tool_store("queue", "b", b"value-b");
+    let pid = bed.keyring_pid();
+    let out = bed
+        .command(std::env::current_exe().unwrap().to_str().unwrap())
+        .args([
+            "--exact",
+            "a_hung_secret_service_makes_each_id_wait_its_own_timeout_not_a_queue",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CONCURRENT_CHILD, pid.to_string())
+        .output()
+        .unwrap();
+    // Whatever happened in the child, the keyring daemon runs again for the bed's teardown.
+    let _ = Command::new("kill")
+        .args(["-CONT", &pid.to_string()])
+        .status();
+    let text = output_text(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("both ids answered within"), "{text}");
+}
+
+/// In the bed's session: a warm shared connection, then the keyring daemon stops; two ids
+/// asked at once must both fail at about the timeout (before: the second queued behind the
+/// first's call, 2×), and the same while the connection is being opened.
+fn concurrent_lookups_against_a_stopped_keyring(pid: &str) {
+    use buildbroker::source::{KeyringBackend, KeyringSpec, SourceRuntime, SourceSettings};
+    let timeout = std::time::Duration::from_millis(1000);
+    let settings = SourceSettings {
+        keyring_backend: KeyringBackend::SecretService,
+        keyring_timeout: timeout,
+        ..SourceSettings::default()
+    };
+    let a = KeyringSpec::parse("queue/a").unwrap();
+    let b = KeyringSpec::parse("queue/b").unwrap();
+    let signal = |sig: &str| {
+        assert!(
+            Command::new("kill")
+                .args([sig, pid])
+                .status()
+                .unwrap()
+                .success()
+        )
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let warm = SourceRuntime::new(settings.clone());
+        assert!(matches!(
+            warm.keyring.lookup(&a, &warm.settings).await,
+            Ok(buildbroker::source::Lookup::Found(_))
+        ));
+        let cold = SourceRuntime::new(settings.clone());
+        signal("-STOP");
+        for (what, runtime) in [("a warm connection", &warm), ("opening the connection", &cold)] {
+            let started = std::time::Instant::now();
+            let (ra, rb) = tokio::join!(
+                runtime.keyring.lookup(&a, &runtime.settings),
+                runtime.keyring.lookup(&b, &runtime.settings)
+            );
+            let took = started.elapsed();
+            for r in [ra, rb] {
+                match r {
+                    Err(e) => assert!(
+                        e.message.contains("did not answer within 1s"),
+                        "{what}: {}",
+                        e.message
+                    ),
+                    Ok(_) => panic!("{what}: a stopped keyring answered"),
+                }
+            }
+            assert!(
+                took < timeout + std::time::Duration::from_millis(600),
+                "{what}: two ids took {took:?} with a {timeout:?} timeout: one queued behind the other"
+            );
+            println!("{what}: both ids answered within {took:?}");
+        }
+        signal("-CONT");
+        // And the keyring serves again once it wakes: the timed-out connection was dropped.
+        let again = warm.keyring.lookup(&b, &warm.settings).await;
+        assert!(
+            matches!(again, Ok(buildbroker::source::Lookup::Found(_))),
+            "the keyring answers again after SIGCONT"
+        );
+    });
+}
