@@ -94,14 +94,14 @@ pub async fn lookup(spec: &ExecSpec, id: &str, timeout: Duration) -> Result<Look
     let mut group = ProcessGroup::of(&child);
     let stdout = child.stdout.take().expect("stdout is piped");
     let stderr = child.stderr.take().expect("stderr is piped");
-    let mut exited = None;
+    let mut exited = false;
     let run = async {
         let (value, err, status) = tokio::join!(
             read_value(stdout),
             read_bounded(stderr, MAX_STDERR),
             async {
                 let status = child.wait().await;
-                exited = Some(());
+                exited = true;
                 status
             }
         );
@@ -111,7 +111,7 @@ pub async fn lookup(spec: &ExecSpec, id: &str, timeout: Duration) -> Result<Look
         group.kill();
         // SIGKILL cannot be ignored: this wait is short, and it reaps the program.
         let _ = child.wait().await;
-        let message = if exited.is_some() {
+        let message = if exited {
             format!(
                 "{} exited, but a process it started kept its output open; timed out after {timeout:?} and killed its process group",
                 spec.program

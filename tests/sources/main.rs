@@ -826,6 +826,9 @@ fn a_hung_secret_service_makes_each_id_wait_its_own_timeout_not_a_queue() {
     let text = output_text(&out);
     assert!(out.status.success(), "{text}");
     assert!(text.contains("both ids answered within"), "{text}");
+    for line in text.lines().filter(|l| l.contains("answered within")) {
+        println!("{line}");
+    }
 }
 
 /// In the bed's session: a warm shared connection, then the keyring daemon stops; two ids
