@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+pub mod fingerprint;
 mod keyring;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -85,7 +86,10 @@ pub enum Command {
         action: KeyringAction,
     },
     /// Resolve one secret id as the daemon would and print which source answered, the value's
-    /// length and a short hash. Never prints the value. Exit 0 resolved, 1 not, 2 bad input.
+    /// length and a fingerprint keyed with this host's key (in the state directory, e.g.
+    /// ~/.local/state/buildbroker/fingerprint.key): equal values print equal fingerprints, and
+    /// the fingerprint reveals nothing without the key. Never prints the value. Exit 0 resolved,
+    /// 1 not, 2 bad input.
     Resolve {
         #[arg(long, short, value_name = "PATH")]
         config: Option<PathBuf>,
@@ -106,7 +110,8 @@ pub enum KeyringAction {
         #[arg(long)]
         raw: bool,
     },
-    /// Show where the entry lives, its length and a short hash; never the value.
+    /// Show where the entry lives, its length and its keyed fingerprint (as `resolve` prints
+    /// it); never the value.
     /// Exit 1 when there is no such entry.
     GetInfo {
         #[command(flatten)]
@@ -197,6 +202,7 @@ fn load_policy(config: Option<PathBuf>, env: &HostEnv) -> Option<Policy> {
 }
 
 /// Core dumps could hold secrets: turn them off for this process before any secret exists.
+/// Every command that handles values calls it first: `serve`, `resolve`, `keyring`.
 fn disable_core_dumps() {
     use rustix::process::{Resource, Rlimit, setrlimit};
     let none = Rlimit {
@@ -357,6 +363,7 @@ fn check(config: Option<PathBuf>, dockerfiles: Vec<PathBuf>, env: &HostEnv) -> E
 }
 
 fn resolve(config: Option<PathBuf>, id: &str, env: &HostEnv) -> ExitCode {
+    disable_core_dumps();
     let Some(policy) = load_policy(config, env) else {
         return ExitCode::from(2);
     };
@@ -405,9 +412,9 @@ fn resolve(config: Option<PathBuf>, id: &str, env: &HostEnv) -> ExitCode {
             }
             print_attempts(&attempts);
             println!(
-                "{id}: resolved from {source} ({} bytes, sha256:{}…)",
+                "{id}: resolved from {source} ({} bytes, {})",
                 value.len(),
-                value.short_hash()
+                fingerprint::describe(env, value.expose())
             );
             ExitCode::SUCCESS
         }

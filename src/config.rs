@@ -339,6 +339,8 @@ struct RawPolicy {
     #[serde(default)]
     exec: RawExec,
     #[serde(default)]
+    file: RawFile,
+    #[serde(default)]
     keyring: RawKeyring,
     #[serde(default)]
     aws: RawAws,
@@ -367,6 +369,14 @@ enum RawGroup {
 struct RawKeyring {
     backend: Option<KeyringBackend>,
     timeout: Option<Spanned<String>>,
+}
+
+/// `[file]`: what `file:` sources of a root daemon may read although another user owns them.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    #[serde(default)]
+    allow_foreign: Vec<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -759,6 +769,7 @@ impl Policy {
         {
             gids.push(gid);
         }
+        sources.file_allow_foreign = check_allow_foreign(&raw.file, &secrets, &ssh, env, &mut c);
 
         if !c.errors.is_empty() {
             c.errors.sort_by_key(|e| (e.line, e.column));
@@ -876,6 +887,57 @@ fn string_offset(text: &str, span: Range<usize>, value: &str, at: usize) -> usiz
         }
     }
     span.start
+}
+
+/// `[file] allow_foreign`: absolute paths, each the path of some `file:` source of this policy
+/// (a path no source reads is a typo that would silently leave the real one refused).
+fn check_allow_foreign(
+    raw: &RawFile,
+    secrets: &BTreeMap<String, SecretRule>,
+    ssh: &BTreeMap<String, SshRule>,
+    env: &HostEnv,
+    c: &mut Collector<'_>,
+) -> Vec<PathBuf> {
+    let held = ssh.values().flat_map(|rule| match &rule.keys {
+        SshKeys::Held {
+            private_keys,
+            passphrase,
+        } => private_keys.iter().chain(passphrase).collect(),
+        SshKeys::Upstream { .. } => Vec::new(),
+    });
+    let named: Vec<&PathBuf> = secrets
+        .values()
+        .flat_map(|r| &r.sources)
+        .chain(held)
+        .filter_map(|spec| match spec {
+            SourceSpec::File(p) => Some(p),
+            _ => None,
+        })
+        .collect();
+    let mut out = Vec::new();
+    for entry in &raw.allow_foreign {
+        let path = crate::source::expand_home(entry.get_ref(), env.home.as_deref());
+        if !path.is_absolute() {
+            c.push(
+                entry.span(),
+                format!(
+                    "[file] allow_foreign: expected an absolute path or one starting with ~/; got {:?}",
+                    entry.get_ref()
+                ),
+            );
+        } else if !named.contains(&&path) {
+            c.push(
+                entry.span(),
+                format!(
+                    "[file] allow_foreign: no file: source of this policy reads {}; write the path exactly as the source does",
+                    path.display()
+                ),
+            );
+        } else {
+            out.push(path);
+        }
+    }
+    out
 }
 
 /// The `[aws]` table, for `aws-sm:` sources.

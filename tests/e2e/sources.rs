@@ -167,3 +167,46 @@ fn cached_values_survive_a_failing_source_with_stale_on_error() {
         "the audit record says why: {audit}"
     );
 }
+
+#[test]
+fn a_fifo_file_source_fails_the_build_fast_and_the_broker_keeps_serving() {
+    if skip() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("token");
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let broker = Broker::start(BrokerOptions {
+        policy: &format!(
+            "[secrets.piped]\nsources = [\"file:{}\"]\nrequired = true\n[secrets.ok]\nsources = [\"env:OK\"]\n",
+            fifo.display()
+        ),
+        env: vec![("OK", "still-serving")],
+        ..Default::default()
+    });
+    // Nobody writes to the FIFO: before, the read blocked a thread for good and the build hung.
+    let started = std::time::Instant::now();
+    let failing = Build::new(dockerfile(&["piped"])).run(&broker);
+    let took = started.elapsed();
+    assert!(!failing.success(), "{}", failing.log());
+    assert!(
+        took < std::time::Duration::from_secs(60),
+        "the build took {took:?}"
+    );
+    assert!(
+        broker
+            .log()
+            .contains("is a FIFO (named pipe), not a regular file"),
+        "{}",
+        broker.log()
+    );
+    let build = Build::new(dockerfile(&["ok"])).run(&broker);
+    build.assert_ok();
+    assert_eq!(build.text("ok"), "still-serving");
+}
