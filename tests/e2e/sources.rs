@@ -39,7 +39,7 @@ fn kernel_keyring_values_reach_a_build() {
     assert!(
         broker
             .audit()
-            .contains("\"id\":\"deploy\",\"source\":\"keyring\",\"decision\":\"served\""),
+            .contains("\"id\":\"deploy\",\"source\":\"keyring\",\"value_owner\":\"broker\",\"decision\":\"served\""),
         "{}",
         broker.audit()
     );
@@ -110,12 +110,19 @@ fn exec_values_reach_a_build_and_stdout_never_reaches_logs_on_failure() {
 
     let failing = Build::new(dockerfile(&["broken"])).run(&broker);
     assert!(!failing.success());
+    // The program's stderr is the daemon log's business; the build sees the kind and class.
     assert!(
-        failing
+        failing.log().contains("tried exec (error)")
+            && !failing.log().contains("permission denied"),
+        "{}",
+        failing.log()
+    );
+    assert!(
+        broker
             .log()
             .contains("exited with status 1: permission denied"),
         "{}",
-        failing.log()
+        broker.log()
     );
     for text in [failing.log(), broker.log(), broker.audit()] {
         assert!(
