@@ -27,6 +27,7 @@ pub mod access;
 pub mod audit;
 pub mod broker;
 pub mod cache;
+pub mod channel;
 pub mod cli;
 pub mod config;
 pub mod dockerfile;

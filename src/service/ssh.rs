@@ -24,7 +24,7 @@ use crate::broker::Broker;
 use crate::proto::sshforward::ssh_client::SshClient;
 use crate::proto::sshforward::ssh_server::Ssh;
 use crate::proto::sshforward::{BytesMessage, CheckAgentRequest, CheckAgentResponse};
-use crate::session::{ClientChannel, SessionInfo};
+use crate::channel::{ClientChannel, SessionInfo};
 use crate::ssh::{AgentConnection, Origin, Route, wire};
 
 /// The gRPC metadata key carrying the ssh id (buildkit session/sshforward/ssh.go `KeySSHID`).
