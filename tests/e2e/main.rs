@@ -8,6 +8,7 @@ mod kernel_keyring;
 mod secret_service;
 
 mod bad_input;
+mod container;
 mod lifecycle;
 mod no_leaks;
 mod secrets;
