@@ -270,7 +270,7 @@ where
                         // Trailers: the peer's final status. A failure is passed on.
                         if let Some(status) = frame
                             .trailers_ref()
-                            .and_then(|t| Status::from_header_map(t))
+                            .and_then(Status::from_header_map)
                             .filter(|s| s.code() != tonic::Code::Ok)
                         {
                             this.outcome.record(status);
