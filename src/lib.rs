@@ -16,6 +16,12 @@
 //!   and the h2 client towards buildx; `session::router` sends `Secrets/GetSecret` to
 //!   [`service::secrets`], `SSH/CheckAgent` and `SSH/ForwardAgent` to [`service::ssh`], and
 //!   relays everything else.
+//! - The docker-container driver reaches BuildKit through a `buildctl dial-stdio` exec: [`exec`]
+//!   demultiplexes its stream and [`control`] relays the BuildKit Control API over it, handing
+//!   each `Control/Session` to the same [`session`] core.
+//! - Layers, one way: transports ([`proxy`], [`exec`], [`control`]) → session core
+//!   ([`session`]) → [`service`]s → decisions ([`resolver`], [`policy`], [`cache`]) →
+//!   [`source`]s → shared types ([`channel`], [`secret`]).
 //! - [`resolver`] answers one secret request: [`policy`] decides (pure functions) what an id
 //!   means, [`cache`] may hold a value for slow sources, [`source`] resolves it from env, files,
 //!   the OS keyring, programs or the build client; [`secret::SecretBytes`] owns the value and
@@ -30,10 +36,13 @@ pub mod access;
 pub mod audit;
 pub mod broker;
 pub mod cache;
+pub mod channel;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod daemon_files;
 pub mod dockerfile;
+pub mod exec;
 pub mod peers;
 pub mod policy;
 pub mod proxy;

@@ -1,7 +1,10 @@
 //! The Docker Engine API endpoint: accept a unix connection, check the peer, and relay every
 //! request to the upstream engine — plain, streaming and chunked bodies, and any HTTP upgrade
-//! (attach, exec, `/grpc`) spliced as raw bytes. `POST /session` is the one request handed to
-//! [`crate::session`] instead.
+//! (attach, exec, `/grpc`) spliced as raw bytes. Two requests are handed on instead:
+//! `POST /session` to [`crate::session`], and the start of a `buildctl dial-stdio` exec (the
+//! docker-container driver's path to BuildKit) to [`crate::exec`], which runs the Control API
+//! relay over it. For the latter, exec create and start bodies (small JSON) are read to decide,
+//! and relayed byte for byte.
 //!
 //! Each downstream connection gets its own upstream connection (HTTP/1.1 is sequential, so
 //! the two pair up naturally); upgrades take a fresh one, since an upgrade consumes it.
@@ -25,12 +28,13 @@ use tokio_util::task::TaskTracker;
 
 use crate::access::{PeerInfo, check_peer, supplementary_groups};
 use crate::broker::Broker;
+use crate::channel::{BoxError, SessionInfo};
 use crate::config::Endpoint;
+use crate::exec::{self, DialStdioExecs, ExecKind};
 use crate::peers::ConnectionSlot;
-use crate::session::{self, SessionInfo};
+use crate::session;
 use crate::source::{AcceptedAt, ClientProcess};
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Responses to the downstream client: relayed bodies or buildbroker's own short answers.
 type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
 
@@ -143,7 +147,7 @@ struct Connection {
     /// started before it (`client-env:`; src/source/client_env.rs).
     accepted: AcceptedAt,
     /// Reused for plain requests; replaced when the engine closes it.
-    upstream: Mutex<Option<SendRequest<Incoming>>>,
+    upstream: Mutex<Option<SendRequest<ProxyBody>>>,
     /// Upgraded connections (sessions, attach) outlive the request; the daemon drains them.
     tasks: TaskTracker,
     /// Cancelled when the daemon stops or the peer's access is revoked.
@@ -154,17 +158,106 @@ struct Connection {
 
 impl Connection {
     async fn handle(&self, req: Request<Incoming>) -> Response<ProxyBody> {
-        if req.method() == Method::POST && session::is_session_path(req.uri().path()) {
-            return self.intercept_session(req).await;
+        if req.method() == Method::POST {
+            let path = req.uri().path();
+            if session::is_session_path(path) {
+                return self.intercept_session(req).await;
+            }
+            if exec::is_exec_create(path) {
+                return self.create_exec(req).await;
+            }
+            if is_upgrade(req.headers())
+                && let Some(id) = exec::exec_start_id(path)
+                && DialStdioExecs::global().take(id)
+            {
+                return self.start_dial_stdio(req).await;
+            }
         }
         if is_upgrade(req.headers()) {
+            return self.forward_upgrade(boxed(req)).await;
+        }
+        self.forward(boxed(req)).await
+    }
+
+    /// `POST /containers/{name}/exec`: relayed unchanged; when it creates a `buildctl
+    /// dial-stdio` exec, the id in the engine's answer is remembered for its start.
+    async fn create_exec(&self, req: Request<Incoming>) -> Response<ProxyBody> {
+        let (req, body) = match read_small_body(req).await {
+            Ok(read) => read,
+            Err(resp) => return resp,
+        };
+        let kind = body
+            .as_deref()
+            .map_or(ExecKind::Other, exec::classify_create);
+        if kind == ExecKind::DialStdioTty {
+            tracing::info!(
+                uid = self.peer.uid,
+                "buildctl dial-stdio exec with a tty: relayed raw, not intercepted"
+            );
+        }
+        let resp = self.forward(req).await;
+        if kind != ExecKind::DialStdio || resp.status() != StatusCode::CREATED {
+            return resp;
+        }
+        let (parts, body) = resp.into_parts();
+        let body = match collect_bounded(body, exec::MAX_INSPECTED_BODY).await {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                return self.upstream_failed(&format!("reading the exec create answer: {e}"));
+            }
+        };
+        match exec::created_id(&body) {
+            Some(id) => {
+                tracing::debug!(uid = self.peer.uid, exec = %id, "buildctl dial-stdio exec created");
+                DialStdioExecs::global().remember(id);
+            }
+            None => tracing::warn!(
+                uid = self.peer.uid,
+                "buildctl dial-stdio exec created, but the engine's answer has no id; it will not be intercepted"
+            ),
+        }
+        Response::from_parts(parts, full(body))
+    }
+
+    /// `POST /exec/{id}/start` of a dial-stdio exec: once both sides have switched protocols,
+    /// the Control API relay runs over the hijacked stream (unless a tty was asked for, which
+    /// drops the stdcopy framing: then it is spliced raw like any other exec).
+    async fn start_dial_stdio(&self, req: Request<Incoming>) -> Response<ProxyBody> {
+        let (req, body) = match read_small_body(req).await {
+            Ok(read) => read,
+            Err(resp) => return resp,
+        };
+        if body.as_deref().is_none_or(exec::start_wants_tty) {
+            tracing::info!(
+                uid = self.peer.uid,
+                "buildctl dial-stdio exec started with a tty (or an unread body): relayed raw, not intercepted"
+            );
             return self.forward_upgrade(req).await;
         }
-        self.forward(req).await
+        let (resp, pair) = match self.relay_upgrade(req).await {
+            Ok(switched) => switched,
+            Err(resp) => return resp,
+        };
+        tracing::info!(uid = self.peer.uid, pid = ?self.peer.pid, "buildctl dial-stdio exec started: relaying the BuildKit Control API");
+        let broker = self.broker.clone();
+        let peer = self.peer;
+        let process = Arc::new(ClientProcess::pin(&self.peer, self.accepted));
+        let shutdown = self.shutdown.clone();
+        let slot = self.slot.clone();
+        self.tasks.spawn(async move {
+            let _slot = slot;
+            match pair.complete().await {
+                Ok((container, client)) => {
+                    exec::run(container, client, broker, peer, process, shutdown).await
+                }
+                Err(e) => tracing::warn!(error = %e, "dial-stdio exec upgrade did not complete"),
+            }
+        });
+        resp
     }
 
     /// A plain request: relay it on the paired upstream connection.
-    async fn forward(&self, req: Request<Incoming>) -> Response<ProxyBody> {
+    async fn forward(&self, req: Request<ProxyBody>) -> Response<ProxyBody> {
         let mut slot = self.upstream.lock().await;
         let reusable = match slot.as_mut() {
             Some(send) => send.ready().await.is_ok(),
@@ -191,7 +284,7 @@ impl Connection {
     /// otherwise the engine's (or our) answer, to pass on as it is.
     async fn relay_upgrade(
         &self,
-        mut req: Request<Incoming>,
+        mut req: Request<ProxyBody>,
     ) -> Result<(Response<ProxyBody>, UpgradePair), Response<ProxyBody>> {
         let path = req.uri().path().to_owned();
         let downstream = hyper::upgrade::on(&mut req);
@@ -216,7 +309,7 @@ impl Connection {
 
     /// Attach, exec, `/grpc` and any other upgrade: once both sides have switched protocols,
     /// splice the raw bytes.
-    async fn forward_upgrade(&self, req: Request<Incoming>) -> Response<ProxyBody> {
+    async fn forward_upgrade(&self, req: Request<ProxyBody>) -> Response<ProxyBody> {
         let (resp, pair) = match self.relay_upgrade(req).await {
             Ok(switched) => switched,
             Err(resp) => return resp,
@@ -264,7 +357,7 @@ impl Connection {
                 return error_response(StatusCode::TOO_MANY_REQUESTS, &full.to_string());
             }
         };
-        let (resp, pair) = match self.relay_upgrade(req).await {
+        let (resp, pair) = match self.relay_upgrade(boxed(req)).await {
             Ok(switched) => switched,
             Err(resp) => {
                 tracing::warn!(session = %uuid, status = %resp.status(), "the engine did not open the session");
@@ -296,7 +389,7 @@ impl Connection {
     async fn connect_upstream(
         &self,
         upgrades: bool,
-    ) -> Result<SendRequest<Incoming>, Response<ProxyBody>> {
+    ) -> Result<SendRequest<ProxyBody>, Response<ProxyBody>> {
         let endpoint = self.broker.current().policy.server.upstream.clone();
         let io: Box<dyn UpstreamIo> = match &endpoint {
             Endpoint::Unix(path) => match UnixStream::connect(path).await {
@@ -358,6 +451,62 @@ impl UpgradePair {
     async fn complete(self) -> hyper::Result<(hyper::upgrade::Upgraded, hyper::upgrade::Upgraded)> {
         tokio::try_join!(self.upstream, self.downstream)
     }
+}
+
+fn boxed(req: Request<Incoming>) -> Request<ProxyBody> {
+    req.map(|b| b.map_err(BoxError::from).boxed_unsync())
+}
+
+fn full(bytes: Bytes) -> ProxyBody {
+    Full::new(bytes).map_err(BoxError::from).boxed_unsync()
+}
+
+/// Reads a request body that should be small JSON (exec create and start), to look at it and
+/// relay it byte for byte. A body announced as bigger than [`exec::MAX_INSPECTED_BODY`] is not
+/// read: the request goes on as it came, with `None`. A chunked body that outgrows the bound
+/// is refused (413), since part of it has been read.
+async fn read_small_body(
+    req: Request<Incoming>,
+) -> Result<(Request<ProxyBody>, Option<Bytes>), Response<ProxyBody>> {
+    let announced = req
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|n| n > exec::MAX_INSPECTED_BODY as u64) {
+        return Ok((boxed(req), None));
+    }
+    let (parts, body) = req.into_parts();
+    match http_body_util::Limited::new(body, exec::MAX_INSPECTED_BODY)
+        .collect()
+        .await
+    {
+        Ok(collected) => {
+            let bytes = collected.to_bytes();
+            Ok((Request::from_parts(parts, full(bytes.clone())), Some(bytes)))
+        }
+        Err(e) => Err(error_response(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!(
+                "buildbroker: an exec request body could not be read within {} bytes: {e}",
+                exec::MAX_INSPECTED_BODY
+            ),
+        )),
+    }
+}
+
+/// Collects a body of at most `limit` bytes.
+async fn collect_bounded(mut body: ProxyBody, limit: usize) -> Result<Bytes, BoxError> {
+    let mut out = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame?.into_data() {
+            if out.len() + data.len() > limit {
+                return Err(format!("longer than {limit} bytes").into());
+            }
+            out.extend_from_slice(&data);
+        }
+    }
+    Ok(out.freeze())
 }
 
 fn is_upgrade(headers: &HeaderMap) -> bool {

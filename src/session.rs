@@ -4,11 +4,16 @@
 //! session is the HTTP/2 *server* inside it; the daemon is the gRPC client (design.md §3). So
 //! once both sides have switched protocols, buildbroker is an h2 server towards the daemon and
 //! an h2 client towards the build client, with a [`router`] between them: the calls buildbroker
-//! answers go to local services, every other call is relayed unchanged by [`relay`].
+//! answers go to local services, every other call is relayed unchanged by
+//! [`crate::channel::ClientChannel`].
+//!
+//! This is the one session core for every transport: `POST /session` on the Docker endpoint,
+//! and `Control/Session` of the BuildKit Control API ([`crate::control`], carried by the exec
+//! stream of the docker-container driver, [`crate::exec`]). Transports hand [`run`] two byte
+//! streams; they never route calls themselves.
 //!
 //! This module never looks inside relayed calls and never logs bodies.
 
-mod relay;
 mod router;
 
 use std::sync::Arc;
@@ -19,12 +24,12 @@ use hyper::rt::{Read, Write};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio_util::sync::CancellationToken;
 
-pub use relay::{BoxError, ClientChannel, RelayBody};
 pub use router::{Route, SessionRouter};
 
-use crate::access::PeerInfo;
+// The shared types live in `crate::channel`, below the services; these re-exports keep the
+// old paths working for code that still names them through the session.
 use crate::broker::Broker;
-use crate::source::ClientProcess;
+pub use crate::channel::{BoxError, ClientChannel, RelayBody, SessionInfo};
 
 /// Header naming the session's UUID (buildkit session/manager.go, `headerSessionID`).
 pub const HEADER_UUID: &str = "x-docker-expose-session-uuid";
@@ -44,21 +49,11 @@ pub const SERVED_METHODS: &[&str] = &[
 /// connection window and sends GOAWAY(ENHANCE_YOUR_CALM) when it runs out, and BuildKit's file
 /// sync (the local exporter, `COPY`) sends many small frames in bursts. Measured on the real
 /// stack: with adaptive windows `-o type=local` failed with "too_many_data_frames".
-const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
-const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
+pub(crate) const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
+pub(crate) const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
 
 /// How long a closing side may take to finish its streams before it is dropped.
 const TEARDOWN_GRACE: Duration = Duration::from_secs(5);
-
-/// Who a session belongs to: for the audit log, and for the sources that read the build
-/// client itself (`client-env:`).
-#[derive(Debug, Clone)]
-pub struct SessionInfo {
-    pub uuid: String,
-    pub peer: PeerInfo,
-    /// The build client's process, pinned when its connection was accepted.
-    pub client: Arc<ClientProcess>,
-}
 
 /// Whether an Engine API path opens a session, judged on the path as the engine routes it.
 ///

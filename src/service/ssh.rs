@@ -21,10 +21,10 @@ use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::broker::Broker;
+use crate::channel::{ClientChannel, SessionInfo};
 use crate::proto::sshforward::ssh_client::SshClient;
 use crate::proto::sshforward::ssh_server::Ssh;
 use crate::proto::sshforward::{BytesMessage, CheckAgentRequest, CheckAgentResponse};
-use crate::session::{ClientChannel, SessionInfo};
 use crate::ssh::{AgentConnection, Origin, Route, wire};
 
 /// The gRPC metadata key carrying the ssh id (buildkit session/sshforward/ssh.go `KeySSHID`).

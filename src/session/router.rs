@@ -8,9 +8,8 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tower_service::Service;
 
-use super::SessionInfo;
-use super::relay::{BoxError, ClientChannel, RelayBody};
 use crate::broker::Broker;
+use crate::channel::{BoxError, ClientChannel, RelayBody, SessionInfo};
 use crate::proto::sshforward::ssh_server::SshServer;
 use crate::service::secrets::SecretsService;
 use crate::service::ssh::SshService;

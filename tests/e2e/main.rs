@@ -9,6 +9,7 @@ mod secret_service;
 
 mod bad_input;
 mod client_env;
+mod container;
 mod isolation;
 mod lifecycle;
 mod no_leaks;

@@ -26,6 +26,12 @@ TESTBED_DOCKER_HOST=unix://$SOCK
 
 BUSYBOX_IMAGE=buildbroker-test/busybox:latest
 SSH_IMAGE=buildbroker-test/ssh:latest
+BUILDKIT_IMAGE=buildbroker-test/buildkit:latest   # stand-in BuildKit for the docker-container driver
+# The loopback TCP door to the engine socket that the stand-in's `buildctl dial-stdio` uses
+# (a container on the host network reaches 127.0.0.1, not the socket file).
+GRPC_DOOR_PORT=23751
+GRPC_DOOR_PIDFILE=$RUN_DIR/grpc-door.pid
+GRPC_DOOR_LOG=$LOG_DIR/grpc-door.log
 IMAGE_LABEL=org.buildbroker.testbed.version
 IMAGE_VERSION=1                            # bump to force re-import of the images
 
@@ -274,11 +280,83 @@ build_images() {
     mkdir -p "$tmp/ssh/root/.ssh" && chmod 0700 "$tmp/ssh/root/.ssh"
     import_rootfs "$tmp/ssh" "$SSH_IMAGE"
   fi
+  if ! image_current "$BUILDKIT_IMAGE"; then
+    log "creating $BUILDKIT_IMAGE (stand-in BuildKit: busybox + a buildctl script)"
+    make_busybox_rootfs "$tmp/buildkit"
+    write_buildctl "$tmp/buildkit/usr/bin/buildctl"
+    tar -C "$tmp/buildkit" --numeric-owner --owner=0 --group=0 -cf - . \
+      | dk import \
+          -c "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" \
+          -c 'ENTRYPOINT ["/bin/sh", "-c", "trap \"exit 0\" TERM INT; while :; do sleep 3600 & wait $!; done", "buildkitd"]' \
+          -c "LABEL $IMAGE_LABEL=$IMAGE_VERSION" \
+          - "$BUILDKIT_IMAGE" >/dev/null || die "docker import of $BUILDKIT_IMAGE failed"
+  fi
   rm -rf "$TMP_ROOTFS"; TMP_ROOTFS=
+}
+
+# write_buildctl PATH: the stand-in's buildctl (design.md §10). buildx's docker-container
+# driver runs `buildctl debug workers` until it succeeds, then `buildctl dial-stdio` and speaks
+# the BuildKit Control API over the exec's stdin/stdout. The engine's own BuildKit behind
+# `POST /grpc` is the same API, so dial-stdio opens /grpc through the loopback door, waits for
+# the engine's 101 (bytes sent with the upgrade request would be swallowed by the engine's
+# HTTP reader), then copies stdin to the engine and the engine to stdout. `read` in busybox sh
+# takes one byte at a time from a pipe, so bytes after the 101 stay for `cat`.
+write_buildctl() {
+  cat > "$1" <<BUILDCTL
+#!/bin/sh
+case "\$*" in
+  *"debug workers"*) exit 0 ;;
+  *dial-stdio*) ;;
+  *) echo "stand-in buildctl: unsupported: \$*" >&2; exit 1 ;;
+esac
+fifo=\$(mktemp -u /tmp/dial.XXXXXX) && mkfifo "\$fifo" || exit 1
+cr=\$(printf '\\r')
+{
+  printf 'POST /grpc HTTP/1.1\\r\\nHost: \\r\\nConnection: Upgrade\\r\\nUpgrade: h2c\\r\\nContent-Length: 0\\r\\n\\r\\n'
+  read -r go < "\$fifo"
+  rm -f "\$fifo"
+  [ "\$go" = ok ] && exec cat
+} | nc 127.0.0.1 $GRPC_DOOR_PORT | {
+  IFS= read -r status
+  case "\$status" in
+    *" 101 "*) ;;
+    *) echo "stand-in buildctl: the engine refused /grpc: \$status" >&2; echo no > "\$fifo"; exit 1 ;;
+  esac
+  while IFS= read -r line; do [ "\$line" = "\$cr" ] && break; [ -z "\$line" ] && break; done
+  echo ok > "\$fifo"
+  exec cat
+}
+BUILDCTL
+  chmod 0755 "$1"
 }
 build_images
 dk run --rm --network=none "$BUSYBOX_IMAGE" sh -c 'echo ok' 2>/dev/null | grep -qx ok \
   || log "warning: 'docker run $BUSYBOX_IMAGE' failed (builds may still work)"
+
+# ---------------------------------------------------------------- 4a. /grpc door for the stand-in
+# socat forwards 127.0.0.1:$GRPC_DOOR_PORT to the engine socket, one connection per client
+# (fork). Loopback only; it is as powerful as the socket, like the socket itself.
+door_pid() {
+  local pid
+  pid=$(cat "$GRPC_DOOR_PIDFILE" 2>/dev/null) || return 1
+  [ -n "$pid" ] && [ "$(readlink "/proc/$pid/exe" 2>/dev/null)" = "$(command -v socat)" ] || return 1
+  grep -qa "TCP-LISTEN:$GRPC_DOOR_PORT" "/proc/$pid/cmdline" 2>/dev/null || return 1
+  echo "$pid"
+}
+if pid=$(door_pid); then
+  log "grpc door already listening on 127.0.0.1:$GRPC_DOOR_PORT (pid $pid)"
+else
+  log "starting the grpc door: 127.0.0.1:$GRPC_DOOR_PORT -> $SOCK (log: $GRPC_DOOR_LOG)"
+  setsid socat "TCP-LISTEN:$GRPC_DOOR_PORT,bind=127.0.0.1,reuseaddr,fork" "UNIX-CONNECT:$SOCK" \
+    </dev/null >>"$GRPC_DOOR_LOG" 2>&1 9>&- &
+  echo $! > "$GRPC_DOOR_PIDFILE"
+  for _ in $(seq 1 50); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$GRPC_DOOR_PORT") 2>/dev/null && break
+    sleep 0.1
+  done
+  (exec 3<>"/dev/tcp/127.0.0.1/$GRPC_DOOR_PORT") 2>/dev/null \
+    || die "the grpc door did not listen on 127.0.0.1:$GRPC_DOOR_PORT (log: $GRPC_DOOR_LOG)"
+fi
 
 # ---------------------------------------------------------------- 4b. moto (AWS Secrets Manager)
 # moto_server serves the Secrets Manager API on loopback for the aws-sm: tests (design.md §10),
@@ -306,6 +384,7 @@ cat > "$ENV_FILE.tmp" <<EOF
 TESTBED_DOCKER_HOST=$TESTBED_DOCKER_HOST
 TESTBED_BUSYBOX_IMAGE=$BUSYBOX_IMAGE
 TESTBED_SSH_IMAGE=$SSH_IMAGE
+TESTBED_BUILDKIT_IMAGE=$BUILDKIT_IMAGE
 TESTBED_MOTO_SERVER=$MOTO_SERVER
 EOF
 mv "$ENV_FILE.tmp" "$ENV_FILE"

@@ -1,0 +1,321 @@
+//! `Control/Session` as a byte stream: BuildKit's grpchijack (session/grpchijack) carries the
+//! session's own HTTP/2 connection as the `data` of `BytesMessage { bytes data = 1; }` messages,
+//! one stream each way. [`MessageStream`] turns one such pair of gRPC bodies back into an
+//! `AsyncRead + AsyncWrite`, so the session core runs on it unchanged.
+//!
+//! Bounded: a message longer than [`MAX_MESSAGE`] (BuildKit's own default receive limit) is
+//! refused as soon as its 5-byte prefix arrives, never buffered. A stream that ends inside a
+//! message is an error, not a short read. Either failure is recorded in the shared
+//! [`Outcome`], which becomes the status the build client gets for its `Control/Session` call.
+//! This module never logs message contents.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use http_body::Body;
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::{Frame, Incoming};
+use prost::encoding::{decode_varint, encode_varint, encoded_len_varint};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::mpsc;
+use tokio_util::sync::PollSender;
+use tonic::Status;
+
+use crate::channel::{BoxError, RelayBody};
+
+/// The largest `BytesMessage` accepted in either direction: BuildKit's and buildx's gRPC
+/// message limit (buildkit util/grpcerrors, `defaults.DefaultMaxRecvMsgSize`, 16 MiB).
+pub const MAX_MESSAGE: usize = 16 * 1024 * 1024;
+/// gRPC's length prefix: one compression flag byte, then the length as u32 big-endian.
+const PREFIX: usize = 5;
+/// The largest payload one outgoing message carries; h2 hands us its write buffer in pieces
+/// far smaller than this, so it only guards the bound above.
+const MAX_OUT: usize = 1024 * 1024;
+/// Outgoing messages buffered before the writer waits: backpressure, not memory growth.
+const CHANNEL_DEPTH: usize = 16;
+
+/// One outgoing gRPC body: frames (messages, then trailers) or an error that resets the stream.
+pub type FrameSender = mpsc::Sender<Result<Frame<Bytes>, BoxError>>;
+
+/// A body fed by a channel; it ends when every sender is dropped.
+pub fn channel() -> (FrameSender, RelayBody) {
+    let (tx, mut rx) = mpsc::channel(CHANNEL_DEPTH);
+    let stream = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
+    (tx, StreamBody::new(stream).boxed_unsync())
+}
+
+/// Which end of `Control/Session` a stream faces, for error messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// buildx (the session's owner).
+    Client,
+    /// BuildKit.
+    Daemon,
+}
+
+impl Side {
+    fn name(self) -> &'static str {
+        match self {
+            Side::Client => "the build client",
+            Side::Daemon => "BuildKit",
+        }
+    }
+}
+
+/// The first failure either direction of one `Control/Session` saw; it becomes the final
+/// status of the call towards the build client.
+#[derive(Default)]
+pub struct Outcome(Mutex<Option<Status>>);
+
+impl Outcome {
+    fn record(&self, status: Status) {
+        let mut slot = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.is_none() {
+            *slot = Some(status);
+        }
+    }
+
+    pub fn take(&self) -> Option<Status> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
+/// Why a `Control/Session` stream cannot go on.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum FrameError {
+    #[error("{side} sent a {len}-byte Control/Session message; the limit is {MAX_MESSAGE} bytes")]
+    Oversized { side: &'static str, len: usize },
+    #[error("{side} ended Control/Session in the middle of a message ({have} of {want} bytes)")]
+    Truncated {
+        side: &'static str,
+        have: usize,
+        want: usize,
+    },
+    #[error("{side} sent a compressed Control/Session message; none was negotiated")]
+    Compressed { side: &'static str },
+    #[error("{side} sent a malformed BytesMessage")]
+    Malformed { side: &'static str },
+}
+
+impl FrameError {
+    fn status(&self) -> Status {
+        let message = format!("buildbroker: {self}");
+        match self {
+            FrameError::Oversized { .. } => Status::resource_exhausted(message),
+            _ => Status::invalid_argument(message),
+        }
+    }
+}
+
+/// Takes one whole gRPC message off the front of `buf`, if it holds one, and returns its
+/// `BytesMessage.data` (a view into the buffer, no copy).
+pub fn decode_message(buf: &mut BytesMut, side: Side) -> Result<Option<Bytes>, FrameError> {
+    if buf.len() < PREFIX {
+        return Ok(None);
+    }
+    if buf[0] != 0 {
+        return Err(FrameError::Compressed { side: side.name() });
+    }
+    let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+    if len > MAX_MESSAGE {
+        return Err(FrameError::Oversized {
+            side: side.name(),
+            len,
+        });
+    }
+    if buf.len() < PREFIX + len {
+        // Room for the rest now, so the body's frames append without reallocating each time.
+        buf.reserve(PREFIX + len - buf.len());
+        return Ok(None);
+    }
+    let mut message = buf.split_to(PREFIX + len).freeze();
+    message.advance(PREFIX);
+    bytes_message_data(message)
+        .map(Some)
+        .ok_or(FrameError::Malformed { side: side.name() })
+}
+
+/// The `data` field of an encoded `BytesMessage` (field 1, length-delimited; proto3 keeps the
+/// last occurrence; unknown fields are skipped).
+fn bytes_message_data(mut message: Bytes) -> Option<Bytes> {
+    let mut data = Bytes::new();
+    while message.has_remaining() {
+        let key = decode_varint(&mut message).ok()?;
+        match key & 7 {
+            0 => {
+                decode_varint(&mut message).ok()?;
+            }
+            1 | 5 => {
+                let n = if key & 7 == 1 { 8 } else { 4 };
+                if message.remaining() < n {
+                    return None;
+                }
+                message.advance(n);
+            }
+            2 => {
+                let len = usize::try_from(decode_varint(&mut message).ok()?).ok()?;
+                if message.remaining() < len {
+                    return None;
+                }
+                let value = message.split_to(len);
+                if key >> 3 == 1 {
+                    data = value;
+                }
+            }
+            _ => return None,
+        }
+    }
+    Some(data)
+}
+
+/// One gRPC message: `BytesMessage { data }` with its 5-byte prefix.
+pub fn encode_message(data: &[u8]) -> Bytes {
+    let field = 1 + encoded_len_varint(data.len() as u64) + data.len();
+    let mut out = BytesMut::with_capacity(PREFIX + field);
+    out.put_u8(0);
+    out.put_u32(field as u32);
+    out.put_u8(0x0a); // field 1, wire type 2
+    encode_varint(data.len() as u64, &mut out);
+    out.put_slice(data);
+    out.freeze()
+}
+
+/// One direction pair of `Control/Session` as bytes: reads the `data` of the messages arriving
+/// on `inbound`, writes each buffer as one message to `outbound`.
+pub struct MessageStream<B = Incoming> {
+    inbound: B,
+    side: Side,
+    /// Bytes of the inbound body not yet decoded into a message.
+    undecoded: BytesMut,
+    /// The decoded data not yet read.
+    pending: Bytes,
+    inbound_done: bool,
+    outbound: PollSender<Result<Frame<Bytes>, BoxError>>,
+    outcome: Arc<Outcome>,
+}
+
+impl<B> MessageStream<B> {
+    pub fn new(inbound: B, side: Side, outbound: FrameSender, outcome: Arc<Outcome>) -> Self {
+        MessageStream {
+            inbound,
+            side,
+            undecoded: BytesMut::new(),
+            pending: Bytes::new(),
+            inbound_done: false,
+            outbound: PollSender::new(outbound),
+            outcome,
+        }
+    }
+
+    fn fail(&self, error: FrameError) -> io::Error {
+        self.outcome.record(error.status());
+        io::Error::new(io::ErrorKind::InvalidData, error)
+    }
+}
+
+impl<B> AsyncRead for MessageStream<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            if !this.pending.is_empty() {
+                let n = this.pending.len().min(out.remaining());
+                out.put_slice(&this.pending.split_to(n));
+                return Poll::Ready(Ok(()));
+            }
+            match decode_message(&mut this.undecoded, this.side) {
+                Ok(Some(data)) => {
+                    this.pending = data;
+                    continue;
+                }
+                Ok(None) => {}
+                Err(e) => return Poll::Ready(Err(this.fail(e))),
+            }
+            if this.inbound_done {
+                if this.undecoded.is_empty() {
+                    return Poll::Ready(Ok(()));
+                }
+                let want = if this.undecoded.len() >= PREFIX {
+                    PREFIX
+                        + u32::from_be_bytes([
+                            this.undecoded[1],
+                            this.undecoded[2],
+                            this.undecoded[3],
+                            this.undecoded[4],
+                        ]) as usize
+                } else {
+                    PREFIX
+                };
+                let error = FrameError::Truncated {
+                    side: this.side.name(),
+                    have: this.undecoded.len(),
+                    want,
+                };
+                return Poll::Ready(Err(this.fail(error)));
+            }
+            match ready!(Pin::new(&mut this.inbound).poll_frame(cx)) {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => this.undecoded.extend_from_slice(&data),
+                    Err(frame) => {
+                        // Trailers: the peer's final status. A failure is passed on.
+                        if let Some(status) = frame
+                            .trailers_ref()
+                            .and_then(Status::from_header_map)
+                            .filter(|s| s.code() != tonic::Code::Ok)
+                        {
+                            this.outcome.record(status);
+                        }
+                    }
+                },
+                Some(Err(e)) => {
+                    let e: BoxError = e.into();
+                    return Poll::Ready(Err(io::Error::new(io::ErrorKind::BrokenPipe, e)));
+                }
+                None => this.inbound_done = true,
+            }
+        }
+    }
+}
+
+impl<B: Unpin> AsyncWrite for MessageStream<B> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if ready!(this.outbound.poll_reserve(cx)).is_err() {
+            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+        }
+        let n = buf.len().min(MAX_OUT);
+        let message = encode_message(&buf[..n]);
+        if this.outbound.send_item(Ok(Frame::data(message))).is_err() {
+            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+        }
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // Our half of the body ends once the interceptor, which holds the last sender, has
+        // added the call's final status.
+        self.get_mut().outbound.close();
+        Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests;

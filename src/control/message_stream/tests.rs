@@ -1,0 +1,185 @@
+use super::*;
+
+use http_body_util::BodyExt;
+use prost::Message;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::proto::control::BytesMessage;
+
+/// A body that yields the given chunks, then the given trailers.
+fn body_of(chunks: Vec<Bytes>, trailers: Option<http::HeaderMap>) -> RelayBody {
+    let mut frames: Vec<Result<Frame<Bytes>, BoxError>> =
+        chunks.into_iter().map(|c| Ok(Frame::data(c))).collect();
+    if let Some(t) = trailers {
+        frames.push(Ok(Frame::trailers(t)));
+    }
+    StreamBody::new(futures_util::stream::iter(frames)).boxed_unsync()
+}
+
+fn stream_of(chunks: Vec<Bytes>) -> (MessageStream<RelayBody>, Arc<Outcome>, RelayBody) {
+    let outcome = Arc::new(Outcome::default());
+    let (tx, out) = channel();
+    (
+        MessageStream::new(body_of(chunks, None), Side::Client, tx, outcome.clone()),
+        outcome,
+        out,
+    )
+}
+
+#[test]
+fn encoding_matches_prost() {
+    for data in [&b""[..], b"x", &[7u8; 300], &[1u8; 70_000]] {
+        let ours = encode_message(data);
+        let expected = BytesMessage {
+            data: data.to_vec(),
+        }
+        .encode_to_vec();
+        assert_eq!(ours[0], 0);
+        // prost leaves an empty proto3 field out; ours writes it, which decodes the same.
+        if !data.is_empty() {
+            assert_eq!(
+                u32::from_be_bytes(ours[1..5].try_into().unwrap()) as usize,
+                expected.len()
+            );
+            assert_eq!(&ours[5..], &expected[..]);
+        }
+        assert_eq!(
+            BytesMessage::decode(&ours[5..]).unwrap().data,
+            data,
+            "prost reads ours"
+        );
+        let mut buf = BytesMut::from(&ours[..]);
+        assert_eq!(
+            decode_message(&mut buf, Side::Client).unwrap().unwrap(),
+            data
+        );
+        assert!(buf.is_empty());
+    }
+}
+
+#[test]
+fn decoding_keeps_the_last_data_and_skips_unknown_fields() {
+    let mut msg = Vec::new();
+    msg.extend_from_slice(&[0x0a, 1, b'a']); // data = "a"
+    msg.extend_from_slice(&[0x10, 0x96, 0x01]); // field 2 varint
+    msg.extend_from_slice(&[0x1d, 1, 2, 3, 4]); // field 3 fixed32
+    msg.extend_from_slice(&[0x0a, 2, b'b', b'c']); // data = "bc" (last wins)
+    let mut framed = vec![0, 0, 0, 0, msg.len() as u8];
+    framed.extend_from_slice(&msg);
+    let mut buf = BytesMut::from(&framed[..]);
+    assert_eq!(
+        decode_message(&mut buf, Side::Daemon).unwrap().unwrap(),
+        &b"bc"[..]
+    );
+}
+
+#[test]
+fn decoding_refuses_bad_messages() {
+    let mut big = BytesMut::from(&[0u8, 0x01, 0x00, 0x00, 0x01][..]);
+    assert_eq!(
+        decode_message(&mut big, Side::Client),
+        Err(FrameError::Oversized {
+            side: "the build client",
+            len: MAX_MESSAGE + 1
+        })
+    );
+    let mut compressed = BytesMut::from(&[1u8, 0, 0, 0, 0][..]);
+    assert!(matches!(
+        decode_message(&mut compressed, Side::Daemon),
+        Err(FrameError::Compressed { .. })
+    ));
+    // data says 5 bytes, has 1.
+    let mut malformed = BytesMut::from(&[0u8, 0, 0, 0, 3, 0x0a, 5, b'x'][..]);
+    assert!(matches!(
+        decode_message(&mut malformed, Side::Daemon),
+        Err(FrameError::Malformed { .. })
+    ));
+    // A partial message waits for more.
+    let mut partial = BytesMut::from(&[0u8, 0, 0, 0, 3, 0x0a][..]);
+    assert_eq!(decode_message(&mut partial, Side::Client), Ok(None));
+    assert_eq!(partial.len(), 6);
+}
+
+#[tokio::test]
+async fn reads_messages_split_across_frames() {
+    let mut wire = Vec::new();
+    for part in [&b"hello "[..], b"", b"world"] {
+        wire.extend_from_slice(&encode_message(part));
+    }
+    // Frame boundaries that cut through prefixes and payloads.
+    let chunks: Vec<Bytes> = wire.chunks(3).map(Bytes::copy_from_slice).collect();
+    let (mut stream, outcome, _out) = stream_of(chunks);
+    let mut text = String::new();
+    stream.read_to_string(&mut text).await.unwrap();
+    assert_eq!(text, "hello world");
+    assert!(outcome.take().is_none());
+}
+
+#[tokio::test]
+async fn a_stream_ending_mid_message_is_an_error_and_a_status() {
+    let mut wire = encode_message(b"complete").to_vec();
+    wire.extend_from_slice(&encode_message(b"cut short")[..9]);
+    let (mut stream, outcome, _out) = stream_of(vec![Bytes::from(wire)]);
+    let mut got = Vec::new();
+    let err = stream.read_to_end(&mut got).await.unwrap_err();
+    assert_eq!(got, b"complete");
+    assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+    let status = outcome.take().unwrap();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(
+        status
+            .message()
+            .contains("ended Control/Session in the middle of a message (9 of 16 bytes)"),
+        "{}",
+        status.message()
+    );
+}
+
+#[tokio::test]
+async fn an_oversized_message_is_refused_from_its_prefix() {
+    let prefix = [0u8, 0x7f, 0xff, 0xff, 0xff];
+    let (mut stream, outcome, _out) = stream_of(vec![Bytes::copy_from_slice(&prefix)]);
+    let mut got = Vec::new();
+    assert!(stream.read_to_end(&mut got).await.is_err());
+    let status = outcome.take().unwrap();
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+    assert!(status.message().contains("limit is 16777216 bytes"));
+}
+
+#[tokio::test]
+async fn a_failed_peer_status_is_kept() {
+    let mut trailers = http::HeaderMap::new();
+    tonic::Status::unavailable("gone")
+        .add_header(&mut trailers)
+        .unwrap();
+    let outcome = Arc::new(Outcome::default());
+    let (tx, _out) = channel();
+    let mut stream = MessageStream::new(
+        body_of(vec![encode_message(b"x")], Some(trailers)),
+        Side::Daemon,
+        tx,
+        outcome.clone(),
+    );
+    let mut got = Vec::new();
+    stream.read_to_end(&mut got).await.unwrap();
+    assert_eq!(got, b"x");
+    assert_eq!(outcome.take().unwrap().code(), tonic::Code::Unavailable);
+}
+
+#[tokio::test]
+async fn writes_become_messages() {
+    let (mut stream, _outcome, out) = stream_of(vec![]);
+    stream.write_all(b"abc").await.unwrap();
+    stream.write_all(&[9u8; 5000]).await.unwrap();
+    stream.shutdown().await.unwrap();
+    drop(stream);
+    let bytes = out.collect().await.unwrap().to_bytes();
+    let mut buf = BytesMut::from(&bytes[..]);
+    let mut all = Vec::new();
+    while let Some(data) = decode_message(&mut buf, Side::Client).unwrap() {
+        all.extend_from_slice(&data);
+    }
+    assert!(buf.is_empty());
+    assert_eq!(&all[..3], b"abc");
+    assert_eq!(all.len(), 5003);
+}
