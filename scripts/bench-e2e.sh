@@ -44,7 +44,7 @@ broker_pid=$!
 for _ in $(seq 1 200); do grep -q "buildbroker ready" "$work/broker.log" && break; sleep 0.05; done
 broker=unix://$work/broker.sock
 if [ "$driver" = docker-container ]; then
-  opts=(--driver docker-container --bootstrap "--driver-opt=image=${TESTBED_BUILDKIT_IMAGE:?run tests/testbed/setup.sh},network=host")
+  opts=(--driver docker-container --bootstrap "--driver-opt=image=${TESTBED_BUILDKIT_IMAGE:-buildbroker-test/buildkit:latest},network=host")
   DOCKER_HOST=$engine docker buildx create --name "bbbench_direct_$$" "${opts[@]}" >/dev/null 2>&1
   DOCKER_HOST=$broker docker buildx create --name "bbbench_broker_$$" "${opts[@]}" >/dev/null 2>&1
   direct_builder=(--builder "bbbench_direct_$$"); broker_builder=(--builder "bbbench_broker_$$")

@@ -208,6 +208,9 @@ pub async fn run(
     let demux = tokio::spawn(stdcopy::demux(container_read, stdout, to_client.clone()));
 
     let client_io = tokio::io::join(client_read, stdcopy::FrameWriter::new(to_client.clone()));
+    // One write per h2 flush towards the container: the exec's stdin is a pipe whose reader
+    // (dial-stdio) forwards each read on its own, so split writes become split packets there.
+    let container_write = tokio::io::BufWriter::with_capacity(64 * 1024, container_write);
     let container_io = tokio::io::join(stdcopy::ChannelReader::new(stdout_chunks), container_write);
     let result = control::serve(
         TokioIo::new(client_io),

@@ -31,8 +31,7 @@ use crate::channel::{BoxError, RelayBody};
 pub const MAX_MESSAGE: usize = 16 * 1024 * 1024;
 /// gRPC's length prefix: one compression flag byte, then the length as u32 big-endian.
 const PREFIX: usize = 5;
-/// The largest payload one outgoing message carries; h2 hands us its write buffer in pieces
-/// far smaller than this, so it only guards the bound above.
+/// The most written bytes staged for one outgoing message; far below [`MAX_MESSAGE`].
 const MAX_OUT: usize = 1024 * 1024;
 /// Outgoing messages buffered before the writer waits: backpressure, not memory growth.
 const CHANNEL_DEPTH: usize = 16;
@@ -184,7 +183,7 @@ pub fn encode_message(data: &[u8]) -> Bytes {
 }
 
 /// One direction pair of `Control/Session` as bytes: reads the `data` of the messages arriving
-/// on `inbound`, writes each buffer as one message to `outbound`.
+/// on `inbound`; what is written between two flushes goes to `outbound` as one message.
 pub struct MessageStream<B = Incoming> {
     inbound: B,
     side: Side,
@@ -193,6 +192,8 @@ pub struct MessageStream<B = Incoming> {
     /// The decoded data not yet read.
     pending: Bytes,
     inbound_done: bool,
+    /// Written since the last flush; sent as one message on flush.
+    staged: BytesMut,
     outbound: PollSender<Result<Frame<Bytes>, BoxError>>,
     outcome: Arc<Outcome>,
 }
@@ -205,6 +206,7 @@ impl<B> MessageStream<B> {
             undecoded: BytesMut::new(),
             pending: Bytes::new(),
             inbound_done: false,
+            staged: BytesMut::new(),
             outbound: PollSender::new(outbound),
             outcome,
         }
@@ -287,6 +289,27 @@ where
     }
 }
 
+impl<B> MessageStream<B> {
+    /// Sends what was written since the last flush as one message. Coalescing matters: h2
+    /// writes a response's HEADERS, DATA and trailers separately, and every message becomes at
+    /// least one write on the transport below (an exec stream's stdin, in the end a socket),
+    /// where each small write can cost a round trip.
+    fn poll_send_staged(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.staged.is_empty() {
+            return Poll::Ready(Ok(()));
+        }
+        if ready!(self.outbound.poll_reserve(cx)).is_err() {
+            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+        }
+        let message = encode_message(&self.staged);
+        self.staged.clear();
+        if self.outbound.send_item(Ok(Frame::data(message))).is_err() {
+            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
 impl<B: Unpin> AsyncWrite for MessageStream<B> {
     fn poll_write(
         self: Pin<&mut Self>,
@@ -294,25 +317,24 @@ impl<B: Unpin> AsyncWrite for MessageStream<B> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        if ready!(this.outbound.poll_reserve(cx)).is_err() {
-            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+        if this.staged.len() >= MAX_OUT {
+            ready!(this.poll_send_staged(cx))?;
         }
-        let n = buf.len().min(MAX_OUT);
-        let message = encode_message(&buf[..n]);
-        if this.outbound.send_item(Ok(Frame::data(message))).is_err() {
-            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
-        }
+        let n = buf.len().min(MAX_OUT - this.staged.len());
+        this.staged.extend_from_slice(&buf[..n]);
         Poll::Ready(Ok(n))
     }
 
-    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.get_mut().poll_send_staged(cx)
     }
 
-    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_send_staged(cx))?;
         // Our half of the body ends once the interceptor, which holds the last sender, has
         // added the call's final status.
-        self.get_mut().outbound.close();
+        this.outbound.close();
         Poll::Ready(Ok(()))
     }
 }

@@ -30,6 +30,9 @@ BUILDKIT_IMAGE=buildbroker-test/buildkit:latest   # stand-in BuildKit for the do
 # The loopback TCP door to the engine socket that the stand-in's `buildctl dial-stdio` uses
 # (a container on the host network reaches 127.0.0.1, not the socket file).
 GRPC_DOOR_PORT=23751
+# Its own version label, so changing the stand-in never re-imports the base images under
+# builds that other test runs have in flight.
+BUILDKIT_IMAGE_VERSION=2
 GRPC_DOOR_PIDFILE=$RUN_DIR/grpc-door.pid
 GRPC_DOOR_LOG=$LOG_DIR/grpc-door.log
 IMAGE_LABEL=org.buildbroker.testbed.version
@@ -280,15 +283,18 @@ build_images() {
     mkdir -p "$tmp/ssh/root/.ssh" && chmod 0700 "$tmp/ssh/root/.ssh"
     import_rootfs "$tmp/ssh" "$SSH_IMAGE"
   fi
-  if ! image_current "$BUILDKIT_IMAGE"; then
+  if [ "$(dk image inspect --format "{{ index .Config.Labels \"$IMAGE_LABEL\" }}" "$BUILDKIT_IMAGE" 2>/dev/null)" != "buildkit-$BUILDKIT_IMAGE_VERSION" ]; then
     log "creating $BUILDKIT_IMAGE (stand-in BuildKit: busybox + a buildctl script)"
     make_busybox_rootfs "$tmp/buildkit"
+    # socat for the dial: unlike busybox nc it sets TCP_NODELAY, so the door adds no Nagle
+    # delay that a real dial-stdio (a unix socket) does not have.
+    copy_with_libs "$tmp/buildkit" socat
     write_buildctl "$tmp/buildkit/usr/bin/buildctl"
     tar -C "$tmp/buildkit" --numeric-owner --owner=0 --group=0 -cf - . \
       | dk import \
           -c "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" \
           -c 'ENTRYPOINT ["/bin/sh", "-c", "trap \"exit 0\" TERM INT; while :; do sleep 3600 & wait $!; done", "buildkitd"]' \
-          -c "LABEL $IMAGE_LABEL=$IMAGE_VERSION" \
+          -c "LABEL $IMAGE_LABEL=buildkit-$BUILDKIT_IMAGE_VERSION" \
           - "$BUILDKIT_IMAGE" >/dev/null || die "docker import of $BUILDKIT_IMAGE failed"
   fi
   rm -rf "$TMP_ROOTFS"; TMP_ROOTFS=
@@ -316,7 +322,7 @@ cr=\$(printf '\\r')
   read -r go < "\$fifo"
   rm -f "\$fifo"
   [ "\$go" = ok ] && exec cat
-} | nc 127.0.0.1 $GRPC_DOOR_PORT | {
+} | socat - TCP:127.0.0.1:$GRPC_DOOR_PORT,nodelay | {
   IFS= read -r status
   case "\$status" in
     *" 101 "*) ;;
@@ -340,14 +346,20 @@ door_pid() {
   local pid
   pid=$(cat "$GRPC_DOOR_PIDFILE" 2>/dev/null) || return 1
   [ -n "$pid" ] && [ "$(readlink "/proc/$pid/exe" 2>/dev/null)" = "$(command -v socat)" ] || return 1
-  grep -qa "TCP-LISTEN:$GRPC_DOOR_PORT" "/proc/$pid/cmdline" 2>/dev/null || return 1
+  grep -qa "TCP-LISTEN:$GRPC_DOOR_PORT,.*nodelay" "/proc/$pid/cmdline" 2>/dev/null || return 1
   echo "$pid"
 }
 if pid=$(door_pid); then
   log "grpc door already listening on 127.0.0.1:$GRPC_DOOR_PORT (pid $pid)"
 else
+  # An older door (without nodelay) started by this script goes first.
+  old=$(cat "$GRPC_DOOR_PIDFILE" 2>/dev/null || true)
+  if [ -n "$old" ] && grep -qa "TCP-LISTEN:$GRPC_DOOR_PORT" "/proc/$old/cmdline" 2>/dev/null; then
+    kill "$old" 2>/dev/null || true
+    sleep 0.2
+  fi
   log "starting the grpc door: 127.0.0.1:$GRPC_DOOR_PORT -> $SOCK (log: $GRPC_DOOR_LOG)"
-  setsid socat "TCP-LISTEN:$GRPC_DOOR_PORT,bind=127.0.0.1,reuseaddr,fork" "UNIX-CONNECT:$SOCK" \
+  setsid socat "TCP-LISTEN:$GRPC_DOOR_PORT,bind=127.0.0.1,reuseaddr,fork,nodelay" "UNIX-CONNECT:$SOCK" \
     </dev/null >>"$GRPC_DOOR_LOG" 2>&1 9>&- &
   echo $! > "$GRPC_DOOR_PIDFILE"
   for _ in $(seq 1 50); do

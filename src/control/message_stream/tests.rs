@@ -171,15 +171,19 @@ async fn writes_become_messages() {
     let (mut stream, _outcome, out) = stream_of(vec![]);
     stream.write_all(b"abc").await.unwrap();
     stream.write_all(&[9u8; 5000]).await.unwrap();
+    stream.flush().await.unwrap();
+    stream.write_all(b"x").await.unwrap();
     stream.shutdown().await.unwrap();
     drop(stream);
     let bytes = out.collect().await.unwrap().to_bytes();
     let mut buf = BytesMut::from(&bytes[..]);
-    let mut all = Vec::new();
+    let mut messages = Vec::new();
     while let Some(data) = decode_message(&mut buf, Side::Client).unwrap() {
-        all.extend_from_slice(&data);
+        messages.push(data);
     }
     assert!(buf.is_empty());
-    assert_eq!(&all[..3], b"abc");
-    assert_eq!(all.len(), 5003);
+    assert_eq!(messages.len(), 2, "one message per flush");
+    assert_eq!(&messages[0][..3], b"abc");
+    assert_eq!(messages[0].len(), 5003);
+    assert_eq!(messages[1], &b"x"[..]);
 }
