@@ -15,11 +15,12 @@ use std::time::{Duration, Instant};
 
 use buildbroker::access::PeerInfo;
 use buildbroker::broker::Broker;
+use buildbroker::channel::{ClientChannel, RelayBody, SessionInfo};
 use buildbroker::config::{HostEnv, Policy, PolicyOrigin};
 use buildbroker::proto::secrets::secrets_client::SecretsClient;
 use buildbroker::proto::secrets::secrets_server::{Secrets, SecretsServer};
 use buildbroker::proto::secrets::{GetSecretRequest, GetSecretResponse};
-use buildbroker::session::{self, ClientChannel, RelayBody, SessionInfo};
+use buildbroker::session;
 use buildbroker::source::{AcceptedAt, ClientProcess};
 use criterion::{Criterion, criterion_group};
 use http_body_util::BodyExt;

@@ -26,10 +26,8 @@ use tokio_util::sync::CancellationToken;
 
 pub use router::{Route, SessionRouter};
 
-// The shared types live in `crate::channel`, below the services; these re-exports keep the
-// old paths working for code that still names them through the session.
 use crate::broker::Broker;
-pub use crate::channel::{BoxError, ClientChannel, RelayBody, SessionInfo};
+use crate::channel::{ClientChannel, SessionInfo};
 
 /// Header naming the session's UUID (buildkit session/manager.go, `headerSessionID`).
 pub const HEADER_UUID: &str = "x-docker-expose-session-uuid";

@@ -24,11 +24,11 @@ use tonic::Status;
 
 use crate::audit::SecretEvent;
 use crate::broker::Broker;
+use crate::channel::{BoxError, RelayBody, SessionInfo};
 use crate::policy::{secret_failure_for_build, template_failure_for_build};
 use crate::proto::secrets::GetSecretRequest;
 use crate::resolver::{Answer, CacheUse, ValueOrigin, answer};
 use crate::secret::SecretBytes;
-use crate::session::{BoxError, RelayBody};
 use crate::source::BuildClient;
 
 /// The one method of the service.
@@ -42,17 +42,13 @@ const PADDING_FIELD: u32 = 15;
 
 pub struct SecretsService {
     broker: Arc<Broker>,
-    session: Arc<crate::session::SessionInfo>,
+    session: Arc<SessionInfo>,
     /// The session's build client, for `client` and `client-env:` sources.
     client: BuildClient,
 }
 
 impl SecretsService {
-    pub fn new(
-        broker: Arc<Broker>,
-        session: Arc<crate::session::SessionInfo>,
-        client: BuildClient,
-    ) -> Self {
+    pub fn new(broker: Arc<Broker>, session: Arc<SessionInfo>, client: BuildClient) -> Self {
         SecretsService {
             broker,
             session,

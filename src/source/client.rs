@@ -5,10 +5,10 @@
 use tonic::Code;
 
 use super::{Lookup, SourceError};
+use crate::channel::ClientChannel;
 use crate::proto::secrets::GetSecretRequest;
 use crate::proto::secrets::secrets_client::SecretsClient;
 use crate::secret::SecretBytes;
-use crate::session::ClientChannel;
 
 /// A gRPC client for the Secrets service that buildx serves on its side of the session.
 #[derive(Clone)]
