@@ -8,6 +8,7 @@
 //!
 //! This module never looks inside relayed calls and never logs bodies.
 
+mod dockerfile_watch;
 mod relay;
 mod router;
 

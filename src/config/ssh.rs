@@ -38,6 +38,8 @@ pub struct SshRule {
     pub known_hosts: Option<PathBuf>,
     /// A standalone agent socket serving this id (`--ssh id=PATH` with any builder, `ssh-add -l`).
     pub socket: Option<PathBuf>,
+    /// How a Dockerfile may mount it (`mode`, `uid`, `gid`, `targets`, `mount_required`).
+    pub mount: super::MountRules,
 }
 
 /// The two kinds of ssh id.
@@ -123,6 +125,11 @@ pub(super) struct RawSsh {
     hosts: Vec<Spanned<String>>,
     known_hosts: Option<Spanned<String>>,
     socket: Option<Spanned<String>>,
+    mode: Option<Spanned<u32>>,
+    uid: Option<u32>,
+    gid: Option<u32>,
+    targets: Option<Vec<Spanned<String>>>,
+    mount_required: Option<bool>,
 }
 
 /// Checks every `[ssh.<id>]` table; problems go to the collector.
@@ -229,6 +236,15 @@ pub(super) fn check(
             Some(p)
         });
 
+        let mount = super::mounts::check(
+            &format!("[ssh.{id}]"),
+            rule.mode.as_ref(),
+            rule.uid,
+            rule.gid,
+            rule.targets.as_ref(),
+            rule.mount_required,
+            c,
+        );
         if let Some(keys) = keys {
             out.insert(
                 id.clone(),
@@ -237,6 +253,7 @@ pub(super) fn check(
                     hosts,
                     known_hosts,
                     socket,
+                    mount,
                 },
             );
         }

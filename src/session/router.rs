@@ -9,8 +9,10 @@ use hyper::body::Incoming;
 use tower_service::Service;
 
 use super::SessionInfo;
+use super::dockerfile_watch::{DockerfileTee, is_dockerfile_sync};
 use super::relay::{BoxError, ClientChannel, RelayBody};
 use crate::broker::Broker;
+use crate::dockerfile::SessionDockerfiles;
 use crate::proto::sshforward::ssh_server::SshServer;
 use crate::service::secrets::SecretsService;
 use crate::service::ssh::SshService;
@@ -23,11 +25,24 @@ pub enum Route {
     Secrets,
     /// `moby.sshforward.v1.SSH/*`: the policy's agents, or the client's for unlisted ids.
     Ssh,
-    /// Everything else (Health, FileSync, Auth, Upload, …): relayed to the build client.
+    /// `FileSync/DiffCopy` of the Dockerfile (`dir-name: dockerfile`): relayed, and its
+    /// response read as it passes (`dockerfile_watch`).
+    DockerfileSync,
+    /// Everything else (Health, the context's FileSync, Auth, Upload, …): relayed to the
+    /// build client.
     Relay,
 }
 
 impl Route {
+    /// The route of a call, from its path and metadata.
+    pub fn of_request<B>(req: &Request<B>) -> Route {
+        if is_dockerfile_sync(req) {
+            Route::DockerfileSync
+        } else {
+            Route::of(req.uri().path())
+        }
+    }
+
     pub fn of(path: &str) -> Route {
         if path.starts_with("/moby.buildkit.secrets.v1.Secrets/") {
             Route::Secrets
@@ -41,6 +56,9 @@ impl Route {
 
 pub struct SessionRouter {
     client: ClientChannel,
+    /// The Dockerfiles this session showed, which both services check mounts against.
+    dockerfiles: Arc<SessionDockerfiles>,
+    session: Arc<str>,
     secrets: SecretsService,
     ssh: SshServer<SshService>,
 }
@@ -51,10 +69,19 @@ impl SessionRouter {
             secrets: ClientSecrets::new(client.clone()),
             process: info.client.clone(),
         };
-        let secrets = SecretsService::new(broker.clone(), info.clone(), build_client);
-        let ssh = SshService::new(broker, info, client.clone());
+        let dockerfiles = Arc::new(SessionDockerfiles::default());
+        let session: Arc<str> = info.uuid.as_str().into();
+        let secrets = SecretsService::new(
+            broker.clone(),
+            info.clone(),
+            build_client,
+            dockerfiles.clone(),
+        );
+        let ssh = SshService::new(broker, info, client.clone(), dockerfiles.clone());
         SessionRouter {
             client,
+            dockerfiles,
+            session,
             secrets,
             ssh: SshServer::new(ssh),
         }
@@ -64,11 +91,16 @@ impl SessionRouter {
         self: Arc<Self>,
         req: Request<Incoming>,
     ) -> Result<Response<RelayBody>, Infallible> {
-        match Route::of(req.uri().path()) {
+        match Route::of_request(&req) {
             Route::Secrets => Ok(self.secrets.handle(req).await),
             Route::Ssh => {
                 let resp = self.ssh.clone().call(req).await?;
                 Ok(resp.map(|b| b.map_err(BoxError::from).boxed_unsync()))
+            }
+            Route::DockerfileSync => {
+                let resp = self.client.relay(req).await;
+                let (dockerfiles, session) = (self.dockerfiles.clone(), self.session.clone());
+                Ok(resp.map(|b| DockerfileTee::new(b, dockerfiles, session).boxed_unsync()))
             }
             Route::Relay => Ok(self.client.relay(req).await),
         }
