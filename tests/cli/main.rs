@@ -99,7 +99,7 @@ fn check_dockerfiles_exit_codes() {
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(
         text(&out).contains(&format!(
-            "{}:2: violation: secret \"pypi_token\" mounted with mode 0644",
+            "{}:2:5: violation: secret \"pypi_token\" mounts it with mode=0644, wider than 0400, against the policy rule [secrets.pypi_token] mode = 0o400",
             bad.display()
         )),
         "{}",

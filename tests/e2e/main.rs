@@ -11,6 +11,7 @@ mod bad_input;
 mod client_env;
 mod isolation;
 mod lifecycle;
+mod mounts;
 mod no_leaks;
 mod planted;
 mod secrets;
