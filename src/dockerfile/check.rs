@@ -97,7 +97,7 @@ pub fn check(policy: &Policy, dockerfile: &Dockerfile) -> Vec<Finding> {
                 "unresolved",
                 None,
                 format!(
-                    "{what} id {} depends on {vars}, which has no value here: give it with --build-arg NAME=VALUE (an ARG of the base image's ENV cannot be known)",
+                    "{what} id {} depends on {vars}, which has no value here: give it with --build-arg NAME=VALUE (a variable only the base image's ENV sets cannot be known)",
                     m.id
                 ),
             );

@@ -81,7 +81,7 @@ fn unresolved(key: &'static str, rule: String, option: &str, word: &Word) -> Vio
         key,
         rule,
         problem: format!(
-            "its {option}={word} depends on {vars}, whose value buildbroker cannot know (build args can be overridden); write it literally"
+            "mounts it with {option}={word}, and buildbroker cannot know {vars} (a build arg, which --build-arg can override, or the base image's ENV); write the value literally"
         ),
     }
 }
