@@ -15,7 +15,7 @@ mod words;
 
 pub use check::{Finding, Severity, check};
 pub use reader::{ArgValues, Dockerfile, Mount, MountKind, Resolved, SyntaxError, read};
-pub use seen::{ReadDockerfile, SessionDockerfiles};
+pub use seen::{IgnoreFiles, ReadDockerfile, SessionDockerfiles};
 pub use words::{Part, Word};
 
 #[cfg(test)]

@@ -94,6 +94,15 @@ impl FileSyncDecoder {
         done
     }
 
+    /// The files that arrived over [`MAX_FILE`] bytes, and so were not kept.
+    pub fn oversized(&self) -> Vec<&str> {
+        self.entries
+            .values()
+            .filter(|e| e.too_big)
+            .map(|e| e.path.as_str())
+            .collect()
+    }
+
     /// The STAT paths whose data never arrived: files the daemon already held (its copy from an
     /// earlier sync of the same directory) and so did not ask for.
     pub fn unrequested(&self) -> Vec<&str> {

@@ -32,10 +32,10 @@ impl SessionDockerfiles {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A file of the Dockerfile sync arrived whole. `.dockerignore` files travel in the same
-    /// sync and are not Dockerfiles.
-    pub fn record(&self, path: &str, data: &[u8]) {
-        if is_ignore_file(path) {
+    /// A file of the Dockerfile sync arrived whole. Its ignore file travels in the same sync
+    /// (see [`IgnoreFiles`]) and is not a Dockerfile.
+    pub fn record(&self, path: &str, data: &[u8], ignore: &IgnoreFiles) {
+        if ignore.is_ignore_file(path) {
             return;
         }
         let text = String::from_utf8_lossy(data);
@@ -54,11 +54,20 @@ impl SessionDockerfiles {
     }
 
     /// Files the daemon already held from an earlier sync and did not fetch again.
-    pub fn sync_unrequested(&self, paths: &[&str]) {
-        for p in paths.iter().filter(|p| !is_ignore_file(p)) {
+    pub fn sync_unrequested(&self, paths: &[&str], ignore: &IgnoreFiles) {
+        for p in paths.iter().filter(|p| !ignore.is_ignore_file(p)) {
             self.state().problems.push(format!(
                 "the daemon reused its copy of {p} from an earlier build, so buildbroker did not see it"
             ));
+        }
+    }
+
+    /// Files too large to read.
+    pub fn sync_oversized(&self, paths: &[&str], ignore: &IgnoreFiles) {
+        for p in paths.iter().filter(|p| !ignore.is_ignore_file(p)) {
+            self.state()
+                .problems
+                .push(format!("{p} is too large for buildbroker to read"));
         }
     }
 
@@ -69,6 +78,36 @@ impl SessionDockerfiles {
     }
 }
 
-fn is_ignore_file(path: &str) -> bool {
-    path.ends_with(".dockerignore")
+/// Which files of a Dockerfile sync are ignore files. The daemon names the files it wants in
+/// the `followpaths` metadata: the Dockerfile and `<Dockerfile>.dockerignore` (captured from
+/// dockerd 26.1: `Build.dockerfile`, `Build.dockerfile.dockerignore`). Only a follow path that
+/// is another one's name plus `.dockerignore` is an ignore file, so a Dockerfile built with
+/// `-f x.dockerignore` is still read. Without the metadata, any `*.dockerignore` is one.
+#[derive(Debug, Clone, Default)]
+pub struct IgnoreFiles {
+    names: Option<Vec<String>>,
+}
+
+impl IgnoreFiles {
+    pub fn from_followpaths(followpaths: &[String]) -> Self {
+        if followpaths.is_empty() {
+            return IgnoreFiles { names: None };
+        }
+        let names = followpaths
+            .iter()
+            .filter(|p| {
+                p.strip_suffix(".dockerignore")
+                    .is_some_and(|base| followpaths.iter().any(|q| q == base))
+            })
+            .cloned()
+            .collect();
+        IgnoreFiles { names: Some(names) }
+    }
+
+    pub fn is_ignore_file(&self, path: &str) -> bool {
+        match &self.names {
+            Some(names) => names.iter().any(|n| n == path),
+            None => path.ends_with(".dockerignore"),
+        }
+    }
 }

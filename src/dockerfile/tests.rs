@@ -418,16 +418,46 @@ fn decoder_refuses_oversized_files_without_keeping_them() {
 #[test]
 fn session_dockerfiles_skip_ignore_files_and_keep_problems() {
     let seen = SessionDockerfiles::default();
-    seen.record("Build.dockerfile.dockerignore", b"*");
+    let ignore = IgnoreFiles::default();
+    seen.record("Build.dockerfile.dockerignore", b"*", &ignore);
     seen.record(
         "Build.dockerfile",
         b"FROM x\nRUN --mount=type=secret,id=a true\n",
+        &ignore,
     );
-    seen.sync_unrequested(&["Dockerfile.dockerignore", "Other"]);
+    seen.sync_unrequested(&["Dockerfile.dockerignore", "Other"], &ignore);
     let (read, problems) = seen.snapshot();
     assert_eq!(read.len(), 1);
     assert_eq!(read[0].name, "Build.dockerfile");
     assert_eq!(read[0].read.mounts.len(), 1);
     assert_eq!(problems.len(), 1);
     assert!(problems[0].contains("Other"));
+}
+
+#[test]
+fn ignore_files_come_from_the_follow_paths() {
+    let f = |v: &[&str]| {
+        IgnoreFiles::from_followpaths(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+    };
+    let captured = f(&["Build.dockerfile", "Build.dockerfile.dockerignore"]);
+    assert!(captured.is_ignore_file("Build.dockerfile.dockerignore"));
+    assert!(!captured.is_ignore_file("Build.dockerfile"));
+    // `-f evil.dockerignore`: the Dockerfile itself ends in .dockerignore and is still read.
+    let evil = f(&["evil.dockerignore", "evil.dockerignore.dockerignore"]);
+    assert!(!evil.is_ignore_file("evil.dockerignore"));
+    assert!(evil.is_ignore_file("evil.dockerignore.dockerignore"));
+    assert!(IgnoreFiles::default().is_ignore_file(".dockerignore"));
+}
+
+#[test]
+fn oversized_files_are_reported() {
+    let mut d = FileSyncDecoder::new();
+    d.feed(&frame(&stat("Dockerfile", 0o644)));
+    d.feed(&frame(&packet(PacketType::PacketStat, 0, b"")));
+    d.feed(&frame(&packet(
+        PacketType::PacketData,
+        0,
+        &vec![b'#'; filesync::MAX_FILE + 1],
+    )));
+    assert_eq!(d.oversized(), vec!["Dockerfile"]);
 }

@@ -67,7 +67,12 @@ pub fn rules_for<'p>(
 /// Whether any mount rule applies to `id`.
 pub fn has_rules(policy: &Policy, kind: MountKind, id: &str) -> bool {
     let (own, default) = rules_for(policy, kind, id);
-    [own, default].iter().any(|r| **r != MountRules::default())
+    own.mode.or(default.mode).is_some()
+        || own.uid.or(default.uid).is_some()
+        || own.gid.or(default.gid).is_some()
+        || own.targets.is_some()
+        || default.targets.is_some()
+        || own.mount_required.or(default.mount_required) == Some(true)
 }
 
 fn unresolved(key: &'static str, rule: String, option: &str, word: &Word) -> Violation {

@@ -18,8 +18,8 @@ use http::Request;
 use http_body::{Body, Frame, SizeHint};
 
 use super::relay::{BoxError, RelayBody};
-use crate::dockerfile::SessionDockerfiles;
 use crate::dockerfile::filesync::FileSyncDecoder;
+use crate::dockerfile::{IgnoreFiles, SessionDockerfiles};
 
 /// The FileSync method the daemon fetches local directories with.
 pub const DIFF_COPY: &str = "/moby.filesync.v1.FileSync/DiffCopy";
@@ -40,10 +40,24 @@ pub fn is_dockerfile_sync<B>(req: &Request<B>) -> bool {
             .any(|v| v.as_bytes() == DOCKERFILE_DIR.as_bytes())
 }
 
+/// The gRPC metadata key listing the files a sync should follow (filesync.go `keyFollowPaths`).
+pub const KEY_FOLLOW_PATHS: &str = "followpaths";
+
+/// The follow paths of a sync request, which tell the Dockerfile from its ignore file.
+pub fn followpaths<B>(req: &Request<B>) -> Vec<String> {
+    req.headers()
+        .get_all(KEY_FOLLOW_PATHS)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .map(str::to_string)
+        .collect()
+}
+
 /// The response body of a Dockerfile sync, read as it passes.
 pub struct DockerfileTee {
     inner: RelayBody,
     decoder: FileSyncDecoder,
+    ignore: IgnoreFiles,
     seen: Arc<SessionDockerfiles>,
     /// For the log lines only.
     session: Arc<str>,
@@ -51,10 +65,16 @@ pub struct DockerfileTee {
 }
 
 impl DockerfileTee {
-    pub fn new(inner: RelayBody, seen: Arc<SessionDockerfiles>, session: Arc<str>) -> Self {
+    pub fn new(
+        inner: RelayBody,
+        followpaths: &[String],
+        seen: Arc<SessionDockerfiles>,
+        session: Arc<str>,
+    ) -> Self {
         DockerfileTee {
             inner,
             decoder: FileSyncDecoder::new(),
+            ignore: IgnoreFiles::from_followpaths(followpaths),
             seen,
             session,
             finished: false,
@@ -71,8 +91,10 @@ impl DockerfileTee {
             self.seen.sync_unreadable(why);
         } else if !unrequested.is_empty() {
             tracing::debug!(session = %self.session, files = ?unrequested, "the daemon already held these Dockerfile sync files");
-            self.seen.sync_unrequested(&unrequested);
+            self.seen.sync_unrequested(&unrequested, &self.ignore);
         }
+        self.seen
+            .sync_oversized(&self.decoder.oversized(), &self.ignore);
     }
 }
 
@@ -91,7 +113,7 @@ impl Body for DockerfileTee {
                 if let Some(data) = frame.data_ref() {
                     for file in this.decoder.feed(data) {
                         tracing::debug!(session = %this.session, path = %file.path, bytes = file.data.len(), "Dockerfile sync: file received");
-                        this.seen.record(&file.path, &file.data);
+                        this.seen.record(&file.path, &file.data, &this.ignore);
                     }
                 } else {
                     this.finish();

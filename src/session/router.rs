@@ -9,7 +9,7 @@ use hyper::body::Incoming;
 use tower_service::Service;
 
 use super::SessionInfo;
-use super::dockerfile_watch::{DockerfileTee, is_dockerfile_sync};
+use super::dockerfile_watch::{DockerfileTee, followpaths, is_dockerfile_sync};
 use super::relay::{BoxError, ClientChannel, RelayBody};
 use crate::broker::Broker;
 use crate::dockerfile::SessionDockerfiles;
@@ -98,9 +98,11 @@ impl SessionRouter {
                 Ok(resp.map(|b| b.map_err(BoxError::from).boxed_unsync()))
             }
             Route::DockerfileSync => {
+                let follow = followpaths(&req);
                 let resp = self.client.relay(req).await;
                 let (dockerfiles, session) = (self.dockerfiles.clone(), self.session.clone());
-                Ok(resp.map(|b| DockerfileTee::new(b, dockerfiles, session).boxed_unsync()))
+                Ok(resp
+                    .map(|b| DockerfileTee::new(b, &follow, dockerfiles, session).boxed_unsync()))
             }
             Route::Relay => Ok(self.client.relay(req).await),
         }
