@@ -467,22 +467,26 @@ fn split_words(text: &str, escape: char) -> Vec<(usize, String)> {
 }
 
 /// The heredoc terminators a RUN/COPY/ADD opens (`<<EOF`, `<<-EOF`, `<<"EOF"`, `<<'EOF'`), in
-/// order, with whether leading tabs are stripped from body lines (`<<-`).
+/// order, with whether leading tabs are stripped from body lines (`<<-`). As in BuildKit's
+/// `ParseHeredoc` (parser/parser.go, `^(\d*)<<(-?)([^<]*)$`), a heredoc is a word of its own
+/// starting with `<<` (after an optional fd number), so `$((1<<2))` and `<<<` are not.
 fn heredocs(words: &[(usize, String)]) -> Vec<(String, bool)> {
     let mut out = Vec::new();
     for (_, w) in words {
-        // A heredoc marker may sit inside a word (`cat<<EOF`, `<<EOF>file`).
-        let Some(at) = w.find("<<") else { continue };
-        let rest = &w[at + 2..];
+        let Some(rest) = w
+            .trim_start_matches(|c: char| c.is_ascii_digit())
+            .strip_prefix("<<")
+        else {
+            continue;
+        };
         let (rest, strip_tabs) = match rest.strip_prefix('-') {
             Some(r) => (r, true),
             None => (rest, false),
         };
-        let rest = rest.trim_start_matches(['"', '\'']);
-        let name: String = rest
-            .chars()
-            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-            .collect();
+        if rest.contains('<') {
+            continue;
+        }
+        let name: String = rest.chars().filter(|c| !matches!(c, '"' | '\'')).collect();
         if !name.is_empty() {
             out.push((name, strip_tabs));
         }

@@ -142,6 +142,10 @@ fn heredoc_bodies_are_not_instructions() {
         .map(|m| (m.line, m.id.to_string()))
         .collect();
     assert_eq!(ids, vec![(2, s("a")), (10, s("b"))]);
+    // Not heredocs: shell arithmetic, here-strings, `<<` inside a word.
+    let text =
+        "FROM x\nRUN echo $((1<<2)) && cat <<< hi && x=a<<b\nRUN --mount=type=secret,id=c true\n";
+    assert_eq!(read(text, ArgValues::Unknown).mounts.len(), 1);
 }
 
 #[test]

@@ -64,9 +64,17 @@ pub fn rules_for<'p>(
     }
 }
 
+/// Ids the daemon asks for itself, not for a mount: git credentials for a git context
+/// (buildkit source/git/source.go, `GIT_AUTH_TOKEN.<host>`, `GIT_AUTH_HEADER.<host>`).
+/// `[mounts]` defaults do not apply to them.
+const DAEMON_IDS: &[&str] = &["GIT_AUTH_TOKEN.", "GIT_AUTH_HEADER."];
+
 /// Whether any mount rule applies to `id`.
 pub fn has_rules(policy: &Policy, kind: MountKind, id: &str) -> bool {
-    let (own, default) = rules_for(policy, kind, id);
+    let (own, mut default) = rules_for(policy, kind, id);
+    if kind == MountKind::Secret && DAEMON_IDS.iter().any(|p| id.starts_with(p)) {
+        default = own;
+    }
     own.mode.or(default.mode).is_some()
         || own.uid.or(default.uid).is_some()
         || own.gid.or(default.gid).is_some()

@@ -203,3 +203,22 @@ fn verdicts_over_a_session() {
         MountVerdict::Refused(_)
     ));
 }
+
+#[test]
+fn the_daemons_own_git_ids_are_not_held_to_mount_defaults() {
+    let p = policy(&format!("[server]\ndockerfile_unseen = \"deny\"\n{POLICY}"));
+    assert_eq!(
+        decide_mounts(
+            &p,
+            MountKind::Secret,
+            "GIT_AUTH_TOKEN.example.com",
+            &[],
+            &[]
+        ),
+        MountVerdict::Complies
+    );
+    assert!(matches!(
+        decide_mounts(&p, MountKind::Secret, "unlisted", &[], &[]),
+        MountVerdict::Unseen { .. }
+    ));
+}
