@@ -145,7 +145,10 @@ fn verdicts_over_a_session() {
     let decide = |dfs: &[Arc<ReadDockerfile>], problems: &[String], id: &str| {
         decide_mounts(&p, MountKind::Secret, id, dfs, problems)
     };
-    assert_eq!(decide(&[good.clone()], &[], "tok"), MountVerdict::Complies);
+    assert_eq!(
+        decide(std::slice::from_ref(&good), &[], "tok"),
+        MountVerdict::Complies
+    );
     // Every Dockerfile of the session must comply; the ARG-built id matches as a pattern.
     match decide(&[good.clone(), bad.clone()], &[], "tok") {
         MountVerdict::Refused(r) => {
@@ -181,7 +184,11 @@ fn verdicts_over_a_session() {
     }
     // A problem on another sync of the session makes a compliant one not enough.
     assert!(matches!(
-        decide(&[good.clone()], &["the daemon reused X".into()], "tok"),
+        decide(
+            std::slice::from_ref(&good),
+            &["the daemon reused X".into()],
+            "tok"
+        ),
         MountVerdict::Unseen { .. }
     ));
     let broken = seen(
