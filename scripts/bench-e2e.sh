@@ -37,6 +37,10 @@ upstream = "$engine"
 [secrets.pypi_token]
 sources = ["env:PYPI_TOKEN"]
 required = true
+# Mount rules, so every build's Dockerfile is read and its mounts checked (issue 9).
+mode = 0o400
+uid = 1000
+mount_required = true
 TOML
 export PYPI_TOKEN=pypi-bench-token-value
 target/release/buildbroker serve --config "$work/policy.toml" 2> "$work/broker.log" &

@@ -60,6 +60,28 @@ pub struct SshEvent<'a> {
     pub reason: Option<&'a str>,
 }
 
+/// A mount rule decision about one secret or ssh request: a refusal, or a request served
+/// without its Dockerfile having been seen.
+#[derive(Debug, Serialize)]
+pub struct MountEvent<'a> {
+    pub session: &'a str,
+    pub peer_uid: u32,
+    pub peer_pid: Option<i32>,
+    /// `secret` or `ssh`.
+    pub kind: &'static str,
+    pub id: &'a str,
+    /// `refused` (a mount breaks a rule), `unseen_allowed` or `unseen_refused`
+    /// (`[server] dockerfile_unseen`).
+    pub decision: &'static str,
+    /// The rule broken, as the policy spells it.
+    pub rule: Option<&'a str>,
+    /// The Dockerfile and line of the mount that breaks it.
+    pub dockerfile: Option<&'a str>,
+    pub line: Option<usize>,
+    /// Why the Dockerfile was not seen, for the `unseen_*` decisions.
+    pub reason: Option<&'a str>,
+}
+
 /// A connection closed because a reload no longer allows its peer.
 #[derive(Debug, Serialize)]
 pub struct RevokeEvent {
@@ -124,6 +146,23 @@ impl AuditLog {
             "secret request"
         );
         self.write("secret", event);
+    }
+
+    pub fn mount(&self, event: &MountEvent<'_>) {
+        tracing::info!(
+            target: "buildbroker::audit",
+            session = event.session,
+            peer_uid = event.peer_uid,
+            kind = event.kind,
+            id = event.id,
+            decision = event.decision,
+            rule = event.rule,
+            dockerfile = event.dockerfile,
+            line = event.line,
+            reason = event.reason,
+            "mount rule decision"
+        );
+        self.write("mount", event);
     }
 
     pub fn ssh(&self, event: &SshEvent<'_>) {

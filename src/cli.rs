@@ -78,6 +78,15 @@ pub enum Command {
         /// Dockerfiles whose `RUN --mount=type=secret|ssh` flags are checked.
         #[arg(value_name = "DOCKERFILE")]
         dockerfiles: Vec<PathBuf>,
+        /// A build arg's value, as `docker buildx build --build-arg` gives it (repeatable);
+        /// other ARGs take their defaults, and an id that still depends on an unset one is
+        /// reported, never guessed.
+        #[arg(long = "build-arg", value_name = "NAME=VALUE")]
+        build_args: Vec<String>,
+        /// `text` (file:line:column: severity: message) or `json` (one array of findings with
+        /// file, line, column, severity, rule, id, message; for CI annotations).
+        #[arg(long, value_enum, default_value_t = CheckFormat::Text)]
+        format: CheckFormat,
     },
     /// Store, describe or remove a keyring entry exactly where `keyring:SERVICE/ACCOUNT`
     /// sources read it (the backend the policy's [keyring] table selects, unless --backend).
@@ -96,6 +105,12 @@ pub enum Command {
         /// The secret id, as in `RUN --mount=type=secret,id=ID`.
         id: String,
     },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CheckFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -151,7 +166,9 @@ pub fn main(cli: Cli) -> ExitCode {
         Command::Check {
             config,
             dockerfiles,
-        } => check(config, dockerfiles, &env),
+            build_args,
+            format,
+        } => check(config, dockerfiles, &build_args, format, &env),
         Command::Resolve { config, id } => resolve(config, &id, &env),
         Command::Keyring { action } => crate::cli::keyring::run(action, &env),
     }
@@ -307,50 +324,90 @@ fn spawn_signal_handlers(broker: Arc<Broker>, shutdown: CancellationToken) -> st
     Ok(())
 }
 
-fn check(config: Option<PathBuf>, dockerfiles: Vec<PathBuf>, env: &HostEnv) -> ExitCode {
+fn check(
+    config: Option<PathBuf>,
+    dockerfiles: Vec<PathBuf>,
+    build_args: &[String],
+    format: CheckFormat,
+    env: &HostEnv,
+) -> ExitCode {
+    let mut args = std::collections::BTreeMap::new();
+    for a in build_args {
+        match a.split_once('=') {
+            Some((k, v)) if !k.is_empty() => {
+                args.insert(k.to_string(), v.to_string());
+            }
+            _ => {
+                eprintln!("--build-arg {a:?}: expected NAME=VALUE");
+                return ExitCode::from(2);
+            }
+        }
+    }
     let Some(policy) = load_policy(config, env) else {
         return ExitCode::from(2);
     };
-    println!(
-        "{}: ok ({} secret ids, {} ssh ids, unknown secrets: {})",
-        policy.origin,
-        policy.secrets.len(),
-        policy.ssh.len(),
-        policy.server.unknown_secrets
-    );
-    if matches!(policy.origin, PolicyOrigin::Embedded) {
-        println!("(no policy file found; checked the embedded default)");
+    if format == CheckFormat::Text {
+        println!(
+            "{}: ok ({} secret ids, {} ssh ids, unknown secrets: {})",
+            policy.origin,
+            policy.secrets.len(),
+            policy.ssh.len(),
+            policy.server.unknown_secrets
+        );
+        if matches!(policy.origin, PolicyOrigin::Embedded) {
+            println!("(no policy file found; checked the embedded default)");
+        }
+    }
+    #[derive(serde::Serialize)]
+    struct Located<'a> {
+        file: String,
+        #[serde(flatten)]
+        finding: &'a dockerfile::Finding,
     }
     let mut violations = 0;
     let mut unusable = false;
+    let mut all = Vec::new();
     for path in &dockerfiles {
-        let text = match std::fs::read_to_string(path) {
-            Ok(t) => t,
+        let text = match std::fs::read(path) {
+            Ok(t) => String::from_utf8_lossy(&t).into_owned(),
             Err(e) => {
                 eprintln!("{}: cannot read: {e}", path.display());
                 unusable = true;
                 continue;
             }
         };
-        let mounts = match dockerfile::mounts(&text) {
-            Ok(m) => m,
-            Err(e) => {
-                eprintln!("{}:{}: {}", path.display(), e.line, e.message);
-                unusable = true;
-                continue;
-            }
-        };
-        for f in dockerfile::check(&policy, &mounts) {
+        let read = dockerfile::read(&text, dockerfile::ArgValues::Given(&args));
+        for f in dockerfile::check(&policy, &read) {
             if f.severity == Severity::Violation {
                 violations += 1;
             }
-            println!(
-                "{}:{}: {}: {}",
-                path.display(),
-                f.line,
-                f.severity,
-                f.message
-            );
+            all.push((path.display().to_string(), f));
+        }
+    }
+    match format {
+        CheckFormat::Text => {
+            for (file, f) in &all {
+                println!(
+                    "{file}:{}:{}: {}: {}",
+                    f.line, f.column, f.severity, f.message
+                );
+            }
+        }
+        CheckFormat::Json => {
+            let located: Vec<Located<'_>> = all
+                .iter()
+                .map(|(file, finding)| Located {
+                    file: file.clone(),
+                    finding,
+                })
+                .collect();
+            match serde_json::to_string_pretty(&located) {
+                Ok(j) => println!("{j}"),
+                Err(e) => {
+                    eprintln!("cannot write the findings as JSON: {e}");
+                    return ExitCode::from(2);
+                }
+            }
         }
     }
     if unusable {

@@ -17,8 +17,10 @@ use toml::Spanned;
 use crate::source::{KeyringBackend, SourceSettings, SourceSpec};
 use crate::template::Template;
 
+mod mounts;
 mod ssh;
 
+pub use mounts::{DockerfileUnseen, MountDefaults, MountRules};
 pub use ssh::{AgentSocket, HostRule, KeyMatch, SshKeys, SshRule, parse_host_rule};
 
 /// The policy compiled into the binary; used when no policy file is found.
@@ -36,6 +38,8 @@ pub struct Policy {
     pub sources: SourceSettings,
     /// Caps on what one peer uid may hold open (`[limits]`).
     pub limits: Limits,
+    /// Mount rules for ids whose own table does not set them (`[mounts]`).
+    pub mounts: MountDefaults,
 }
 
 /// `[limits]`: how much one peer uid may hold open at once. The fetch cap per slow source kind
@@ -93,6 +97,8 @@ pub struct Server {
     /// The group of the endpoint sockets (mode 0660) and of the directory made for them; its
     /// members may connect (it is one of [`Access::gids`]).
     pub socket_group: Option<u32>,
+    /// What secret and ssh requests of a build whose Dockerfile buildbroker did not see mean.
+    pub dockerfile_unseen: DockerfileUnseen,
 }
 
 /// The default `[server] fetch_timeout`.
@@ -150,12 +156,9 @@ pub struct SecretRule {
     pub template: Option<Template>,
     /// Unresolvable → the build fails loudly, even for optional mounts.
     pub required: bool,
-    /// Widest file mode a Dockerfile may mount it with (checked by `buildbroker check`).
-    pub mode: Option<u32>,
-    /// The only uid it may be mounted for (checked by `buildbroker check`).
-    pub uid: Option<u32>,
-    /// The only gid it may be mounted for (checked by `buildbroker check`).
-    pub gid: Option<u32>,
+    /// How a Dockerfile may mount it (mode, uid, gid, targets, mount_required): checked in
+    /// every build and by `buildbroker check`.
+    pub mount: MountRules,
     /// Keep a resolved value this long (off when absent: every RUN resolves afresh).
     pub cache_ttl: Option<std::time::Duration>,
     /// How long past `cache_ttl` an expired value may answer when every source fails
@@ -346,6 +349,8 @@ struct RawPolicy {
     aws: RawAws,
     #[serde(default)]
     limits: RawLimits,
+    #[serde(default)]
+    mounts: mounts::RawMounts,
 }
 
 #[derive(Deserialize, Default)]
@@ -409,6 +414,7 @@ struct RawServer {
     buildkit_upstream: Option<Spanned<String>>,
     fetch_timeout: Option<Spanned<String>>,
     build_errors: Option<BuildErrors>,
+    dockerfile_unseen: Option<DockerfileUnseen>,
 }
 
 #[derive(Deserialize, Default)]
@@ -430,6 +436,8 @@ struct RawSecret {
     mode: Option<Spanned<u32>>,
     uid: Option<u32>,
     gid: Option<u32>,
+    targets: Option<Vec<Spanned<String>>>,
+    mount_required: Option<bool>,
     cache_ttl: Option<Spanned<String>>,
     stale_on_error: Option<Spanned<StaleSetting>>,
 }
@@ -674,14 +682,15 @@ impl Policy {
                     format!("[secrets.{}] cache_ttl: a template is rendered for each request; set cache_ttl on the ids it uses", id.get_ref()),
                 );
             }
-            if let Some(mode) = &rule.mode
-                && *mode.get_ref() > 0o777
-            {
-                c.push(
-                        mode.span(),
-                        format!("[secrets.{}] mode: expected permission bits no wider than 0o777; got {:#o}", id.get_ref(), mode.get_ref()),
-                    );
-            }
+            let mount = mounts::check(
+                &format!("[secrets.{}]", id.get_ref()),
+                rule.mode.as_ref(),
+                rule.uid,
+                rule.gid,
+                rule.targets.as_ref(),
+                rule.mount_required,
+                &mut c,
+            );
             let cache_ttl =
                 rule.cache_ttl
                     .as_ref()
@@ -720,9 +729,7 @@ impl Policy {
                     sources,
                     template,
                     required: rule.required,
-                    mode: rule.mode.as_ref().map(|m| *m.get_ref()),
-                    uid: rule.uid,
-                    gid: rule.gid,
+                    mount,
                 },
             );
         }
@@ -749,6 +756,10 @@ impl Policy {
         }
         check_aws(&raw.aws, &mut sources.aws, &mut c);
         let limits = check_limits(&raw.limits, &mut sources, &mut c);
+        let mount_defaults = MountDefaults {
+            secrets: raw.mounts.secrets.check("[mounts.secrets]", &mut c),
+            ssh: raw.mounts.ssh.check("[mounts.ssh]", &mut c),
+        };
 
         let socket_group = raw.server.socket_group.as_ref().and_then(|g| match g.get_ref() {
             RawGroup::Gid(gid) => Some(*gid),
@@ -786,6 +797,7 @@ impl Policy {
                 fetch_timeout,
                 build_errors: raw.server.build_errors.unwrap_or_default(),
                 socket_group,
+                dockerfile_unseen: raw.server.dockerfile_unseen.unwrap_or_default(),
             },
             access: Access {
                 uids: raw.access.uids,
@@ -795,6 +807,7 @@ impl Policy {
             ssh,
             sources,
             limits,
+            mounts: mount_defaults,
         })
     }
 }

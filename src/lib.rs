@@ -15,7 +15,9 @@
 //! - `POST /session` goes to [`session`]: buildbroker becomes the h2 server towards the daemon
 //!   and the h2 client towards buildx; `session::router` sends `Secrets/GetSecret` to
 //!   [`service::secrets`], `SSH/CheckAgent` and `SSH/ForwardAgent` to [`service::ssh`], and
-//!   relays everything else.
+//!   relays everything else, except that the Dockerfile's file sync is read as it passes
+//!   (`session::dockerfile_watch`), so both services can hold the build's mounts to the
+//!   policy's mount rules ([`policy::mounts`]) before they answer.
 //! - The docker-container driver reaches BuildKit through a `buildctl dial-stdio` exec: [`exec`]
 //!   demultiplexes its stream and [`control`] relays the BuildKit Control API over it, handing
 //!   each `Control/Session` to the same [`session`] core.
@@ -29,7 +31,8 @@
 //! - [`ssh`] is the per-id filtered agent (upstream agent or broker-held keys, destination
 //!   constraints, standalone agent sockets), spoken with ssh-agent-lib.
 //! - [`audit`] records every decision, never a value. [`config`] turns the policy TOML into a
-//!   checked [`config::Policy`]; [`dockerfile`] checks `RUN --mount` flags against it.
+//!   checked [`config::Policy`]; [`dockerfile`] reads `RUN --mount` flags (for builds and
+//!   for `buildbroker check`) and the FileSync stream the Dockerfile arrives on.
 //! - [`cli`] is the command line: `serve`, `check`, `resolve`.
 
 pub mod access;

@@ -181,5 +181,7 @@ pub fn decide_ssh<'p>(policy: &'p Policy, id: &str) -> SshDecision<'p> {
     }
 }
 
+pub mod mounts;
+
 #[cfg(test)]
 mod tests;

@@ -14,6 +14,7 @@
 //!
 //! This module never looks inside relayed calls and never logs bodies.
 
+mod dockerfile_watch;
 mod router;
 
 use std::sync::Arc;

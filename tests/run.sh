@@ -17,3 +17,16 @@ cleanup() {
 trap cleanup EXIT
 
 cargo test --locked -- --test-threads="${BUILDBROKER_TEST_THREADS:-3}"
+
+# Fuzz each target for a bounded time (cargo-fuzz, nightly): no input may panic the Dockerfile
+# reader or the FileSync decoder. Seeds are fuzz/corpus/<target>; libFuzzer works on a scratch
+# copy so what it adds stays out of the tree. BUILDBROKER_FUZZ_SECONDS=0 skips.
+fuzz_seconds=${BUILDBROKER_FUZZ_SECONDS:-60}
+if [ "$fuzz_seconds" -gt 0 ]; then
+  for target in dockerfile_reader filesync_decoder; do
+    corpus=$(mktemp -d)
+    cp fuzz/corpus/"$target"/* "$corpus"/
+    cargo +nightly fuzz run "$target" "$corpus" -- -max_total_time="$fuzz_seconds" -rss_limit_mb=2048
+    rm -rf "$corpus"
+  done
+fi

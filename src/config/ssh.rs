@@ -44,6 +44,8 @@ pub struct SshRule {
     /// Whether RSA keys may sign SHA-1 (`ssh-rsa`) requests, those without the rsa-sha2-256/512
     /// flags. Off by default: OpenSSH stopped offering them in 8.8; only old servers need it.
     pub allow_sha1: bool,
+    /// How a Dockerfile may mount it (`mode`, `uid`, `gid`, `targets`, `mount_required`).
+    pub mount: super::MountRules,
 }
 
 /// The two kinds of ssh id.
@@ -136,6 +138,11 @@ pub(super) struct RawSsh {
     socket: Option<Spanned<String>>,
     #[serde(default)]
     allow_sha1: bool,
+    mode: Option<Spanned<u32>>,
+    uid: Option<u32>,
+    gid: Option<u32>,
+    targets: Option<Vec<Spanned<String>>>,
+    mount_required: Option<bool>,
 }
 
 /// Checks every `[ssh.<id>]` table; problems go to the collector.
@@ -242,6 +249,15 @@ pub(super) fn check(
             Some(p)
         });
 
+        let mount = super::mounts::check(
+            &format!("[ssh.{id}]"),
+            rule.mode.as_ref(),
+            rule.uid,
+            rule.gid,
+            rule.targets.as_ref(),
+            rule.mount_required,
+            c,
+        );
         if let Some(keys) = keys {
             out.insert(
                 id.clone(),
@@ -251,6 +267,7 @@ pub(super) fn check(
                     known_hosts,
                     socket,
                     allow_sha1: rule.allow_sha1,
+                    mount,
                 },
             );
         }

@@ -190,9 +190,9 @@ fn secret_rule_fields() {
     .unwrap();
     let r = &p.secrets["pypi_token"];
     assert!(r.required);
-    assert_eq!(r.mode, Some(0o440));
-    assert_eq!(r.uid, Some(1000));
-    assert_eq!(r.gid, None);
+    assert_eq!(r.mount.mode, Some(0o440));
+    assert_eq!(r.mount.uid, Some(1000));
+    assert_eq!(r.mount.gid, None);
     assert_eq!(
         r.sources,
         vec![

@@ -25,6 +25,7 @@ use tonic::Status;
 use crate::audit::SecretEvent;
 use crate::broker::Broker;
 use crate::channel::{BoxError, RelayBody, SessionInfo};
+use crate::dockerfile::{MountKind, SessionDockerfiles};
 use crate::policy::{secret_failure_for_build, template_failure_for_build};
 use crate::proto::secrets::GetSecretRequest;
 use crate::resolver::{Answer, CacheUse, ValueOrigin, answer};
@@ -45,14 +46,22 @@ pub struct SecretsService {
     session: Arc<SessionInfo>,
     /// The session's build client, for `client` and `client-env:` sources.
     client: BuildClient,
+    /// The Dockerfiles the session showed, for the mount rules.
+    dockerfiles: Arc<SessionDockerfiles>,
 }
 
 impl SecretsService {
-    pub fn new(broker: Arc<Broker>, session: Arc<SessionInfo>, client: BuildClient) -> Self {
+    pub fn new(
+        broker: Arc<Broker>,
+        session: Arc<SessionInfo>,
+        client: BuildClient,
+        dockerfiles: Arc<SessionDockerfiles>,
+    ) -> Self {
         SecretsService {
             broker,
             session,
             client,
+            dockerfiles,
         }
     }
 
@@ -76,6 +85,14 @@ impl SecretsService {
 
     async fn get_secret(&self, id: &str) -> Result<Arc<SecretBytes>, Status> {
         let generation = self.broker.current();
+        crate::service::mounts::enforce(
+            &self.broker,
+            &generation.policy,
+            &self.session,
+            &self.dockerfiles,
+            MountKind::Secret,
+            id,
+        )?;
         match answer(&generation, id, Some(&self.client)).await {
             Answer::Denied => {
                 self.audit(id, None, "denied", None, None);

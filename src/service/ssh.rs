@@ -22,6 +22,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::broker::Broker;
 use crate::channel::{ClientChannel, SessionInfo};
+use crate::dockerfile::{MountKind, SessionDockerfiles};
 use crate::proto::sshforward::ssh_client::SshClient;
 use crate::proto::sshforward::ssh_server::Ssh;
 use crate::proto::sshforward::{BytesMessage, CheckAgentRequest, CheckAgentResponse};
@@ -35,16 +36,24 @@ pub struct SshService {
     session: Arc<SessionInfo>,
     /// The build client's own SSH service, for ids under `unknown_ssh = "client"`.
     client: SshClient<ClientChannel>,
+    /// The Dockerfiles the session showed, for the mount rules.
+    dockerfiles: Arc<SessionDockerfiles>,
 }
 
 impl SshService {
-    pub fn new(broker: Arc<Broker>, session: Arc<SessionInfo>, channel: ClientChannel) -> Self {
+    pub fn new(
+        broker: Arc<Broker>,
+        session: Arc<SessionInfo>,
+        channel: ClientChannel,
+        dockerfiles: Arc<SessionDockerfiles>,
+    ) -> Self {
         // The origin only fills `:scheme`/`:authority`; buildx's session server ignores both.
         let origin = http::Uri::from_static("http://buildbroker");
         SshService {
             broker,
             session,
             client: SshClient::with_origin(channel, origin),
+            dockerfiles,
         }
     }
 }
@@ -68,6 +77,14 @@ impl Ssh for SshService {
         request: Request<CheckAgentRequest>,
     ) -> Result<Response<CheckAgentResponse>, Status> {
         let id = normalize(&request.get_ref().id).to_string();
+        crate::service::mounts::enforce(
+            &self.broker,
+            &self.broker.policy(),
+            &self.session,
+            &self.dockerfiles,
+            MountKind::Ssh,
+            &id,
+        )?;
         match self.broker.ssh().route(&id) {
             Route::Managed(managed) => match managed.check().await {
                 Ok(()) => Ok(Response::new(CheckAgentResponse {})),

@@ -8,8 +8,10 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tower_service::Service;
 
+use super::dockerfile_watch::{DockerfileTee, followpaths, is_dockerfile_sync};
 use crate::broker::Broker;
 use crate::channel::{BoxError, ClientChannel, RelayBody, SessionInfo};
+use crate::dockerfile::SessionDockerfiles;
 use crate::proto::sshforward::ssh_server::SshServer;
 use crate::service::secrets::SecretsService;
 use crate::service::ssh::SshService;
@@ -22,11 +24,24 @@ pub enum Route {
     Secrets,
     /// `moby.sshforward.v1.SSH/*`: the policy's agents, or the client's for unlisted ids.
     Ssh,
-    /// Everything else (Health, FileSync, Auth, Upload, …): relayed to the build client.
+    /// `FileSync/DiffCopy` of the Dockerfile (`dir-name: dockerfile`): relayed, and its
+    /// response read as it passes (`dockerfile_watch`).
+    DockerfileSync,
+    /// Everything else (Health, the context's FileSync, Auth, Upload, …): relayed to the
+    /// build client.
     Relay,
 }
 
 impl Route {
+    /// The route of a call, from its path and metadata.
+    pub fn of_request<B>(req: &Request<B>) -> Route {
+        if is_dockerfile_sync(req) {
+            Route::DockerfileSync
+        } else {
+            Route::of(req.uri().path())
+        }
+    }
+
     pub fn of(path: &str) -> Route {
         if path.starts_with("/moby.buildkit.secrets.v1.Secrets/") {
             Route::Secrets
@@ -40,6 +55,9 @@ impl Route {
 
 pub struct SessionRouter {
     client: ClientChannel,
+    /// The Dockerfiles this session showed, which both services check mounts against.
+    dockerfiles: Arc<SessionDockerfiles>,
+    session: Arc<str>,
     secrets: SecretsService,
     ssh: SshServer<SshService>,
 }
@@ -50,10 +68,19 @@ impl SessionRouter {
             secrets: ClientSecrets::new(client.clone()),
             process: info.client.clone(),
         };
-        let secrets = SecretsService::new(broker.clone(), info.clone(), build_client);
-        let ssh = SshService::new(broker, info, client.clone());
+        let dockerfiles = Arc::new(SessionDockerfiles::default());
+        let session: Arc<str> = info.uuid.as_str().into();
+        let secrets = SecretsService::new(
+            broker.clone(),
+            info.clone(),
+            build_client,
+            dockerfiles.clone(),
+        );
+        let ssh = SshService::new(broker, info, client.clone(), dockerfiles.clone());
         SessionRouter {
             client,
+            dockerfiles,
+            session,
             secrets,
             ssh: SshServer::new(ssh),
         }
@@ -63,11 +90,18 @@ impl SessionRouter {
         self: Arc<Self>,
         req: Request<Incoming>,
     ) -> Result<Response<RelayBody>, Infallible> {
-        match Route::of(req.uri().path()) {
+        match Route::of_request(&req) {
             Route::Secrets => Ok(self.secrets.handle(req).await),
             Route::Ssh => {
                 let resp = self.ssh.clone().call(req).await?;
                 Ok(resp.map(|b| b.map_err(BoxError::from).boxed_unsync()))
+            }
+            Route::DockerfileSync => {
+                let follow = followpaths(&req);
+                let resp = self.client.relay(req).await;
+                let (dockerfiles, session) = (self.dockerfiles.clone(), self.session.clone());
+                Ok(resp
+                    .map(|b| DockerfileTee::new(b, &follow, dockerfiles, session).boxed_unsync()))
             }
             Route::Relay => Ok(self.client.relay(req).await),
         }

@@ -118,3 +118,22 @@ fn session_without_uuid_is_refused() {
     h.insert(HEADER_UUID, HeaderValue::from_static(""));
     assert_eq!(upstream_session_headers(&h), Err(SessionError::MissingUuid));
 }
+
+#[test]
+fn only_the_dockerfile_sync_is_watched() {
+    let req = |dir: &str| {
+        http::Request::builder()
+            .uri("/moby.filesync.v1.FileSync/DiffCopy")
+            .header("dir-name", dir)
+            .body(())
+            .unwrap()
+    };
+    assert_eq!(Route::of_request(&req("dockerfile")), Route::DockerfileSync);
+    assert_eq!(Route::of_request(&req("context")), Route::Relay);
+    let tar = http::Request::builder()
+        .uri("/moby.filesync.v1.FileSync/TarStream")
+        .header("dir-name", "dockerfile")
+        .body(())
+        .unwrap();
+    assert_eq!(Route::of_request(&tar), Route::Relay);
+}

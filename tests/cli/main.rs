@@ -106,7 +106,7 @@ fn check_dockerfiles_exit_codes() {
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(
         text(&out).contains(&format!(
-            "{}:2: violation: secret \"pypi_token\" mounted with mode 0644",
+            "{}:2:5: violation: secret \"pypi_token\" mounts it with mode=0644, wider than 0400, against the policy rule [secrets.pypi_token] mode = 0o400",
             bad.display()
         )),
         "{}",
@@ -359,6 +359,62 @@ fn every_shipped_policy_passes_check() {
         }
     }
     assert!(checked >= 2, "config/ holds the default and the CI example");
+}
+
+/// `check --format json` on the Dockerfile corpus (tests/dockerfiles: one file per syntax form)
+/// gives exactly the findings recorded beside each file, and exit 1 exactly when one of them
+/// is a violation.
+#[test]
+fn check_corpus_gives_the_recorded_findings() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/dockerfiles");
+    let mut cases: Vec<(String, Vec<&str>, String)> = Vec::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let name = entry.unwrap().file_name().into_string().unwrap();
+        if let Some(stem) = name.strip_suffix(".Dockerfile") {
+            cases.push((name.clone(), Vec::new(), format!("{stem}.json")));
+        }
+    }
+    cases.push((
+        "args.Dockerfile".into(),
+        vec!["--build-arg", "ENVIRONMENT=prod", "--build-arg", "UNSET=x"],
+        "args.prod.json".into(),
+    ));
+    assert!(cases.len() >= 12, "the corpus is missing");
+    for (file, args, expected) in cases {
+        let out = bin()
+            .current_dir(&dir)
+            .args(["check", "-c", "policy.toml", "--format", "json"])
+            .args(&args)
+            .arg(&file)
+            .output()
+            .unwrap();
+        let got: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{file}: not JSON ({e}): {}", text(&out)));
+        let want: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join(&expected)).unwrap()).unwrap();
+        assert_eq!(got, want, "{file} {args:?} against {expected}");
+        let violations = want
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["severity"] == "violation");
+        assert_eq!(
+            out.status.code(),
+            Some(if violations { 1 } else { 0 }),
+            "{file}: {}",
+            text(&out)
+        );
+    }
+}
+
+#[test]
+fn check_refuses_a_malformed_build_arg() {
+    let out = bin()
+        .args(["check", "--build-arg", "NOEQUALS"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("expected NAME=VALUE"), "{}", text(&out));
 }
 
 /// The fingerprint `resolve` prints on its last line (`… (N bytes, fingerprint F)`).

@@ -256,6 +256,9 @@ pub struct Build<'a> {
     pub network: &'static str,
     /// Extra environment for the build client (buildx), beside the test's own.
     pub env: Vec<(String, String)>,
+    /// Where in the context the Dockerfile is written, passed as `-f`; `None` is the default
+    /// `Dockerfile`.
+    pub dockerfile_path: Option<&'a str>,
 }
 
 pub struct BuildResult {
@@ -303,7 +306,14 @@ impl<'a> Build<'a> {
             tag: None,
             network: "none",
             env: Vec::new(),
+            dockerfile_path: None,
         }
+    }
+
+    /// Writes the Dockerfile at `path` in the context and builds with `-f` naming it.
+    pub fn dockerfile_at(mut self, path: &'a str) -> Self {
+        self.dockerfile_path = Some(path);
+        self
     }
 
     pub fn file(mut self, name: &'a str, content: impl Into<Vec<u8>>) -> Self {
@@ -341,7 +351,9 @@ impl<'a> Build<'a> {
         let ctx = dirs.path().join("ctx");
         let out = dirs.path().join("out");
         std::fs::create_dir_all(&ctx).unwrap();
-        std::fs::write(ctx.join("Dockerfile"), with_nonce(&self.dockerfile)).unwrap();
+        let dockerfile = ctx.join(self.dockerfile_path.unwrap_or("Dockerfile"));
+        std::fs::create_dir_all(dockerfile.parent().unwrap()).unwrap();
+        std::fs::write(&dockerfile, with_nonce(&self.dockerfile)).unwrap();
         for (name, content) in &self.files {
             let p = ctx.join(name);
             std::fs::create_dir_all(p.parent().unwrap()).unwrap();
@@ -362,6 +374,9 @@ impl<'a> Build<'a> {
                 .arg("-o")
                 .arg(format!("type=local,dest={}", out.display())),
         };
+        if self.dockerfile_path.is_some() {
+            cmd.arg("-f").arg(&dockerfile);
+        }
         cmd.envs(self.env.iter().map(|(k, v)| (k, v)))
             .args(&self.args)
             .arg(&ctx);

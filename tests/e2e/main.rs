@@ -12,6 +12,7 @@ mod client_env;
 mod container;
 mod isolation;
 mod lifecycle;
+mod mounts;
 mod no_leaks;
 mod planted;
 mod secrets;

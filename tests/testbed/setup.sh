@@ -391,6 +391,16 @@ if [ "$("$MOTO_VENV/bin/python" -c 'import moto; print(moto.__version__)' 2>/dev
 fi
 [ -x "$MOTO_SERVER" ] || die "$MOTO_SERVER missing after installing moto"
 
+# ---------------------------------------------------------------- 4c. cargo-fuzz
+# tests/run.sh runs the fuzz targets of fuzz/ for a bounded time. The nightly toolchain (with
+# its sanitizer runtime) is on the machine image (design.md §10); cargo-fuzz comes from crates.io.
+rustup toolchain list 2>/dev/null | grep -q '^nightly' \
+  || die "no nightly Rust toolchain: the fuzz targets need one (rustup toolchain install nightly)"
+if ! cargo fuzz --version >/dev/null 2>&1; then
+  log "installing cargo-fuzz"
+  cargo install cargo-fuzz --locked >&2 || die "cargo install cargo-fuzz failed"
+fi
+
 # ---------------------------------------------------------------- 5. env file
 cat > "$ENV_FILE.tmp" <<EOF
 TESTBED_DOCKER_HOST=$TESTBED_DOCKER_HOST
