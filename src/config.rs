@@ -92,6 +92,8 @@ pub struct Server {
     /// The group of the endpoint sockets (mode 0660) and of the directory made for them; its
     /// members may connect (it is one of [`Access::gids`]).
     pub socket_group: Option<u32>,
+    /// Where `/healthz`, `/readyz` and `/metrics` are served over plain HTTP; off when absent.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// The default `[server] fetch_timeout`.
@@ -396,6 +398,7 @@ struct RawServer {
     buildkit_upstream: Option<Spanned<String>>,
     fetch_timeout: Option<Spanned<String>>,
     build_errors: Option<BuildErrors>,
+    metrics_listen: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -586,6 +589,24 @@ impl Policy {
             );
         }
 
+        // An IP address and port only: a host name would be resolved once at start and could
+        // silently bind somewhere else than the operator meant.
+        let metrics_listen = raw.server.metrics_listen.as_ref().and_then(|s| {
+            match s.get_ref().parse::<std::net::SocketAddr>() {
+                Ok(a) => Some(a),
+                Err(_) => {
+                    c.push(
+                        s.span(),
+                        format!(
+                            "[server] metrics_listen: expected an IP address and port such as \"127.0.0.1:9464\"; got {:?}",
+                            s.get_ref()
+                        ),
+                    );
+                    None
+                }
+            }
+        });
+
         let audit_log = raw.server.audit_log.as_ref().and_then(|s| {
             let p = crate::source::expand_home(s.get_ref(), env.home.as_deref());
             if p.is_absolute() {
@@ -737,6 +758,7 @@ impl Policy {
                 fetch_timeout,
                 build_errors: raw.server.build_errors.unwrap_or_default(),
                 socket_group,
+                metrics_listen,
             },
             access: Access {
                 uids: raw.access.uids,

@@ -24,7 +24,10 @@
 //!   constraints, standalone agent sockets), spoken with ssh-agent-lib.
 //! - [`audit`] records every decision, never a value. [`config`] turns the policy TOML into a
 //!   checked [`config::Policy`]; [`dockerfile`] checks `RUN --mount` flags against it.
-//! - [`cli`] is the command line: `serve`, `check`, `resolve`.
+//! - [`systemd`] takes socket-activated listeners and tells the service manager when the
+//!   daemon is ready, reloading or stopping; [`health`] serves `/healthz`, `/readyz` and the
+//!   Prometheus [`metrics`] on `[server] metrics_listen`.
+//! - [`cli`] is the command line: `serve`, `check`, `resolve`, `keyring`.
 
 pub mod access;
 pub mod audit;
@@ -34,6 +37,8 @@ pub mod cli;
 pub mod config;
 pub mod daemon_files;
 pub mod dockerfile;
+pub mod health;
+pub mod metrics;
 pub mod peers;
 pub mod policy;
 pub mod proxy;
@@ -44,6 +49,7 @@ pub mod service;
 pub mod session;
 pub mod source;
 pub mod ssh;
+pub mod systemd;
 
 /// Code generated from `proto/` at build time.
 #[allow(clippy::all, clippy::pedantic, missing_docs)]
