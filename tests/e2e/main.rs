@@ -12,6 +12,7 @@ mod client_env;
 mod isolation;
 mod lifecycle;
 mod no_leaks;
+mod ops;
 mod planted;
 mod secrets;
 mod sources;
