@@ -440,10 +440,18 @@ fn socket_activation_serves_a_build_and_still_checks_peers() {
             engine()
         ),
     );
+    // A free loopback port for the second socket, the metrics endpoint (fd 4).
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let mut cmd = Command::new("systemd-socket-activate");
     cmd.arg("-l")
         .arg(&sock)
-        .arg("--fdname=docker")
+        .arg("-l")
+        .arg(format!("127.0.0.1:{metrics_port}"))
+        .arg("--fdname=docker:metrics")
         .args(["-E", "PATH", "-E", "RUST_LOG", "-E", "TOK"])
         .arg(env!("CARGO_BIN_EXE_buildbroker"))
         .args(["serve", "--config"])
@@ -473,6 +481,21 @@ fn socket_activation_serves_a_build_and_still_checks_peers() {
         "{log}"
     );
     assert!(!configured.exists(), "[server] listen was bound too");
+    let metrics = format!("127.0.0.1:{metrics_port}");
+    assert!(
+        log.contains(&format!("metrics on http://{metrics}")),
+        "{log}"
+    );
+    assert_eq!(http_get(&metrics, "/readyz"), (200, "ready\n".to_string()));
+    let scraped = http_get(&metrics, "/metrics").1;
+    assert_eq!(
+        sample(
+            &scraped,
+            r#"buildbroker_secret_requests_total{id="tok",decision="served",source="env"}"#
+        ),
+        Some(1.0),
+        "{scraped}"
+    );
     let mode = std::fs::metadata(&sock).unwrap().permissions().mode() & 0o7777;
     assert_eq!(
         mode, 0o666,
