@@ -669,8 +669,8 @@ impl Drop for ImageCleanup {
                 .output();
         };
         docker(&["rm", "-f", &self.container]);
+        // tests/run.sh prunes the build cache once every test is done.
         docker(&["rmi", "-f", &self.tag]);
-        docker(&["buildx", "prune", "-af", "--filter", "until=1h"]);
     }
 }
 
