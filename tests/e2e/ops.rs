@@ -540,6 +540,42 @@ fn socket_activation_serves_a_build_and_still_checks_peers() {
     );
 }
 
+/// A socket whose name the daemon does not know stops it with a message naming the fix.
+#[test]
+fn socket_activation_refuses_an_unknown_fd_name() {
+    if skip() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("activated.sock");
+    let policy = write_policy(
+        dir.path(),
+        &format!(
+            "[server]\nlisten = [\"unix://{}\"]\nupstream = \"{}\"\n",
+            dir.path().join("configured.sock").display(),
+            engine()
+        ),
+    );
+    let mut cmd = Command::new("systemd-socket-activate");
+    cmd.arg("-l")
+        .arg(&sock)
+        .arg("--fdname=dokcer")
+        .args(["-E", "PATH"])
+        .arg(env!("CARGO_BIN_EXE_buildbroker"))
+        .args(["serve", "--config"])
+        .arg(&policy);
+    let mut daemon = Daemon::spawn(cmd, dir.path().join("log"));
+    daemon.wait_log("Listening on");
+    // The first connection starts it; it refuses to run and the connection drops.
+    let _ = std::os::unix::net::UnixStream::connect(&sock);
+    assert_eq!(daemon.wait_exit(), Some(2), "{}", daemon.log());
+    let log = daemon.log();
+    assert!(
+        log.contains("fd 3 is named \"dokcer\"") && log.contains("FileDescriptorName=docker"),
+        "{log}"
+    );
+}
+
 // ---------------------------------------------------------------- health and metrics
 
 #[test]
