@@ -326,7 +326,7 @@ fn serve(config: Option<PathBuf>, env: HostEnv) -> ExitCode {
         };
         if let Some(l) = metrics_listener {
             // Not joined below: /readyz keeps answering "not ready" while the API drains.
-            tokio::spawn(crate::health::run(l, health.clone(), shutdown.clone()));
+            tokio::spawn(crate::health::run(l, health.clone()));
         }
         health.set_serving(true);
         tracing::info!(policy = %origin, "buildbroker ready: serving the Docker Engine API on {addrs}, upstream {upstream}{agents}{metrics}");

@@ -19,7 +19,6 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream, UnixStream};
-use tokio_util::sync::CancellationToken;
 
 use crate::broker::Broker;
 use crate::config::Endpoint;
@@ -98,20 +97,17 @@ async fn ping(endpoint: &Endpoint) -> Result<(), String> {
     }
 }
 
-/// Serves the endpoint until `shutdown`; run it as its own task so `/readyz` keeps answering
-/// "not ready" while the Docker API drains.
-pub async fn run(listener: TcpListener, health: Arc<Health>, shutdown: CancellationToken) {
+/// Serves the endpoint until the process exits: it is not stopped with the Docker API, so
+/// `/readyz` answers "not ready" (rather than refusing connections) while the API drains.
+pub async fn run(listener: TcpListener, health: Arc<Health>) {
     loop {
-        let (stream, _) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "metrics endpoint: accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.cancelled() => return,
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                tracing::warn!(error = %e, "metrics endpoint: accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
         };
         let health = health.clone();
         tokio::spawn(async move {

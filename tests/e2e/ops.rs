@@ -686,6 +686,42 @@ fn readyz_goes_unready_when_the_upstream_engine_stops_and_ready_when_it_returns(
         http_get(&addr, "/readyz").0 == 200
     });
     assert_eq!(http_get(&addr, "/nope").0, 404);
+
+    // Draining: a streaming request in flight (`docker events` never ends by itself) keeps
+    // the daemon draining after SIGTERM; meanwhile it is unready but alive.
+    let mut events = Command::new("docker")
+        .arg("events")
+        .env(
+            "DOCKER_HOST",
+            format!("unix://{}", dir.path().join("docker.sock").display()),
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until(
+        "docker events is connected",
+        Duration::from_secs(10),
+        || {
+            sample(
+                &http_get(&addr, "/metrics").1,
+                "buildbroker_connections_total",
+            )
+            .unwrap_or(0.0)
+                >= 1.0
+        },
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    daemon.signal("TERM");
+    daemon.wait_log("SIGTERM: draining");
+    let (status, body) = http_get(&addr, "/readyz");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("draining"), "{body}");
+    assert_eq!(http_get(&addr, "/healthz").0, 200);
+    let _ = Command::new("kill").arg(events.id().to_string()).status();
+    let _ = events.wait();
+    assert_eq!(daemon.wait_exit(), Some(0), "{}", daemon.log());
 }
 
 // ---------------------------------------------------------------- container image
