@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+pub mod fingerprint;
 mod keyring;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -18,6 +19,7 @@ use crate::broker::Broker;
 use crate::broker::Generation;
 use crate::config::{HostEnv, Policy, PolicyOrigin};
 use crate::dockerfile::{self, Severity};
+use crate::policy::{secret_failure_for_build, template_failure_for_build};
 use crate::resolver::{Answer, answer};
 use crate::source::{Attempt, AttemptOutcome};
 
@@ -84,7 +86,10 @@ pub enum Command {
         action: KeyringAction,
     },
     /// Resolve one secret id as the daemon would and print which source answered, the value's
-    /// length and a short hash. Never prints the value. Exit 0 resolved, 1 not, 2 bad input.
+    /// length and a fingerprint keyed with this host's key (in the state directory, e.g.
+    /// ~/.local/state/buildbroker/fingerprint.key): equal values print equal fingerprints, and
+    /// the fingerprint reveals nothing without the key. Never prints the value. Exit 0 resolved,
+    /// 1 not, 2 bad input.
     Resolve {
         #[arg(long, short, value_name = "PATH")]
         config: Option<PathBuf>,
@@ -105,7 +110,8 @@ pub enum KeyringAction {
         #[arg(long)]
         raw: bool,
     },
-    /// Show where the entry lives, its length and a short hash; never the value.
+    /// Show where the entry lives, its length and its keyed fingerprint (as `resolve` prints
+    /// it); never the value.
     /// Exit 1 when there is no such entry.
     GetInfo {
         #[command(flatten)]
@@ -196,6 +202,7 @@ fn load_policy(config: Option<PathBuf>, env: &HostEnv) -> Option<Policy> {
 }
 
 /// Core dumps could hold secrets: turn them off for this process before any secret exists.
+/// Every command that handles values calls it first: `serve`, `resolve`, `keyring`.
 fn disable_core_dumps() {
     use rustix::process::{Resource, Rlimit, setrlimit};
     let none = Rlimit {
@@ -255,6 +262,14 @@ fn serve(config: Option<PathBuf>, env: HostEnv) -> ExitCode {
             }
         };
         crate::metrics::policy_ids(&broker.policy());
+        // Signals are caught before any socket exists: a SIGTERM sent as soon as a client can
+        // connect must drain, not kill the process.
+        let health = Arc::new(crate::health::Health::new(broker.clone()));
+        let shutdown = CancellationToken::new();
+        if let Err(e) = spawn_signal_handlers(broker.clone(), health.clone(), shutdown.clone()) {
+            eprintln!("buildbroker: cannot install signal handlers: {e}");
+            return ExitCode::from(2);
+        }
         let agent_sockets = match crate::ssh::socket::bind(&broker.policy(), euid) {
             Ok(l) => l,
             Err(e) => {
@@ -301,12 +316,6 @@ fn serve(config: Option<PathBuf>, env: HostEnv) -> ExitCode {
                 return ExitCode::from(2);
             }
         };
-        let health = Arc::new(crate::health::Health::new(broker.clone()));
-        let shutdown = CancellationToken::new();
-        if let Err(e) = spawn_signal_handlers(broker.clone(), health.clone(), shutdown.clone()) {
-            eprintln!("buildbroker: cannot install signal handlers: {e}");
-            return ExitCode::from(2);
-        }
         tokio::spawn(broker.clone().sweep_cache(std::time::Duration::from_secs(5)));
         let addrs = listeners
             .iter()
@@ -328,7 +337,10 @@ fn serve(config: Option<PathBuf>, env: HostEnv) -> ExitCode {
             // Not joined below: /readyz keeps answering "not ready" while the API drains.
             tokio::spawn(crate::health::run(l, health.clone()));
         }
-        health.set_serving(true);
+        // A SIGTERM that came while binding has already begun the drain: stay unready.
+        if !shutdown.is_cancelled() {
+            health.set_serving(true);
+        }
         tracing::info!(policy = %origin, "buildbroker ready: serving the Docker Engine API on {addrs}, upstream {upstream}{agents}{metrics}");
         crate::systemd::ready(&format!("serving the Docker Engine API on {addrs}"));
         tokio::join!(
@@ -435,6 +447,7 @@ fn check(config: Option<PathBuf>, dockerfiles: Vec<PathBuf>, env: &HostEnv) -> E
 }
 
 fn resolve(config: Option<PathBuf>, id: &str, env: &HostEnv) -> ExitCode {
+    disable_core_dumps();
     let Some(policy) = load_policy(config, env) else {
         return ExitCode::from(2);
     };
@@ -454,19 +467,14 @@ fn resolve(config: Option<PathBuf>, id: &str, env: &HostEnv) -> ExitCode {
             println!("  {:<40} {what}", a.source.to_string());
         }
     };
-    let not_resolved = |id: &str, required_missing: bool, attempts: &[Attempt], message: &str| {
+    // What the operator sees (the whole story), then what a build's output would show.
+    let not_resolved = |attempts: &[Attempt], message: &str, shown: String| {
         print_attempts(attempts);
         println!("{id}: not resolved: {message}");
-        let shown = crate::policy::secret_failure_for_build(
-            id,
-            required_missing,
-            attempts,
-            message,
-            generation.policy.server.build_errors,
-        );
         println!("{id}: builds fail with: {shown}");
         ExitCode::from(1)
     };
+    let level = generation.policy.server.build_errors;
     match answer {
         Answer::Denied => {
             println!(
@@ -488,9 +496,9 @@ fn resolve(config: Option<PathBuf>, id: &str, env: &HostEnv) -> ExitCode {
             }
             print_attempts(&attempts);
             println!(
-                "{id}: resolved from {source} ({} bytes, sha256:{}…)",
+                "{id}: resolved from {source} ({} bytes, {})",
                 value.len(),
-                value.short_hash()
+                fingerprint::describe(env, value.expose())
             );
             ExitCode::SUCCESS
         }
@@ -500,8 +508,20 @@ fn resolve(config: Option<PathBuf>, id: &str, env: &HostEnv) -> ExitCode {
             ExitCode::from(1)
         }
         Answer::RequiredMissing { message, attempts } => {
-            not_resolved(id, true, &attempts, &message)
+            let shown = secret_failure_for_build(id, true, &attempts, &message, level);
+            not_resolved(&attempts, &message, shown)
         }
-        Answer::Failed { message, attempts } => not_resolved(id, false, &attempts, &message),
+        Answer::Failed { message, attempts } => {
+            let shown = secret_failure_for_build(id, false, &attempts, &message, level);
+            not_resolved(&attempts, &message, shown)
+        }
+        Answer::InputMissing {
+            input,
+            message,
+            attempts,
+        } => {
+            let shown = template_failure_for_build(id, &input, &attempts, &message, level);
+            not_resolved(&attempts, &message, shown)
+        }
     }
 }

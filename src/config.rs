@@ -15,6 +15,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::source::{KeyringBackend, SourceSettings, SourceSpec};
+use crate::template::Template;
 
 mod ssh;
 
@@ -145,8 +146,10 @@ pub struct Access {
 /// What the policy says about one secret id.
 #[derive(Debug, Clone)]
 pub struct SecretRule {
-    /// Tried in order; the first that resolves wins.
+    /// Tried in order; the first that resolves wins. Empty for a template.
     pub sources: Vec<SourceSpec>,
+    /// Rendered from other ids' values instead of read from sources.
+    pub template: Option<Template>,
     /// Unresolvable → the build fails loudly, even for optional mounts.
     pub required: bool,
     /// Widest file mode a Dockerfile may mount it with (checked by `buildbroker check`).
@@ -338,6 +341,8 @@ struct RawPolicy {
     #[serde(default)]
     exec: RawExec,
     #[serde(default)]
+    file: RawFile,
+    #[serde(default)]
     keyring: RawKeyring,
     #[serde(default)]
     aws: RawAws,
@@ -366,6 +371,14 @@ enum RawGroup {
 struct RawKeyring {
     backend: Option<KeyringBackend>,
     timeout: Option<Spanned<String>>,
+}
+
+/// `[file]`: what `file:` sources of a root daemon may read although another user owns them.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    #[serde(default)]
+    allow_foreign: Vec<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -413,7 +426,8 @@ struct RawAccess {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawSecret {
-    sources: Spanned<Vec<Spanned<String>>>,
+    sources: Option<Spanned<Vec<Spanned<String>>>>,
+    template: Option<Spanned<String>>,
     #[serde(default)]
     required: bool,
     mode: Option<Spanned<u32>>,
@@ -637,18 +651,49 @@ impl Policy {
             if id.get_ref().is_empty() {
                 c.push(id.span(), "[secrets]: a secret id must not be empty");
             }
-            if rule.sources.get_ref().is_empty() {
-                c.push(
-                    rule.sources.span(),
-                    format!("[secrets.{}] sources: expected at least one source such as \"env:NAME\" or \"file:PATH\"", id.get_ref()),
-                );
-            }
             let mut sources = Vec::new();
-            for s in rule.sources.get_ref() {
+            match (&rule.sources, &rule.template) {
+                (Some(_), Some(t)) => c.push(
+                    t.span(),
+                    format!("[secrets.{}]: set either sources or template, not both", id.get_ref()),
+                ),
+                (None, None) => c.push(
+                    id.span(),
+                    format!("[secrets.{}]: expected sources = [\"env:NAME\", …] or template = \"…{{{{other_id}}}}…\"", id.get_ref()),
+                ),
+                (Some(list), None) if list.get_ref().is_empty() => c.push(
+                    list.span(),
+                    format!("[secrets.{}] sources: expected at least one source such as \"env:NAME\" or \"file:PATH\"", id.get_ref()),
+                ),
+                _ => {}
+            }
+            for s in rule.sources.iter().flat_map(|l| l.get_ref()) {
                 match SourceSpec::parse(s.get_ref(), env.home.as_deref()) {
                     Ok(spec) => sources.push(spec),
                     Err(m) => c.push(s.span(), format!("[secrets.{}] sources: {m}", id.get_ref())),
                 }
+            }
+            let template =
+                rule.template
+                    .as_ref()
+                    .and_then(|t| match Template::parse(t.get_ref()) {
+                        Ok(template) => Some(template),
+                        Err(e) => {
+                            let at = string_offset(text, t.span(), t.get_ref(), e.offset);
+                            c.push(
+                                at..at,
+                                format!("[secrets.{}] template: {}", id.get_ref(), e.message),
+                            );
+                            None
+                        }
+                    });
+            if rule.template.is_some()
+                && let Some(ttl) = &rule.cache_ttl
+            {
+                c.push(
+                    ttl.span(),
+                    format!("[secrets.{}] cache_ttl: a template is rendered for each request; set cache_ttl on the ids it uses", id.get_ref()),
+                );
             }
             if let Some(mode) = &rule.mode
                 && *mode.get_ref() > 0o777
@@ -694,6 +739,7 @@ impl Policy {
                     cache_ttl,
                     stale_on_error,
                     sources,
+                    template,
                     required: rule.required,
                     mode: rule.mode.as_ref().map(|m| *m.get_ref()),
                     uid: rule.uid,
@@ -701,6 +747,8 @@ impl Policy {
                 },
             );
         }
+
+        check_templates(&raw, &secrets, &mut c);
 
         let ssh = ssh::check(&raw.ssh, &listen, env, &mut c);
 
@@ -742,6 +790,7 @@ impl Policy {
         {
             gids.push(gid);
         }
+        sources.file_allow_foreign = check_allow_foreign(&raw.file, &secrets, &ssh, env, &mut c);
 
         if !c.errors.is_empty() {
             c.errors.sort_by_key(|e| (e.line, e.column));
@@ -805,6 +854,112 @@ fn check_limits(raw: &RawLimits, sources: &mut SourceSettings, c: &mut Collector
         &mut sources.fetches_per_kind,
     );
     limits
+}
+
+/// Every template placeholder names a listed id, and no template reaches itself.
+fn check_templates(raw: &RawPolicy, secrets: &BTreeMap<String, SecretRule>, c: &mut Collector<'_>) {
+    let span_of = |id: &str| {
+        raw.secrets
+            .iter()
+            .find(|(k, _)| k.get_ref() == id)
+            .and_then(|(_, r)| r.get_ref().template.as_ref())
+            .map_or(0..0, |t| t.span())
+    };
+    let templates: BTreeMap<&str, &Template> = secrets
+        .iter()
+        .filter_map(|(id, r)| Some((id.as_str(), r.template.as_ref()?)))
+        .collect();
+    for (id, template) in &templates {
+        for input in template.inputs() {
+            if !secrets.contains_key(input) {
+                c.push(
+                    span_of(id),
+                    format!("[secrets.{id}] template: {{{{{input}}}}} names no id of this policy; add [secrets.{input}] with its sources"),
+                );
+            }
+        }
+    }
+    for cycle in crate::template::cycles(&templates) {
+        c.push(
+            span_of(&cycle[0]),
+            format!(
+                "[secrets.{}] template: a cycle, {}",
+                cycle[0],
+                cycle.join(" → ")
+            ),
+        );
+    }
+}
+
+/// The offset in the policy text of byte `at` of a string value, when the text spells the
+/// string without escapes (else the string's own start).
+fn string_offset(text: &str, span: Range<usize>, value: &str, at: usize) -> usize {
+    let raw = &text[span.clone()];
+    for quote in ["\"\"\"", "'''", "\"", "'"] {
+        if let Some(inner) = raw.strip_prefix(quote).and_then(|r| r.strip_suffix(quote)) {
+            // TOML drops a newline right after an opening triple quote.
+            let (skip, inner) = match inner.strip_prefix('\n') {
+                Some(rest) if quote.len() == 3 => (1, rest),
+                _ => (0, inner),
+            };
+            if inner == value {
+                return span.start + quote.len() + skip + at;
+            }
+            break;
+        }
+    }
+    span.start
+}
+
+/// `[file] allow_foreign`: absolute paths, each the path of some `file:` source of this policy
+/// (a path no source reads is a typo that would silently leave the real one refused).
+fn check_allow_foreign(
+    raw: &RawFile,
+    secrets: &BTreeMap<String, SecretRule>,
+    ssh: &BTreeMap<String, SshRule>,
+    env: &HostEnv,
+    c: &mut Collector<'_>,
+) -> Vec<PathBuf> {
+    let held = ssh.values().flat_map(|rule| match &rule.keys {
+        SshKeys::Held {
+            private_keys,
+            passphrase,
+        } => private_keys.iter().chain(passphrase).collect(),
+        SshKeys::Upstream { .. } => Vec::new(),
+    });
+    let named: Vec<&PathBuf> = secrets
+        .values()
+        .flat_map(|r| &r.sources)
+        .chain(held)
+        .filter_map(|spec| match spec {
+            SourceSpec::File(p) => Some(p),
+            _ => None,
+        })
+        .collect();
+    let mut out = Vec::new();
+    for entry in &raw.allow_foreign {
+        let path = crate::source::expand_home(entry.get_ref(), env.home.as_deref());
+        if !path.is_absolute() {
+            c.push(
+                entry.span(),
+                format!(
+                    "[file] allow_foreign: expected an absolute path or one starting with ~/; got {:?}",
+                    entry.get_ref()
+                ),
+            );
+        } else if !named.contains(&&path) {
+            c.push(
+                entry.span(),
+                format!(
+                    "[file] allow_foreign: no file: source of this policy reads {}; write the path exactly as the source does",
+                    path.display()
+                ),
+            );
+        } else {
+            out.push(path);
+        }
+    }
+    out
 }
 
 /// The `[aws]` table, for `aws-sm:` sources.

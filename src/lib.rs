@@ -19,7 +19,7 @@
 //! - [`resolver`] answers one secret request: [`policy`] decides (pure functions) what an id
 //!   means, [`cache`] may hold a value for slow sources, [`source`] resolves it from env, files,
 //!   the OS keyring, programs or the build client; [`secret::SecretBytes`] owns the value and
-//!   zeroizes it.
+//!   zeroizes it. [`template`] renders ids whose rule is a `template` of other ids' values.
 //! - [`ssh`] is the per-id filtered agent (upstream agent or broker-held keys, destination
 //!   constraints, standalone agent sockets), spoken with ssh-agent-lib.
 //! - [`audit`] records every decision, never a value. [`config`] turns the policy TOML into a
@@ -50,6 +50,7 @@ pub mod session;
 pub mod source;
 pub mod ssh;
 pub mod systemd;
+pub mod template;
 
 /// Code generated from `proto/` at build time.
 #[allow(clippy::all, clippy::pedantic, missing_docs)]

@@ -8,6 +8,7 @@
 
 use crate::config::{BuildErrors, Policy, SshRule, UnknownIds};
 use crate::source::{Attempt, AttemptOutcome, SourceSpec};
+use crate::template::Template;
 
 /// The implicit chain for ids the policy does not list under `unknown_secrets = "client"`.
 const CLIENT_ONLY: &[SourceSpec] = &[SourceSpec::Client];
@@ -22,16 +23,21 @@ pub enum SecretDecision<'p> {
         /// Whether the id is listed in the policy (false: the implicit `client` chain).
         listed: bool,
     },
+    /// Render this template from the values of the ids it names.
+    Render { template: &'p Template },
     /// The id does not exist for this broker (`unknown_secrets = "deny"`).
     Deny,
 }
 
 pub fn decide_secret<'p>(policy: &'p Policy, id: &str) -> SecretDecision<'p> {
     match policy.secrets.get(id) {
-        Some(rule) => SecretDecision::Resolve {
-            sources: &rule.sources,
-            required: rule.required,
-            listed: true,
+        Some(rule) => match &rule.template {
+            Some(template) => SecretDecision::Render { template },
+            None => SecretDecision::Resolve {
+                sources: &rule.sources,
+                required: rule.required,
+                listed: true,
+            },
         },
         None => match policy.server.unknown_secrets {
             UnknownIds::Client => SecretDecision::Resolve {
@@ -118,6 +124,27 @@ pub fn secret_failure_for_build(
             "buildbroker: secret {id:?} could not be resolved; tried {tried}; the buildbroker log has the details"
         )
     }
+}
+
+/// What the build's output shows for a template whose input `input` has no value.
+pub fn template_failure_for_build(
+    id: &str,
+    input: &str,
+    attempts: &[Attempt],
+    detailed: &str,
+    level: BuildErrors,
+) -> String {
+    if level == BuildErrors::Detailed {
+        return detailed.to_string();
+    }
+    let tried = attempts
+        .iter()
+        .map(Attempt::brief)
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "buildbroker: secret {id:?} is rendered from {input:?}, which has no value; tried {tried}"
+    )
 }
 
 /// What the build's output shows when a managed ssh id cannot serve (see

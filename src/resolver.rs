@@ -23,6 +23,7 @@ use crate::source::{
     Attempt, AttemptOutcome, BuildClient, ResolveContext, SourceError, SourceSpec, ValueScope,
     failed_transiently, resolve_chain,
 };
+use crate::template::Template;
 
 /// How the cache took part in an answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,14 +38,65 @@ pub enum CacheUse {
     Stale { past_expiry: Duration },
 }
 
+/// Where a served value came from.
+#[derive(Debug, Clone)]
+pub enum ValueOrigin {
+    /// The source that produced it (for a cache hit: the one that produced it then).
+    Source(SourceSpec),
+    /// A template, rendered from these ids, each with where its value came from.
+    Template { inputs: Vec<(String, ValueOrigin)> },
+}
+
+impl ValueOrigin {
+    /// The kind, as the audit log records it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ValueOrigin::Source(s) => s.kind(),
+            ValueOrigin::Template { .. } => "template",
+        }
+    }
+
+    /// Whose value it is: a rendered value belongs to a session if any input does.
+    pub fn scope(&self) -> ValueScope {
+        match self {
+            ValueOrigin::Source(s) => s.scope(),
+            ValueOrigin::Template { inputs } => {
+                if inputs.iter().any(|(_, o)| o.scope() == ValueScope::Session) {
+                    ValueScope::Session
+                } else {
+                    ValueScope::Broker
+                }
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for ValueOrigin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ValueOrigin::Source(s) => write!(f, "{s}"),
+            ValueOrigin::Template { inputs } => {
+                f.write_str("a template of ")?;
+                for (i, (id, origin)) in inputs.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(", ")?;
+                    }
+                    write!(f, "{id} (from {origin})")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
 /// The answer to one request, with what led to it.
 pub enum Answer {
     /// The id is not in the policy and `unknown_secrets = "deny"`.
     Denied,
     Value {
         value: Arc<SecretBytes>,
-        /// The source that produced the value (for a cache hit: the one that produced it then).
-        source: SourceSpec,
+        /// Where the value came from.
+        source: ValueOrigin,
         cache: CacheUse,
         attempts: Vec<Attempt>,
         /// Whether the id is listed in the policy (false: the implicit `client` chain).
@@ -59,6 +111,14 @@ pub enum Answer {
     },
     Failed {
         message: String,
+        attempts: Vec<Attempt>,
+    },
+    /// A template's input has no value (a template renders whole or not at all).
+    InputMissing {
+        /// The input id that has no value.
+        input: String,
+        message: String,
+        /// What the input's sources said.
         attempts: Vec<Attempt>,
     },
 }
@@ -97,6 +157,17 @@ fn runs(sources: &[SourceSpec], cached: bool) -> Vec<Run> {
 /// Resolves `id` as the daemon does for a build. `client` is the session's build client (None
 /// outside a session).
 pub async fn answer(generation: &Generation, id: &str, client: Option<&BuildClient>) -> Answer {
+    let deadline = Instant::now() + generation.policy.server.fetch_timeout;
+    answer_until(generation, id, client, deadline).await
+}
+
+/// [`answer`], with the request's deadline (shared by a template and its inputs).
+async fn answer_until(
+    generation: &Generation,
+    id: &str,
+    client: Option<&BuildClient>,
+    deadline: Instant,
+) -> Answer {
     let policy = &generation.policy;
     let (sources, required, listed) = match decide_secret(policy, id) {
         SecretDecision::Resolve {
@@ -104,9 +175,11 @@ pub async fn answer(generation: &Generation, id: &str, client: Option<&BuildClie
             required,
             listed,
         } => (sources, required, listed),
+        SecretDecision::Render { template } => {
+            return render(generation, id, template, client, deadline).await;
+        }
         SecretDecision::Deny => return Answer::Denied,
     };
-    let deadline = Instant::now() + policy.server.fetch_timeout;
     let ctx = ResolveContext {
         runtime: &generation.sources,
         client,
@@ -185,7 +258,7 @@ pub async fn answer(generation: &Generation, id: &str, client: Option<&BuildClie
     {
         return Answer::Value {
             value,
-            source: sources[source].clone(),
+            source: ValueOrigin::Source(sources[source].clone()),
             cache: CacheUse::Stale { past_expiry },
             attempts,
             listed,
@@ -196,7 +269,7 @@ pub async fn answer(generation: &Generation, id: &str, client: Option<&BuildClie
             let (_, value) = served.expect("served implies a value");
             Answer::Value {
                 value,
-                source: sources[source].clone(),
+                source: ValueOrigin::Source(sources[source].clone()),
                 cache,
                 attempts,
                 listed,
@@ -205,6 +278,73 @@ pub async fn answer(generation: &Generation, id: &str, client: Option<&BuildClie
         SecretOutcome::NotFound => Answer::NotFound { attempts },
         SecretOutcome::RequiredMissing { message } => Answer::RequiredMissing { message, attempts },
         SecretOutcome::Failed { message } => Answer::Failed { message, attempts },
+    }
+}
+
+/// Renders a template from its inputs, each answered as a request for that id would be (its
+/// own sources, cache and the same build client), within the same deadline.
+async fn render(
+    generation: &Generation,
+    id: &str,
+    template: &Template,
+    client: Option<&BuildClient>,
+    deadline: Instant,
+) -> Answer {
+    let mut values: Vec<(&str, Arc<SecretBytes>)> = Vec::new();
+    let mut inputs = Vec::new();
+    for input in template.inputs() {
+        // Inputs may themselves be templates (cycles are refused when the policy loads).
+        let answered = Box::pin(answer_until(generation, input, client, deadline)).await;
+        match answered {
+            Answer::Value { value, source, .. } => {
+                values.push((input, value));
+                inputs.push((input.to_string(), source));
+            }
+            // Denied cannot happen (inputs are listed ids, checked at load); it is missing too.
+            missing @ (Answer::NotFound { .. }
+            | Answer::RequiredMissing { .. }
+            | Answer::InputMissing { .. }
+            | Answer::Denied) => {
+                let attempts = match missing {
+                    Answer::NotFound { attempts }
+                    | Answer::RequiredMissing { attempts, .. }
+                    | Answer::InputMissing { attempts, .. } => attempts,
+                    _ => Vec::new(),
+                };
+                let tried = attempts
+                    .iter()
+                    .map(|a| a.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                return Answer::InputMissing {
+                    input: input.to_string(),
+                    message: format!(
+                        "buildbroker: secret {id:?} is rendered from {input:?}, which has no value; tried {tried}"
+                    ),
+                    attempts,
+                };
+            }
+            Answer::Failed { message, attempts } => {
+                return Answer::Failed {
+                    message: format!("{message} (an input of the template {id:?})"),
+                    attempts,
+                };
+            }
+        }
+    }
+    let value = template.render(|input| {
+        &values
+            .iter()
+            .find(|(id, _)| *id == input)
+            .expect("every input was resolved")
+            .1
+    });
+    Answer::Value {
+        value: Arc::new(value),
+        source: ValueOrigin::Template { inputs },
+        cache: CacheUse::Off,
+        attempts: Vec::new(),
+        listed: true,
     }
 }
 

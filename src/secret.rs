@@ -5,7 +5,6 @@
 //! the wire. Its buffer is zeroized when it is dropped. It must never be formatted, logged, put in
 //! an error, or written to disk.
 
-use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 /// The largest value buildx sends (its own cap, 500 KiB); larger values are refused with a clear
@@ -50,13 +49,6 @@ impl SecretBytes {
     /// is zeroized like any other `SecretBytes`.
     pub fn into_wire_bytes(self) -> bytes::Bytes {
         bytes::Bytes::from_owner(WireOwner(self))
-    }
-
-    /// A short, non-reversible fingerprint (first 12 hex digits of SHA-256) so users can tell
-    /// two values apart without seeing either. `buildbroker resolve` prints it.
-    pub fn short_hash(&self) -> String {
-        let digest = Sha256::digest(self.expose());
-        digest[..6].iter().map(|b| format!("{b:02x}")).collect()
     }
 }
 
@@ -121,16 +113,6 @@ impl AsRef<[u8]> for WireOwner {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn short_hash_is_stable_and_hides_the_value() {
-        let s = SecretBytes::new(b"hunter2".to_vec());
-        let h = s.short_hash();
-        assert_eq!(h.len(), 12);
-        assert_eq!(h, SecretBytes::new(b"hunter2".to_vec()).short_hash());
-        assert_ne!(h, SecretBytes::new(b"hunter3".to_vec()).short_hash());
-        assert!(!h.contains("hunter2"));
-    }
 
     #[test]
     fn wire_bytes_share_the_buffer_and_release_it() {

@@ -60,24 +60,51 @@ pub struct SessionInfo {
     pub client: Arc<ClientProcess>,
 }
 
-/// Whether an Engine API path opens a session: `/session` or `/v1.NN/session`.
-pub fn is_session_path(path: &str) -> bool {
-    let path = path.trim_end_matches('/');
-    if path == "/session" {
+/// Whether an Engine API path opens a session, judged on the path as the engine routes it.
+///
+/// The engine's router (moby `api/server`: gorilla/mux with the routes `/session` and
+/// `/v{version:[0-9.]+}/session`, no `UseEncodedPath`) matches Go's *decoded* `URL.Path`, so
+/// `/%73ession`, `/v1.45/%73ession` and `/v1.45%2Fsession` open sessions there and must be
+/// intercepted here; checked against the test bed's dockerd 26.1. A path the router would not
+/// route is left to the engine's own answer: `/session/` (404, no strict-slash), `//session`
+/// and `/./session` (301 to the clean path, which a client does not follow for an upgrade),
+/// malformed escapes (400). The query is not part of the path: `/session?x` is a session.
+pub fn is_session_path(raw_path: &str) -> bool {
+    let Some(path) = percent_decode(raw_path) else {
+        return false;
+    };
+    if path == b"/session" {
         return true;
     }
     match path
-        .strip_prefix("/v")
-        .and_then(|rest| rest.split_once('/'))
+        .strip_prefix(b"/v")
+        .and_then(|rest| rest.strip_suffix(b"/session"))
     {
-        Some((version, "session")) => version.split_once('.').is_some_and(|(major, minor)| {
-            !major.is_empty()
-                && !minor.is_empty()
-                && major.bytes().all(|b| b.is_ascii_digit())
-                && minor.bytes().all(|b| b.is_ascii_digit())
-        }),
-        _ => false,
+        Some(version) => {
+            !version.is_empty() && version.iter().all(|b| b.is_ascii_digit() || *b == b'.')
+        }
+        None => false,
     }
+}
+
+/// `%XX` escapes decoded as Go's `url.PathUnescape` does; `None` for a malformed escape, which
+/// the engine answers with 400 before routing.
+fn percent_decode(path: &str) -> Option<Vec<u8>> {
+    let bytes = path.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes.get(i + 1..i + 3)?;
+            let hex = std::str::from_utf8(hex).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    Some(out)
 }
 
 /// Why a `/session` request cannot be intercepted.

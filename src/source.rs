@@ -10,7 +10,7 @@ mod client;
 mod client_env;
 mod env;
 mod exec;
-mod file;
+pub(crate) mod file;
 pub mod keyring;
 mod slots;
 
@@ -189,7 +189,8 @@ impl SourceError {
     }
 }
 
-/// Settings the sources share, from the policy's `[keyring]`, `[exec]` and `[aws]` tables.
+/// Settings the sources share, from the policy's `[keyring]`, `[exec]`, `[file]` and `[aws]`
+/// tables.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SourceSettings {
     pub keyring_backend: KeyringBackend,
@@ -197,6 +198,9 @@ pub struct SourceSettings {
     pub keyring_timeout: Duration,
     /// How long an `exec:` program may run before it is killed.
     pub exec_timeout: Duration,
+    /// `[file] allow_foreign`: `file:` paths a root daemon reads although another user owns
+    /// (or could replace) them.
+    pub file_allow_foreign: Vec<PathBuf>,
     /// Region, endpoint, profile and time limits for `aws-sm:` sources.
     pub aws: AwsSettings,
     /// How many fetches of one slow kind (`exec`, `aws-sm`, `keyring`) may run at once
@@ -210,6 +214,7 @@ impl Default for SourceSettings {
             keyring_backend: KeyringBackend::Auto,
             keyring_timeout: keyring::DEFAULT_TIMEOUT,
             exec_timeout: Duration::from_secs(10),
+            file_allow_foreign: Vec::new(),
             aws: AwsSettings::default(),
             fetches_per_kind: 16,
         }
@@ -294,7 +299,7 @@ pub async fn lookup(
     let started = std::time::Instant::now();
     let result = match spec {
         SourceSpec::Env(name) => env::lookup(name),
-        SourceSpec::File(path) => file::lookup(path).await,
+        SourceSpec::File(path) => file::lookup(path, &settings.file_allow_foreign).await,
         SourceSpec::Keyring(k) => ctx.runtime.keyring.lookup(k, settings).await,
         SourceSpec::Exec(e) => exec::lookup(e, id, settings.exec_timeout).await,
         SourceSpec::AwsSm(a) => aws_sm::lookup(a, &settings.aws, &ctx.runtime.aws).await,

@@ -166,7 +166,7 @@ impl ManagedId {
                 let listed = upstream.identities().await?;
                 if !listed
                     .iter()
-                    .any(|i| upstream::exposes(allow, i.credential.key_data(), Some(&i.comment)))
+                    .any(|i| upstream::exposes(allow, &i.credential, Some(&i.comment)))
                 {
                     return Err(Unavailable::NoAllowedKeys {
                         path: upstream.path().display().to_string(),

@@ -5,12 +5,16 @@
 use std::io::{IsTerminal, Read, Write};
 use std::process::ExitCode;
 
-use super::{BackendArg, KeyringAction, KeyringEntryArgs, load_policy, small_runtime};
+use super::fingerprint;
+use super::{
+    BackendArg, KeyringAction, KeyringEntryArgs, disable_core_dumps, load_policy, small_runtime,
+};
 use crate::config::HostEnv;
 use crate::secret::{MAX_SECRET_BYTES, SecretBytes, SecretFill};
 use crate::source::{KeyringBackend, KeyringSpec, SourceRuntime, SourceSettings};
 
 pub fn run(action: KeyringAction, env: &HostEnv) -> ExitCode {
+    disable_core_dumps();
     let entry = match &action {
         KeyringAction::Set { entry, .. }
         | KeyringAction::GetInfo { entry }
@@ -40,9 +44,9 @@ pub fn run(action: KeyringAction, env: &HostEnv) -> ExitCode {
                 {
                     Ok(backend) => {
                         println!(
-                            "stored keyring:{spec} in the {backend} ({} bytes, sha256:{}…)",
+                            "stored keyring:{spec} in the {backend} ({} bytes, {})",
                             value.len(),
-                            value.short_hash()
+                            fingerprint::describe(env, value.expose())
                         );
                         ExitCode::SUCCESS
                     }
@@ -59,8 +63,9 @@ pub fn run(action: KeyringAction, env: &HostEnv) -> ExitCode {
                         println!("  backend  {}", info.backend);
                         println!("  where    {}", info.location);
                         println!(
-                            "  value    {} bytes, sha256:{}…",
-                            info.length, info.short_hash
+                            "  value    {} bytes, {}",
+                            info.value.len(),
+                            fingerprint::describe(env, info.value.expose())
                         );
                         ExitCode::SUCCESS
                     }

@@ -5,13 +5,16 @@
 //!
 //! - a **filtered upstream agent**: `agent = "env:SSH_AUTH_SOCK"` (or a socket path) and
 //!   `keys = [...]`, the fingerprints (`SHA256:…`, as `ssh-add -l` prints them) or
-//!   `comment:TEXT` matches of the upstream keys it may expose;
+//!   `comment:TEXT` matches of the upstream keys it may expose. These expose plain keys only: a
+//!   certificate (which carries principals, validity and extensions of its own) is exposed only
+//!   when listed as `cert:SHA256:…`, the fingerprint of its key as `ssh-add -l` prints it;
 //! - **broker-held keys**: `private_keys = [...]`, one secret source per key (any `sources`
 //!   kind: `file:`, `env:`, and whatever `source.rs` knows), OpenSSH or PEM, with an optional
 //!   `passphrase` source for encrypted ones.
 //!
 //! Either may add `hosts = [...]` (destination constraints: host key fingerprints, or host names
-//! looked up in the `known_hosts` file it names) and `socket = PATH` (a standalone agent socket).
+//! looked up in the `known_hosts` file it names), `socket = PATH` (a standalone agent socket) and
+//! `allow_sha1 = true` (sign `ssh-rsa` SHA-1 requests, refused by default).
 //! Like the rest of `config`, nothing here reads a key, a socket or a known_hosts file.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -38,6 +41,9 @@ pub struct SshRule {
     pub known_hosts: Option<PathBuf>,
     /// A standalone agent socket serving this id (`--ssh id=PATH` with any builder, `ssh-add -l`).
     pub socket: Option<PathBuf>,
+    /// Whether RSA keys may sign SHA-1 (`ssh-rsa`) requests, those without the rsa-sha2-256/512
+    /// flags. Off by default: OpenSSH stopped offering them in 8.8; only old servers need it.
+    pub allow_sha1: bool,
 }
 
 /// The two kinds of ssh id.
@@ -82,6 +88,10 @@ pub enum KeyMatch {
     /// `comment:TEXT`: keys whose comment is exactly TEXT (a convenience; fingerprints are
     /// what cannot be faked by whoever adds keys to the upstream agent).
     Comment(String),
+    /// `cert:SHA256:…`: certificates whose key has this fingerprint. The two forms above never
+    /// expose a certificate, even one for a listed key: a certificate grants what its CA and
+    /// principals say, which listing the bare key did not consent to.
+    Certificate(Fingerprint),
 }
 
 impl fmt::Display for KeyMatch {
@@ -89,6 +99,7 @@ impl fmt::Display for KeyMatch {
         match self {
             KeyMatch::Fingerprint(fp) => write!(f, "{fp}"),
             KeyMatch::Comment(c) => write!(f, "comment:{c}"),
+            KeyMatch::Certificate(fp) => write!(f, "cert:{fp}"),
         }
     }
 }
@@ -123,6 +134,8 @@ pub(super) struct RawSsh {
     hosts: Vec<Spanned<String>>,
     known_hosts: Option<Spanned<String>>,
     socket: Option<Spanned<String>>,
+    #[serde(default)]
+    allow_sha1: bool,
 }
 
 /// Checks every `[ssh.<id>]` table; problems go to the collector.
@@ -237,6 +250,7 @@ pub(super) fn check(
                     hosts,
                     known_hosts,
                     socket,
+                    allow_sha1: rule.allow_sha1,
                 },
             );
         }
@@ -272,7 +286,7 @@ fn check_upstream(
         ),
         Some(keys) if keys.get_ref().is_empty() => c.push(
             keys.span(),
-            format!("[ssh.{id}] keys: expected at least one fingerprint (SHA256:…) or comment:TEXT; an empty list exposes nothing"),
+            format!("[ssh.{id}] keys: expected at least one fingerprint (SHA256:…), comment:TEXT or cert:SHA256:…; an empty list exposes nothing"),
         ),
         Some(keys) => {
             for k in keys.get_ref() {
@@ -366,8 +380,13 @@ pub fn parse_agent_socket(text: &str, home: Option<&str>) -> Result<AgentSocket,
     }
 }
 
-/// `SHA256:…` or `comment:TEXT`.
+/// `SHA256:…`, `comment:TEXT` or `cert:SHA256:…`.
 pub fn parse_key_match(text: &str) -> Result<KeyMatch, String> {
+    if let Some(fp) = text.strip_prefix("cert:") {
+        return parse_fingerprint(fp).map(KeyMatch::Certificate).map_err(|_| {
+            format!("expected cert:SHA256:… with the fingerprint of the certificate's key as `ssh-add -l` prints it; got {text:?}")
+        });
+    }
     if let Some(comment) = text.strip_prefix("comment:") {
         return if comment.is_empty() {
             Err("expected comment:TEXT with a non-empty TEXT".into())
@@ -377,7 +396,7 @@ pub fn parse_key_match(text: &str) -> Result<KeyMatch, String> {
     }
     parse_fingerprint(text).map(KeyMatch::Fingerprint).map_err(|_| {
         format!(
-            "expected a SHA256 fingerprint as `ssh-add -l` prints it (SHA256:…) or comment:TEXT; got {text:?}"
+            "expected a SHA256 fingerprint as `ssh-add -l` prints it (SHA256:…), comment:TEXT or cert:SHA256:…; got {text:?}"
         )
     })
 }

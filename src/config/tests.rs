@@ -520,3 +520,89 @@ fn metrics_listen_is_off_by_default_and_takes_an_ip_and_port_only() {
         );
     }
 }
+
+#[test]
+fn template_errors_are_located() {
+    let errs = errors(
+        "[secrets.a]\nsources = [\"env:A\"]\n\
+         [secrets.netrc]\ntemplate = \"machine h password {{missing}}\"\n\
+         [secrets.both]\nsources = [\"env:B\"]\ntemplate = \"{{a}}\"\n\
+         [secrets.x]\ntemplate = \"{{y}}\"\n\
+         [secrets.y]\ntemplate = \"pre {{x}}\"\n\
+         [secrets.open]\ntemplate = \"ab{{a\"\n\
+         [secrets.cached]\ntemplate = \"{{a}}\"\ncache_ttl = \"5m\"\n\
+         [secrets.none]\nrequired = true\n",
+    );
+    let want = [
+        "4:12: [secrets.netrc] template: {{missing}} names no id of this policy",
+        "7:12: [secrets.both]: set either sources or template, not both",
+        "9:12: [secrets.x] template: a cycle, x → y → x",
+        "13:15: [secrets.open] template: \"{{\" without a closing \"}}\"",
+        "16:13: [secrets.cached] cache_ttl: a template is rendered for each request",
+        "17:10: [secrets.none]: expected sources = [",
+    ];
+    assert_eq!(errs.len(), want.len(), "{errs:#?}");
+    for (e, w) in errs.iter().zip(want) {
+        assert!(e.contains(w), "got {e:?}, want {w:?}");
+    }
+}
+
+#[test]
+fn templates_parse_into_parts() {
+    let p =
+        parse("[secrets.a]\nsources = [\"env:A\"]\n[secrets.t]\ntemplate = \"x{{a}}y\"\n").unwrap();
+    let t = p.secrets["t"].template.as_ref().unwrap();
+    assert_eq!(t.inputs(), vec!["a"]);
+    assert!(p.secrets["t"].sources.is_empty());
+}
+
+#[test]
+fn file_allow_foreign_expands_home_and_must_name_a_file_source() {
+    let p = parse(
+        "[secrets.netrc]\nsources = [\"file:~/.netrc\"]\n[ssh.deploy]\nprivate_keys = [\"file:/home/ci/.ssh/id\"]\n[file]\nallow_foreign = [\"~/.netrc\", \"/home/ci/.ssh/id\"]\n",
+    )
+    .unwrap();
+    assert_eq!(
+        p.sources.file_allow_foreign,
+        vec![
+            std::path::PathBuf::from("/home/u/.netrc"),
+            std::path::PathBuf::from("/home/ci/.ssh/id")
+        ]
+    );
+    let errs = errors(
+        "[secrets.netrc]\nsources = [\"file:~/.netrc\"]\n[file]\nallow_foreign = [\"relative\", \"/home/u/.netrcc\"]\n",
+    );
+    assert_eq!(errs.len(), 2, "{errs:?}");
+    assert!(
+        errs[0].contains("policy.toml:4:18: [file] allow_foreign: expected an absolute path"),
+        "{errs:?}"
+    );
+    assert!(
+        errs[1].contains("no file: source of this policy reads /home/u/.netrcc"),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn ssh_certificates_and_allow_sha1() {
+    let fp = "SHA256:almGDuqx8VkUVKH/B5JhKyBNge9MyiYPB1e472FpkXo";
+    let p = parse(&format!(
+        "[ssh.ci]\nagent = \"env:SSH_AUTH_SOCK\"\nkeys = [\"{fp}\", \"cert:{fp}\"]\nallow_sha1 = true\n"
+    ))
+    .unwrap();
+    let rule = &p.ssh["ci"];
+    assert!(rule.allow_sha1);
+    let SshKeys::Upstream { allow, .. } = &rule.keys else {
+        panic!("an upstream id")
+    };
+    assert!(matches!(allow[0], KeyMatch::Fingerprint(_)));
+    assert!(matches!(allow[1], KeyMatch::Certificate(_)));
+    assert_eq!(allow[1].to_string(), format!("cert:{fp}"));
+    let plain = parse("[ssh.ci]\nagent = \"env:SSH_AUTH_SOCK\"\nkeys = [\"comment:x\"]\n").unwrap();
+    assert!(!plain.ssh["ci"].allow_sha1, "SHA-1 is off unless asked for");
+    let errs = errors("[ssh.ci]\nagent = \"env:SSH_AUTH_SOCK\"\nkeys = [\"cert:nope\"]\n");
+    assert!(
+        errs[0].contains("expected cert:SHA256:… with the fingerprint of the certificate's key"),
+        "{errs:?}"
+    );
+}

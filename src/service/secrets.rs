@@ -24,12 +24,12 @@ use tonic::Status;
 
 use crate::audit::SecretEvent;
 use crate::broker::Broker;
-use crate::policy::secret_failure_for_build;
+use crate::policy::{secret_failure_for_build, template_failure_for_build};
 use crate::proto::secrets::GetSecretRequest;
-use crate::resolver::{Answer, CacheUse, answer};
+use crate::resolver::{Answer, CacheUse, ValueOrigin, answer};
 use crate::secret::SecretBytes;
 use crate::session::{BoxError, RelayBody};
-use crate::source::{BuildClient, SourceSpec};
+use crate::source::BuildClient;
 
 /// The one method of the service.
 pub const GET_SECRET: &str = "/moby.buildkit.secrets.v1.Secrets/GetSecret";
@@ -134,6 +134,20 @@ impl SecretsService {
                     generation.policy.server.build_errors,
                 )))
             }
+            Answer::InputMissing {
+                input,
+                message,
+                attempts,
+            } => {
+                self.audit(id, None, "input_missing", None, Some(&message));
+                Err(Status::failed_precondition(template_failure_for_build(
+                    id,
+                    &input,
+                    &attempts,
+                    &message,
+                    generation.policy.server.build_errors,
+                )))
+            }
             Answer::Failed { message, attempts } => {
                 self.audit(id, None, "error", None, Some(&message));
                 Err(Status::unavailable(secret_failure_for_build(
@@ -151,7 +165,7 @@ impl SecretsService {
     fn audit(
         &self,
         id: &str,
-        source: Option<&SourceSpec>,
+        source: Option<&ValueOrigin>,
         decision: &'static str,
         cache: Option<&'static str>,
         error: Option<&str>,
@@ -161,7 +175,7 @@ impl SecretsService {
             peer_uid: self.session.peer.uid,
             peer_pid: self.session.peer.pid,
             id,
-            source: source.map(SourceSpec::kind),
+            source: source.map(ValueOrigin::kind),
             value_owner: source.map(|s| s.scope().as_str()),
             decision,
             cache,

@@ -1,21 +1,47 @@
 use super::*;
 
+/// What the engine's router does with each path (dockerd 26.1 in the test bed, `POST` with
+/// `Upgrade: h2c`): a session is intercepted exactly where the engine would open one.
 #[test]
-fn session_paths() {
-    for p in ["/session", "/session/", "/v1.45/session", "/v1.24/session"] {
-        assert!(is_session_path(p), "{p}");
-    }
-    for p in [
-        "/sessions",
-        "/v1/session",
-        "/v1.x/session",
-        "/v1.45/session/x",
-        "/grpc",
-        "/v1.45/grpc",
-        "/",
-        "/vsession",
-    ] {
-        assert!(!is_session_path(p), "{p}");
+fn session_paths_as_the_engine_routes_them() {
+    let table = [
+        ("/session", true),
+        ("/v1.45/session", true),
+        ("/v1.24/session", true),
+        // Percent-encoded: Go decodes the path before gorilla/mux matches it.
+        ("/%73ession", true),
+        ("/%73%65%73%73%69%6F%6E", true),
+        ("/%73%65%73%73%69%6f%6e", true),
+        ("/v1.45/%73ession", true),
+        ("/v1.45%2Fsession", true),
+        ("/v1.45%2fsession", true),
+        ("/%761.45/session", true),
+        ("/v1%2E45/session", true),
+        // The version matcher is [0-9.]+: the engine routes these (and may refuse the version).
+        ("/v1/session", true),
+        ("/v1.45.0/session", true),
+        ("/v.../session", true),
+        // Not routed to the session handler by the engine.
+        ("/session/", false),   // 404: no strict-slash redirect
+        ("//session", false),   // 301 to /session, not followed for an upgrade
+        ("/./session", false),  // 301
+        ("/%2Fsession", false), // decodes to //session: 301
+        ("/v1.45/../session", false),
+        ("/V1.45/session", false), // 404: case matters
+        ("/v/session", false),
+        ("/v1.x/session", false),
+        ("/v1.45/session/x", false),
+        ("/sessions", false),
+        ("/vsession", false),
+        ("/grpc", false),
+        ("/v1.45/grpc", false),
+        ("/", false),
+        ("/%7", false), // malformed escape: the engine answers 400
+        ("/%zzsession", false),
+        ("/%00session", false),
+    ];
+    for (path, intercepted) in table {
+        assert_eq!(is_session_path(path), intercepted, "{path}");
     }
 }
 

@@ -3,7 +3,10 @@
 //!
 //! The program runs without a shell, with a small explicit environment (`PATH`, `HOME`, `USER`,
 //! `LOGNAME`, `LANG`, `XDG_RUNTIME_DIR`, `DBUS_SESSION_BUS_ADDRESS` as the daemon has them, plus
-//! `BUILDBROKER_SECRET_ID`), no stdin, and a timeout after which it is killed. Exit code 2 means
+//! `BUILDBROKER_SECRET_ID`), no stdin, and a timeout. It runs in a process group of its own, and
+//! at the timeout (or when the request is abandoned) the whole group is killed: a wrapper script
+//! whose child still holds stdout open can neither hang the request nor outlive it. A program
+//! that detaches itself (`setsid`) leaves the group, and is its own business. Exit code 2 means
 //! "not found, try the next source" (Earthly's convention); any other failure is an error that
 //! carries the program's stderr (at most 4 KiB) and never its stdout. Exactly one trailing
 //! newline (`\n` or `\r\n`) is removed from the value, since `op read`, `vault kv get -field`
@@ -81,24 +84,47 @@ pub async fn lookup(spec: &ExecSpec, id: &str, timeout: Duration) -> Result<Look
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        .process_group(0)
         .kill_on_drop(true);
     let mut child = spawn(&mut cmd)
         .await
         .map_err(|e| SourceError::permanent(format!("cannot run {}: {e}", spec.program)))?;
+    // Armed until the program has exited and both pipes reached EOF: if this future is dropped
+    // (a build that went away) or times out, everything the program started dies with it.
+    let mut group = ProcessGroup::of(&child);
     let stdout = child.stdout.take().expect("stdout is piped");
     let stderr = child.stderr.take().expect("stderr is piped");
+    let mut exited = false;
     let run = async {
-        let (value, err) = tokio::join!(read_value(stdout), read_bounded(stderr, MAX_STDERR));
-        let status = child.wait().await;
+        let (value, err, status) = tokio::join!(
+            read_value(stdout),
+            read_bounded(stderr, MAX_STDERR),
+            async {
+                let status = child.wait().await;
+                exited = true;
+                status
+            }
+        );
         (value, err, status)
     };
-    // On timeout the future (and the child with kill_on_drop) is dropped: the program is killed.
     let Ok((value, stderr, status)) = tokio::time::timeout(timeout, run).await else {
-        return Err(SourceError::transient(format!(
-            "{} timed out after {timeout:?} and was killed",
-            spec.program
-        )));
+        group.kill();
+        // SIGKILL cannot be ignored: this wait is short, and it reaps the program.
+        let _ = child.wait().await;
+        let message = if exited {
+            format!(
+                "{} exited, but a process it started kept its output open; timed out after {timeout:?} and killed its process group",
+                spec.program
+            )
+        } else {
+            format!(
+                "{} timed out after {timeout:?} and was killed with its process group",
+                spec.program
+            )
+        };
+        return Err(SourceError::transient(message));
     };
+    group.disarm();
     let status =
         status.map_err(|e| SourceError::transient(format!("waiting for {}: {e}", spec.program)))?;
     let stderr = describe_stderr(&stderr);
@@ -125,6 +151,39 @@ pub async fn lookup(spec: &ExecSpec, id: &str, timeout: Duration) -> Result<Look
             "{} was killed by a signal{stderr}",
             spec.program
         ))),
+    }
+}
+
+/// The program's own process group (`process_group(0)` makes its pid the group id), killed
+/// whole with SIGKILL when armed and dropped. The group id cannot be reused while any member
+/// lives, so killing it late never reaches an unrelated process.
+struct ProcessGroup(Option<rustix::process::Pid>);
+
+impl ProcessGroup {
+    fn of(child: &tokio::process::Child) -> ProcessGroup {
+        ProcessGroup(
+            child
+                .id()
+                .and_then(|id| rustix::process::Pid::from_raw(id as i32)),
+        )
+    }
+
+    fn kill(&mut self) {
+        if let Some(pgid) = self.0.take() {
+            // ESRCH: everyone in it has exited already.
+            let _ = rustix::process::kill_process_group(pgid, rustix::process::Signal::KILL);
+        }
+    }
+
+    /// The program finished on its own; leave whatever it left behind alone.
+    fn disarm(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        self.kill();
     }
 }
 

@@ -12,12 +12,18 @@
 //! rather than through keyring-rs's blocking `Entry` API, because that API asks the Secret
 //! Service to *unlock* locked items — a prompt that never completes on a headless daemon. Here
 //! a locked collection is a clear error, never a prompt, and every call is bounded by
-//! `[keyring] timeout`.
+//! `[keyring] timeout` — the whole call, including the wait for the shared connection.
+//!
+//! One Secret Service connection is shared by all requests, and D-Bus calls on it run
+//! concurrently: the lock guards only taking (or opening) the connection, never a call, so a
+//! hung keyring daemon makes each request wait for its own timeout, not for everyone queued
+//! before it.
 
 mod kernel;
 mod secret_service;
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -80,20 +86,22 @@ impl fmt::Display for KeyringBackend {
     }
 }
 
-/// What `buildbroker keyring get-info` shows about an entry. Never the value.
+/// What `buildbroker keyring get-info` shows about an entry: where it lives, and the value,
+/// which the command turns into a length and a keyed fingerprint and never prints.
 pub struct EntryInfo {
     pub backend: KeyringBackend,
     /// Where it lives: the kernel keyring that holds it, or the Secret Service item's label and
     /// attributes.
     pub location: String,
-    pub length: usize,
-    pub short_hash: String,
+    pub value: SecretBytes,
 }
 
 /// The keyring state shared by requests: one Secret Service connection, kept while it works.
 #[derive(Default)]
 pub struct KeyringRuntime {
-    secret_service: Mutex<Option<secret_service::Connection>>,
+    /// Held only to take a clone of the connection or to open one (so concurrent first
+    /// requests open one connection, not many); never across a call on it.
+    secret_service: Mutex<Option<Arc<secret_service::Connection>>>,
 }
 
 impl KeyringRuntime {
@@ -175,20 +183,8 @@ impl KeyringRuntime {
                 if !secret_service::session_bus_configured() {
                     return Ok(KeyringBackend::Kernel);
                 }
-                let mut slot = self.secret_service.lock().await;
-                if slot.is_some() {
-                    return Ok(KeyringBackend::SecretService);
-                }
-                match tokio::time::timeout(
-                    settings.keyring_timeout,
-                    secret_service::Connection::open(),
-                )
-                .await
-                {
-                    Ok(Ok(conn)) => {
-                        *slot = Some(conn);
-                        Ok(KeyringBackend::SecretService)
-                    }
+                match tokio::time::timeout(settings.keyring_timeout, self.connection()).await {
+                    Ok(Ok(_)) => Ok(KeyringBackend::SecretService),
                     Ok(Err(e)) => {
                         tracing::debug!(error = %e, "no Secret Service on the session bus; using the kernel keyring");
                         Ok(KeyringBackend::Kernel)
@@ -205,32 +201,59 @@ impl KeyringRuntime {
         }
     }
 
-    /// Runs one Secret Service operation on the shared connection (opened on first use),
-    /// bounded by the keyring timeout. A failed or timed-out operation drops the connection
-    /// so the next request starts afresh.
+    /// The shared connection, opened on first use. The lock is held while opening, so a
+    /// caller waits here for someone else's open: callers bound this with their timeout.
+    async fn connection(&self) -> Result<Arc<secret_service::Connection>, SourceError> {
+        let mut slot = self.secret_service.lock().await;
+        if let Some(conn) = slot.as_ref() {
+            return Ok(conn.clone());
+        }
+        let conn = Arc::new(secret_service::Connection::open().await?);
+        *slot = Some(conn.clone());
+        Ok(conn)
+    }
+
+    /// Forgets the connection a failed call used (if it is still the shared one) so the next
+    /// request opens afresh. A call that never got one (it timed out opening, or waiting for
+    /// someone else's open) has nothing to forget. Never waits: if someone holds the lock, they
+    /// are opening a new connection already.
+    fn forget(&self, failed: Option<&Arc<secret_service::Connection>>) {
+        let Some(failed) = failed else { return };
+        if let Ok(mut slot) = self.secret_service.try_lock()
+            && slot
+                .as_ref()
+                .is_some_and(|current| Arc::ptr_eq(current, failed))
+        {
+            *slot = None;
+        }
+    }
+
+    /// Runs one Secret Service operation on the shared connection (opened on first use).
+    /// The keyring timeout bounds all of it: the wait for the connection, opening it, and the
+    /// call. A failed or timed-out operation drops the connection so the next request starts
+    /// afresh.
     async fn with_secret_service<T>(
         &self,
         settings: &SourceSettings,
         op: impl AsyncFnOnce(&secret_service::Connection) -> Result<T, SourceError>,
     ) -> Result<T, SourceError> {
         let timeout = settings.keyring_timeout;
-        let mut slot = self.secret_service.lock().await;
+        let mut used: Option<Arc<secret_service::Connection>> = None;
         let work = async {
-            if slot.is_none() {
-                *slot = Some(secret_service::Connection::open().await?);
-            }
-            op(slot.as_ref().expect("connection opened above")).await
+            let conn = self.connection().await?;
+            used = Some(conn.clone());
+            op(&conn).await
         };
         match tokio::time::timeout(timeout, work).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => {
                 if e.transient {
-                    *slot = None;
+                    self.forget(used.as_ref());
                 }
                 Err(e)
             }
             Err(_) => {
-                *slot = None;
+                self.forget(used.as_ref());
                 Err(SourceError::transient(format!(
                     "the Secret Service did not answer within {}; is the keyring daemon hung? (set [keyring] timeout or backend = \"kernel\")",
                     humantime::format_duration(timeout)

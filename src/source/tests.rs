@@ -324,3 +324,211 @@ fn exec_parse_splits_on_whitespace() {
     assert!(SourceSpec::parse("exec:", None).is_err());
     assert!(SourceSpec::parse("exec:   ", None).is_err());
 }
+
+/// The state letter of a process from /proc/PID/stat, or `None` once it is gone.
+fn process_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(") ")?.1.chars().next()
+}
+
+/// Waits until `pid` is gone or a zombie (dead, waiting for whoever reaps orphans here).
+fn wait_dead(pid: u32) -> bool {
+    for _ in 0..100 {
+        match process_state(pid) {
+            None | Some('Z') | Some('X') => return true,
+            _ => std::thread::sleep(std::time::Duration::from_millis(20)),
+        }
+    }
+    false
+}
+
+#[tokio::test]
+async fn exec_timeout_kills_a_grandchild_that_holds_stdout() {
+    let dir = tempfile::tempdir().unwrap();
+    let pids = dir.path().join("pids");
+    // The program itself exits at once; the sleep it started keeps stdout open. Before process
+    // groups, the read waited for that sleep (30 s), far past the timeout.
+    let exits = script(
+        dir.path(),
+        "leaves-a-child",
+        &format!("sleep 30 & echo $! > {}; exit 0", pids.display()),
+        "",
+    );
+    // The program waits for its child: both must die.
+    let waits = script(
+        dir.path(),
+        "waits-for-a-child",
+        &format!("sleep 30 & echo $! $$ > {}; wait", pids.display()),
+        "",
+    );
+    let runtime = SourceRuntime::new(SourceSettings {
+        exec_timeout: std::time::Duration::from_millis(300),
+        ..SourceSettings::default()
+    });
+    let ctx = ResolveContext::without_client(&runtime);
+    for (spec, says) in [
+        (&exits, "kept its output open"),
+        (&waits, "was killed with its process group"),
+    ] {
+        let started = std::time::Instant::now();
+        let err = lookup(spec, "x", ctx).await.err().expect("a timeout");
+        let took = started.elapsed();
+        assert!(
+            took < std::time::Duration::from_millis(1500),
+            "returned after {took:?}, not at the 300ms timeout"
+        );
+        assert!(err.message.contains(says), "{}", err.message);
+        assert!(
+            err.message.contains("timed out after 300ms"),
+            "{}",
+            err.message
+        );
+        let text = std::fs::read_to_string(&pids).unwrap();
+        for pid in text.split_whitespace() {
+            let pid: u32 = pid.parse().unwrap();
+            assert!(wait_dead(pid), "process {pid} outlived the timeout");
+        }
+    }
+}
+
+#[tokio::test]
+async fn exec_dropped_request_kills_the_process_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let pids = dir.path().join("pids");
+    let spec = script(
+        dir.path(),
+        "slow",
+        &format!("sleep 30 & echo $! $$ > {}; wait", pids.display()),
+        "",
+    );
+    // A build that went away drops the request future mid-run.
+    let abandoned = tokio::time::timeout(
+        std::time::Duration::from_millis(300),
+        lookup(&spec, "x", ctx()),
+    )
+    .await;
+    assert!(abandoned.is_err(), "the program was still running");
+    let text = std::fs::read_to_string(&pids).unwrap();
+    for pid in text.split_whitespace() {
+        let pid: u32 = pid.parse().unwrap();
+        assert!(wait_dead(pid), "process {pid} outlived the dropped request");
+    }
+}
+
+#[tokio::test]
+async fn file_source_refuses_a_fifo_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("fifo");
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &fifo,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o600),
+        0,
+    )
+    .unwrap();
+    // No writer ever opens it: a blocking open would wait forever.
+    let err = tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        lookup(&SourceSpec::File(fifo.clone()), "x", ctx()),
+    )
+    .await
+    .expect("returns at once, no hung thread")
+    .err()
+    .expect("a FIFO is an error");
+    assert!(
+        err.message
+            .contains("is a FIFO (named pipe), not a regular file"),
+        "{}",
+        err.message
+    );
+    assert!(err.message.contains(&fifo.display().to_string()));
+    assert!(!err.transient);
+    let dev = lookup(&SourceSpec::File("/dev/null".into()), "x", ctx())
+        .await
+        .err()
+        .expect("a device is an error");
+    assert!(
+        dev.message.contains("a character device"),
+        "{}",
+        dev.message
+    );
+}
+
+#[test]
+fn foreign_files_rule() {
+    use file::{Foreign, Step, StepKind, foreign_in};
+    let step = |path: &str, uid, mode, kind| Step {
+        path: path.into(),
+        uid,
+        mode,
+        kind,
+    };
+    let d = StepKind::Directory;
+    let f = StepKind::File;
+    let l = StepKind::Symlink;
+    let root_dirs = [step("/", 0, 0o40755, d), step("/etc", 0, 0o40755, d)];
+    let ok = [&root_dirs[..], &[step("/etc/x", 0, 0o100600, f)]].concat();
+    assert_eq!(foreign_in(&ok), None);
+    // A file of another user.
+    let theirs = [&root_dirs[..], &[step("/etc/x", 1001, 0o100600, f)]].concat();
+    assert_eq!(
+        foreign_in(&theirs),
+        Some(Foreign::Owner {
+            path: "/etc/x".into(),
+            uid: 1001
+        })
+    );
+    // Root's file, but group-writable.
+    let writable = [&root_dirs[..], &[step("/etc/x", 0, 0o100620, f)]].concat();
+    assert!(matches!(
+        foreign_in(&writable),
+        Some(Foreign::Writable { mode: 0o620, .. })
+    ));
+    // Root's file in another user's home: they can rename it and put their own there.
+    let in_home = [
+        step("/", 0, 0o40755, d),
+        step("/home", 0, 0o40755, d),
+        step("/home/ci", 1001, 0o40700, d),
+        step("/home/ci/x", 0, 0o100600, f),
+    ];
+    assert!(matches!(
+        foreign_in(&in_home),
+        Some(Foreign::Owner { uid: 1001, .. })
+    ));
+    // A world-writable directory without the sticky bit.
+    let open_dir = [
+        step("/", 0, 0o40755, d),
+        step("/srv", 0, 0o40777, d),
+        step("/srv/x", 0, 0o100600, f),
+    ];
+    assert!(matches!(
+        foreign_in(&open_dir),
+        Some(Foreign::Writable { .. })
+    ));
+    // Sticky /tmp: root's own file there stays root's.
+    let tmp = [
+        step("/", 0, 0o40755, d),
+        step("/tmp", 0, 0o41777, d),
+        step("/tmp/x", 0, 0o100600, f),
+    ];
+    assert_eq!(foreign_in(&tmp), None);
+    // ... but a symlink another user put there is theirs to repoint.
+    let planted = [
+        step("/", 0, 0o40755, d),
+        step("/tmp", 0, 0o41777, d),
+        step("/tmp/link", 1001, 0o120777, l),
+        step("/etc/shadow", 0, 0o100640, f),
+    ];
+    assert!(matches!(
+        foreign_in(&planted),
+        Some(Foreign::Owner { uid: 1001, .. })
+    ));
+    // Root's own symlink: its 0777 bits mean nothing.
+    let own_link = [
+        step("/", 0, 0o40755, d),
+        step("/etc/link", 0, 0o120777, l),
+        step("/etc/x", 0, 0o100600, f),
+    ];
+    assert_eq!(foreign_in(&own_link), None);
+}

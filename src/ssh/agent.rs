@@ -14,8 +14,7 @@ use bytes::Bytes;
 use ssh_agent_lib::agent::Session;
 use ssh_agent_lib::error::AgentError;
 use ssh_agent_lib::proto::extension::{MessageExtension, SessionBind};
-use ssh_agent_lib::proto::{Extension, Identity, Response, SignRequest};
-use ssh_key::public::KeyData;
+use ssh_agent_lib::proto::{Extension, Identity, PublicCredential, Response, SignRequest};
 use ssh_key::{HashAlg, Signature};
 
 use super::destination::{self, Bindings, SignRefused};
@@ -41,6 +40,10 @@ pub enum Origin {
 enum SignError {
     #[error("the key is not one this ssh id exposes")]
     NotExposed,
+    #[error(
+        "an ssh-rsa (SHA-1) signature was asked for; set allow_sha1 = true for this ssh id if an old server needs it"
+    )]
+    Sha1,
     #[error(transparent)]
     Unavailable(#[from] Unavailable),
     #[error("destination: {0}")]
@@ -93,6 +96,11 @@ impl AgentConnection {
     /// usable, as with OpenSSH's agent.
     pub async fn respond(&mut self, frame: &[u8]) -> Bytes {
         let response = match wire::decode_request(frame) {
+            Ok(ssh_agent_lib::proto::Request::SignRequest(request))
+                if upstream::asks_for_sha1(request.credential.key_data(), request.flags) =>
+            {
+                return self.sign_sha1(request, frame).await;
+            }
             Ok(request) => {
                 let name = wire::request_name(&request);
                 match self.handle(request).await {
@@ -132,9 +140,9 @@ impl AgentConnection {
         &mut self,
         agent: &AgentSocket,
         allow: &[KeyMatch],
-        key: &KeyData,
+        credential: &PublicCredential,
     ) -> Result<bool, UpstreamError> {
-        if upstream::exposes(allow, key, None) {
+        if upstream::exposes(allow, credential, None) {
             return Ok(true);
         }
         if !upstream::needs_comments(allow) {
@@ -143,7 +151,7 @@ impl AgentConnection {
         let seen = |listed: &[Identity]| {
             listed
                 .iter()
-                .find(|i| i.credential.key_data() == key)
+                .find(|i| i.credential == *credential)
                 .map(|i| i.comment.clone())
         };
         let comment = match seen(&self.listed) {
@@ -153,25 +161,34 @@ impl AgentConnection {
                 seen(&self.listed)
             }
         };
-        Ok(comment.is_some_and(|c| upstream::exposes(allow, key, Some(&c))))
+        Ok(comment.is_some_and(|c| upstream::exposes(allow, credential, Some(&c))))
     }
 
-    async fn sign_checked(
+    /// Everything that decides whether this id may sign this request: the key is one it
+    /// exposes (for held ids, the held keys that will sign), and the destination is allowed.
+    /// Returns the held keys (for held ids) and the host the signature is for, if known.
+    async fn authorize_sign(
         &mut self,
         managed: &ManagedId,
-        request: SignRequest,
-    ) -> Result<(Signature, Option<String>), SignError> {
-        let key = request.credential.key_data().clone();
+        request: &SignRequest,
+    ) -> Result<(Option<Arc<HeldKeys>>, Option<String>), SignError> {
+        let key = request.credential.key_data();
+        if upstream::asks_for_sha1(key, request.flags) && !managed.rule().allow_sha1 {
+            return Err(SignError::Sha1);
+        }
         let mut held: Option<Arc<HeldKeys>> = None;
         match &managed.rule().keys {
             SshKeys::Upstream { agent, allow } => {
-                if !self.upstream_exposes(agent, allow, &key).await? {
+                if !self
+                    .upstream_exposes(agent, allow, &request.credential)
+                    .await?
+                {
                     return Err(SignError::NotExposed);
                 }
             }
             SshKeys::Held { .. } => {
                 let keys = managed.held_keys().await.map_err(Unavailable::from)?;
-                if keys.find(&key).is_none() {
+                if keys.find(key).is_none() {
                     return Err(SignError::NotExposed);
                 }
                 held = Some(keys);
@@ -179,16 +196,27 @@ impl AgentConnection {
         }
         let host = match managed.allowed_hosts().await.map_err(Unavailable::from)? {
             Some(hosts) => {
-                Some(destination::permit_sign(&hosts, &self.bindings, &key, &request.data)?.0)
+                Some(destination::permit_sign(&hosts, &self.bindings, key, &request.data)?.0)
             }
             None => self
                 .bindings
                 .last_host()
                 .map(|k| k.fingerprint(HashAlg::Sha256).to_string()),
         };
+        Ok((held, host))
+    }
+
+    async fn sign_checked(
+        &mut self,
+        managed: &ManagedId,
+        request: SignRequest,
+    ) -> Result<(Signature, Option<String>), SignError> {
+        let (held, host) = self.authorize_sign(managed, &request).await?;
         let signature = match (&managed.rule().keys, held) {
             (_, Some(keys)) => {
-                let signer = keys.find(&key).ok_or(SignError::NotExposed)?;
+                let signer = keys
+                    .find(request.credential.key_data())
+                    .ok_or(SignError::NotExposed)?;
                 signer.sign(&request.data, request.flags)?
             }
             (SshKeys::Upstream { agent, .. }, None) => {
@@ -197,6 +225,65 @@ impl AgentConnection {
             (SshKeys::Held { .. }, None) => return Err(SignError::NotExposed),
         };
         Ok((signature, host))
+    }
+
+    /// An `ssh-rsa` (SHA-1) sign request. ssh-key 0.6 has no `Signature` for that algorithm,
+    /// so the answer is built as raw bytes here rather than through ssh-agent-lib's `Session`:
+    /// refused unless the id says `allow_sha1 = true`, then checked like any other request,
+    /// then signed by the held key or passed to the upstream agent as the very frame received.
+    async fn sign_sha1(&mut self, request: SignRequest, frame: &[u8]) -> Bytes {
+        let fingerprint = request
+            .credential
+            .key_data()
+            .fingerprint(HashAlg::Sha256)
+            .to_string();
+        let signed = match self.managed() {
+            Ok(managed) => self.sign_sha1_checked(&managed, &request, frame).await,
+            Err(e) => {
+                tracing::info!(id = %self.id, request = "sign", reason = %e, "ssh agent request refused");
+                return wire::encode_response(&Response::Failure);
+            }
+        };
+        match signed {
+            Ok((answer, host)) => {
+                self.audit(&fingerprint, host.as_deref(), "signed", None);
+                answer
+            }
+            Err(e) => {
+                let host = self
+                    .bindings
+                    .last_host()
+                    .map(|k| k.fingerprint(HashAlg::Sha256).to_string());
+                self.audit(
+                    &fingerprint,
+                    host.as_deref(),
+                    "refused",
+                    Some(&e.to_string()),
+                );
+                tracing::info!(id = %self.id, request = "sign", reason = %e, "ssh agent request refused");
+                wire::encode_response(&Response::Failure)
+            }
+        }
+    }
+
+    async fn sign_sha1_checked(
+        &mut self,
+        managed: &ManagedId,
+        request: &SignRequest,
+        frame: &[u8],
+    ) -> Result<(Bytes, Option<String>), SignError> {
+        let (held, host) = self.authorize_sign(managed, request).await?;
+        let answer = match (&managed.rule().keys, held) {
+            (_, Some(keys)) => {
+                let signer = keys
+                    .find(request.credential.key_data())
+                    .ok_or(SignError::NotExposed)?;
+                wire::sign_response("ssh-rsa", &signer.sign_rsa_sha1(&request.data)?)
+            }
+            (SshKeys::Upstream { agent, .. }, None) => upstream::sign_raw(agent, frame).await?,
+            (SshKeys::Held { .. }, None) => return Err(SignError::NotExposed),
+        };
+        Ok((answer, host))
     }
 
     fn audit(&self, key: &str, host: Option<&str>, decision: &'static str, reason: Option<&str>) {
@@ -233,7 +320,7 @@ impl Session for AgentConnection {
                     .map_err(AgentError::other)?;
                 let shown = all
                     .iter()
-                    .filter(|i| upstream::exposes(allow, i.credential.key_data(), Some(&i.comment)))
+                    .filter(|i| upstream::exposes(allow, &i.credential, Some(&i.comment)))
                     .cloned()
                     .collect();
                 self.listed = all;

@@ -15,6 +15,7 @@ use rand_core::OsRng;
 use rsa::pkcs1::DecodeRsaPrivateKey;
 use rsa::pkcs1v15::SigningKey as RsaSigningKey;
 use rsa::signature::{RandomizedSigner, SignatureEncoding};
+use sha1::Sha1;
 use sha2::{Sha256, Sha512};
 use ssh_agent_lib::proto::Identity;
 use ssh_agent_lib::proto::signature::{RSA_SHA2_256, RSA_SHA2_512};
@@ -54,6 +55,8 @@ enum KeySigner {
 struct RsaSigners {
     sha256: RsaSigningKey<Sha256>,
     sha512: RsaSigningKey<Sha512>,
+    /// Only used when the policy says `allow_sha1 = true`.
+    sha1: RsaSigningKey<Sha1>,
 }
 
 /// Why a key could not be loaded. Messages name the source, never the value.
@@ -103,7 +106,8 @@ pub enum KeyParseError {
 /// Why a held key did not sign.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum HeldSignError {
-    /// `ssh-rsa` (SHA-1) signatures: refused, as OpenSSH refuses them for new connections.
+    /// `ssh-rsa` (SHA-1) signatures through `sign`: those go through `sign_rsa_sha1`, for ids
+    /// whose policy says `allow_sha1 = true` only, as OpenSSH refuses them for new connections.
     #[error("rsa signature without the rsa-sha2-256/512 flag (SHA-1) refused")]
     RsaSha1,
     #[error("signing failed")]
@@ -225,7 +229,8 @@ impl HeldKey {
                 let key = rsa_private_key(kp)?;
                 KeySigner::Rsa(Box::new(RsaSigners {
                     sha256: RsaSigningKey::new(key.clone()),
-                    sha512: RsaSigningKey::new(key),
+                    sha512: RsaSigningKey::new(key.clone()),
+                    sha1: RsaSigningKey::new(key),
                 }))
             }
             other => {
@@ -250,7 +255,8 @@ impl HeldKey {
     }
 
     /// Signs `data` as an agent does: ed25519 and ecdsa by their one algorithm, rsa by the
-    /// SHA-2 variant the flags ask for (draft-miller-ssh-agent §3.6.1).
+    /// SHA-2 variant the flags ask for (draft-miller-ssh-agent §3.6.1); SHA-1 is
+    /// [`HeldKey::sign_rsa_sha1`].
     pub fn sign(&self, data: &[u8], flags: u32) -> Result<Signature, HeldSignError> {
         // The `signature` crate's Signer, for ed25519-dalek and ssh-key's ECDSA alike.
         use ed25519_dalek::Signer as _;
@@ -283,6 +289,20 @@ impl HeldKey {
             KeySigner::Rsa(_) => return Err(HeldSignError::RsaSha1),
         };
         signature.map_err(|_| HeldSignError::Failed)
+    }
+
+    /// The raw `ssh-rsa` signature (PKCS#1 v1.5 over SHA-1) for an id whose policy says
+    /// `allow_sha1 = true`; the caller checks that. ssh-key 0.6 cannot hold it as a
+    /// `Signature`, so it is returned as bytes.
+    pub fn sign_rsa_sha1(&self, data: &[u8]) -> Result<Vec<u8>, HeldSignError> {
+        match &self.signer {
+            KeySigner::Rsa(rsa) => rsa
+                .sha1
+                .try_sign_with_rng(&mut OsRng, data)
+                .map(|s| s.to_vec())
+                .map_err(|_| HeldSignError::Failed),
+            _ => Err(HeldSignError::Failed),
+        }
     }
 }
 

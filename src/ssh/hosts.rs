@@ -7,8 +7,12 @@
 //! `@revoked` keys, which are never allowed whatever else lists them. `@cert-authority` lines
 //! are skipped: a session binding names the host's own key, not a certificate authority.
 //!
-//! [`AllowedHosts::resolve`] is pure (the file's text is passed in); [`load`] reads the file.
+//! [`AllowedHosts::resolve`] is pure (the file's text is passed in); [`load`] reads the file as
+//! `file:` sources are read — non-blocking, regular files only — and at most
+//! [`MAX_KNOWN_HOSTS_BYTES`] of it: the file is read again for each agent connection, and
+//! neither a FIFO nor a runaway file may hang or bloat the daemon.
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use hmac::{Hmac, Mac};
@@ -18,6 +22,10 @@ use ssh_key::public::KeyData;
 use ssh_key::{Fingerprint, HashAlg};
 
 use crate::config::HostRule;
+
+/// The largest known_hosts file read: OpenSSH's own files are a few KiB to a few hundred; 4 MiB
+/// holds tens of thousands of keys.
+pub const MAX_KNOWN_HOSTS_BYTES: u64 = 4 * 1024 * 1024;
 
 /// The host keys an ssh id may sign for, each with the policy entry that allowed it.
 #[derive(Debug, Clone, Default)]
@@ -97,18 +105,42 @@ pub async fn load(
 ) -> Result<AllowedHosts, HostsError> {
     let text = match known_hosts {
         Some(path) => {
-            Some(
-                tokio::fs::read_to_string(path)
-                    .await
-                    .map_err(|e| HostsError::Read {
-                        path: path.to_path_buf(),
-                        message: e.to_string(),
-                    })?,
-            )
+            let owned = path.to_path_buf();
+            let read = tokio::task::spawn_blocking(move || read_capped(&owned))
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r);
+            Some(read.map_err(|message| HostsError::Read {
+                path: path.to_path_buf(),
+                message,
+            })?)
         }
         None => None,
     };
     AllowedHosts::resolve(rules, known_hosts.zip(text.as_deref()))
+}
+
+/// The file's text: a regular file, opened without blocking, at most the cap.
+fn read_capped(path: &Path) -> Result<String, String> {
+    let (file, meta) =
+        crate::source::file::open_regular(path)?.ok_or_else(|| "no such file".to_string())?;
+    let too_big = || {
+        format!(
+            "it is over the {MAX_KNOWN_HOSTS_BYTES}-byte limit for a known_hosts file; keep only the hosts this policy needs"
+        )
+    };
+    if meta.len() > MAX_KNOWN_HOSTS_BYTES {
+        return Err(too_big());
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    // The limit holds even for a file that grows while it is read.
+    file.take(MAX_KNOWN_HOSTS_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| e.to_string())?;
+    if bytes.len() as u64 > MAX_KNOWN_HOSTS_BYTES {
+        return Err(too_big());
+    }
+    String::from_utf8(bytes).map_err(|_| "it is not UTF-8 text".to_string())
 }
 
 /// Whether a policy host entry (a name, or a pattern) names a known_hosts line's host(s).

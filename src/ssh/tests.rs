@@ -662,6 +662,20 @@ async fn rsa_honours_the_sha2_flags_and_refuses_sha1() {
         key.sign(b"x", 0).unwrap_err(),
         super::held::HeldSignError::RsaSha1
     );
+    // With allow_sha1, an ssh-rsa signature (PKCS#1 v1.5 over SHA-1) that verifies.
+    let sig = key.sign_rsa_sha1(b"x").unwrap();
+    let ssh_key::public::KeyData::Rsa(rsa_public) = public.key_data() else {
+        panic!("an rsa key")
+    };
+    let verifying = rsa::pkcs1v15::VerifyingKey::<sha1::Sha1>::new(
+        rsa::RsaPublicKey::try_from(rsa_public).unwrap(),
+    );
+    verifying
+        .verify(
+            b"x",
+            &rsa::pkcs1v15::Signature::try_from(sig.as_slice()).unwrap(),
+        )
+        .expect("a valid SHA-1 signature");
 }
 
 #[tokio::test]
@@ -789,4 +803,57 @@ async fn load_held(
         &crate::source::SourceRuntime::default(),
     )
     .await
+}
+
+#[tokio::test]
+async fn known_hosts_reads_are_capped_and_regular_files_only() {
+    use super::hosts::{self, MAX_KNOWN_HOSTS_BYTES};
+    let dir = tempfile::tempdir().unwrap();
+    let rules = [HostRule::Name("git.example.com".into())];
+
+    // A file just under the cap (padded with comments) resolves.
+    let at_cap = dir.path().join("known_hosts");
+    let mut text = KNOWN_HOSTS.to_string();
+    let filler = format!("#{}\n", "x".repeat(1023));
+    while (text.len() + filler.len()) as u64 <= MAX_KNOWN_HOSTS_BYTES {
+        text.push_str(&filler);
+    }
+    std::fs::write(&at_cap, &text).unwrap();
+    let hosts = hosts::load(&rules, Some(&at_cap)).await.unwrap();
+    assert!(hosts.label_for(&other_host_key()).is_some());
+
+    // One byte over: a clear error, not a 4 MiB+ read.
+    let over = dir.path().join("big");
+    let f = std::fs::File::create(&over).unwrap();
+    f.set_len(MAX_KNOWN_HOSTS_BYTES + 1).unwrap();
+    match hosts::load(&rules, Some(&over)).await {
+        Err(HostsError::Read { path, message }) => {
+            assert_eq!(path, over);
+            assert!(message.contains("4194304-byte limit"), "{message}");
+        }
+        other => panic!("expected the cap, got {other:?}"),
+    }
+
+    // A FIFO nobody writes to: refused at once instead of a read that never ends.
+    let fifo = dir.path().join("fifo");
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &fifo,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o600),
+        0,
+    )
+    .unwrap();
+    let result = tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        hosts::load(&rules, Some(&fifo)),
+    )
+    .await
+    .expect("returns at once");
+    match result {
+        Err(HostsError::Read { message, .. }) => {
+            assert!(message.contains("FIFO"), "{message}")
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
 }

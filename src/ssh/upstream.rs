@@ -3,14 +3,18 @@
 //!
 //! Each agent connection from a build gets its own upstream connection, so per-connection
 //! state in the upstream agent (OpenSSH's session bindings) stays per connection. Which of the
-//! upstream's keys an id exposes is [`exposes`], a pure function.
+//! upstream's keys an id exposes is [`exposes`], a pure function: a certificate only when the
+//! policy lists it as a certificate (`cert:SHA256:…`), never because its bare key is listed.
+//! Whether a signature request asks for SHA-1 is [`asks_for_sha1`], refused for every ssh id
+//! unless its policy says `allow_sha1 = true`.
 
 use std::path::PathBuf;
 
 use ssh_agent_lib::agent::Session;
 use ssh_agent_lib::client::Client;
 use ssh_agent_lib::proto::extension::SessionBind;
-use ssh_agent_lib::proto::{Extension, Identity, SignRequest};
+use ssh_agent_lib::proto::signature::{RSA_SHA2_256, RSA_SHA2_512};
+use ssh_agent_lib::proto::{Extension, Identity, PublicCredential, SignRequest};
 use ssh_key::public::KeyData;
 use ssh_key::{HashAlg, Signature};
 use tokio::net::UnixStream;
@@ -98,14 +102,57 @@ impl UpstreamAgent {
     }
 }
 
-/// Whether an id whose `keys` are `allow` exposes the upstream key `key`, whose comment is
-/// `comment` when known (a sign request carries no comment).
-pub fn exposes(allow: &[KeyMatch], key: &KeyData, comment: Option<&str>) -> bool {
-    let fingerprint = key.fingerprint(HashAlg::Sha256);
+/// Whether an id whose `keys` are `allow` exposes the upstream identity `credential`, whose
+/// comment is `comment` when known (a sign request carries no comment). A plain key matches a
+/// fingerprint or a comment; a certificate matches only `cert:` with its key's fingerprint.
+pub fn exposes(allow: &[KeyMatch], credential: &PublicCredential, comment: Option<&str>) -> bool {
+    let fingerprint = credential.key_data().fingerprint(HashAlg::Sha256);
+    let is_certificate = matches!(credential, PublicCredential::Cert(_));
     allow.iter().any(|m| match m {
-        KeyMatch::Fingerprint(fp) => *fp == fingerprint,
-        KeyMatch::Comment(c) => Some(c.as_str()) == comment,
+        KeyMatch::Fingerprint(fp) => !is_certificate && *fp == fingerprint,
+        KeyMatch::Comment(c) => !is_certificate && Some(c.as_str()) == comment,
+        KeyMatch::Certificate(fp) => is_certificate && *fp == fingerprint,
     })
+}
+
+/// Whether a sign request asks an RSA key for an `ssh-rsa` (SHA-1) signature: neither the
+/// rsa-sha2-256 nor the rsa-sha2-512 flag (draft-miller-ssh-agent §3.6.1). Other key types
+/// have one algorithm each, whatever the flags say.
+pub fn asks_for_sha1(key: &KeyData, flags: u32) -> bool {
+    matches!(key, KeyData::Rsa(_)) && flags & (RSA_SHA2_256 | RSA_SHA2_512) == 0
+}
+
+/// Passes one already-authorized request frame (without its length prefix) to the upstream
+/// agent on a connection of its own and returns the answer frame as it is: for `ssh-rsa`
+/// signatures, which ssh-agent-lib's client cannot decode. The upstream agent's own session
+/// bindings are not on this connection; its destination-constrained keys refuse such a request.
+pub async fn sign_raw(socket: &AgentSocket, frame: &[u8]) -> Result<bytes::Bytes, UpstreamError> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let path = socket_path(socket)?;
+    let failed = |e: std::io::Error| UpstreamError::Failed {
+        path: path.clone(),
+        message: e.to_string(),
+    };
+    let mut stream = UnixStream::connect(&path)
+        .await
+        .map_err(|source| UpstreamError::Connect {
+            path: path.clone(),
+            source,
+        })?;
+    let mut out = Vec::with_capacity(frame.len() + 4);
+    out.extend_from_slice(&(frame.len() as u32).to_be_bytes());
+    out.extend_from_slice(frame);
+    stream.write_all(&out).await.map_err(failed)?;
+    let len = stream.read_u32().await.map_err(failed)? as usize;
+    if len == 0 || len > super::wire::MAX_MESSAGE_LEN {
+        return Err(UpstreamError::Failed {
+            path: path.clone(),
+            message: format!("answer of {len} bytes"),
+        });
+    }
+    let mut answer = vec![0u8; len];
+    stream.read_exact(&mut answer).await.map_err(failed)?;
+    Ok(bytes::Bytes::from(answer))
 }
 
 /// Whether any entry of `allow` needs the key's comment (so a sign request must be checked

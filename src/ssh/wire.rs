@@ -44,6 +44,24 @@ pub fn encode_response(response: &Response) -> Bytes {
     Bytes::from(body)
 }
 
+/// The message number of a signature answer (draft-miller-ssh-agent §6.1).
+const SSH_AGENT_SIGN_RESPONSE: u8 = 14;
+
+/// An `SSH_AGENT_SIGN_RESPONSE` (draft-miller-ssh-agent §3.6) built by hand, for signature
+/// algorithms ssh-key cannot represent (`ssh-rsa`): `byte 14, string(string alg, string sig)`.
+pub fn sign_response(algorithm: &str, signature: &[u8]) -> Bytes {
+    let mut inner = Vec::with_capacity(8 + algorithm.len() + signature.len());
+    inner.extend_from_slice(&(algorithm.len() as u32).to_be_bytes());
+    inner.extend_from_slice(algorithm.as_bytes());
+    inner.extend_from_slice(&(signature.len() as u32).to_be_bytes());
+    inner.extend_from_slice(signature);
+    let mut body = Vec::with_capacity(5 + inner.len());
+    body.push(SSH_AGENT_SIGN_RESPONSE);
+    body.extend_from_slice(&(inner.len() as u32).to_be_bytes());
+    body.extend_from_slice(&inner);
+    Bytes::from(body)
+}
+
 /// Puts the length prefix in front of an encoded message, for transports that carry raw
 /// agent bytes (the session's `BytesMessage`s).
 pub fn with_length(body: Bytes) -> Bytes {

@@ -133,14 +133,58 @@ fn a_stopped_server_fails_the_next_build_with_a_transient_error() {
     moto.stop();
     let build = Build::new(dockerfile.as_str()).run(&broker);
     assert!(!build.success(), "the build must fail:\n{}", build.log());
+    // The build sees the id, the kind and the reason class; the endpoint and the secret's name
+    // are for the daemon log.
+    let shown = "tried aws-sm (unavailable)";
+    assert!(
+        build.log().contains(shown) && !build.log().contains(&endpoint),
+        "expected {shown:?} without the endpoint in:\n{}",
+        build.log()
+    );
     let expected = format!(
         "aws-sm:ci/aws-credentials (error: cannot reach AWS Secrets Manager at {endpoint} for secret ci/aws-credentials"
     );
     assert!(
-        build.log().contains(&expected),
-        "expected {expected:?} in:\n{}",
-        build.log()
+        broker.log().contains(&expected),
+        "expected {expected:?} in the daemon log:\n{}",
+        broker.log()
     );
     let audit = broker.audit();
     assert!(audit.contains("\"decision\":\"error\""), "audit: {audit}");
+}
+
+#[test]
+fn an_npmrc_rendered_from_a_json_field_and_an_env_value_reaches_the_build() {
+    if skip() {
+        return;
+    }
+    let moto = Moto::start();
+    let token = unique_secret("npm-token");
+    moto.create_string(
+        "ci/npm",
+        &format!(r#"{{"registry_token": "{token}", "other": "x"}}"#),
+    );
+    let endpoint = moto.endpoint();
+    let mut env = moto_env(&endpoint);
+    env.push(("NPM_REGISTRY", "registry.example.com"));
+    let broker = Broker::start(BrokerOptions {
+        policy: "[secrets.npm_token]\nsources = [\"aws-sm:ci/npm#registry_token\"]\n\
+                 [secrets.npm_registry]\nsources = [\"env:NPM_REGISTRY\"]\n\
+                 [secrets.npmrc]\ntemplate = \"//{{npm_registry}}/:_authToken={{npm_token}}\\nalways-auth=true\\n\"\n",
+        env,
+        ..Default::default()
+    });
+    let build = Build::new(format!(
+        "FROM {BASE_IMAGE}\n\
+         RUN --mount=type=secret,id=npmrc,target=/root/.npmrc,required=true \
+             mkdir /o && echo {} > /o/label && cat /root/.npmrc > /o/npmrc\n\
+         FROM scratch\nCOPY --from=0 /o /\n",
+        unique_secret("label")
+    ))
+    .run(&broker);
+    build.assert_ok();
+    assert_eq!(
+        build.text("npmrc"),
+        format!("//registry.example.com/:_authToken={token}\nalways-auth=true\n")
+    );
 }

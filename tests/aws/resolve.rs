@@ -4,8 +4,6 @@ use std::net::TcpListener;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use sha2::{Digest, Sha256};
-
 use crate::harness::skip;
 use crate::moto::{Moto, REGION, xml_text};
 
@@ -45,13 +43,11 @@ impl Resolved {
 
     #[track_caller]
     fn assert_value(&self, id: &str, source: &str, value: &[u8]) {
-        let hash: String = Sha256::digest(value)[..6]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let key = std::fs::read(state_dir().join("fingerprint.key")).unwrap();
         let expected = format!(
-            "{id}: resolved from {source} ({} bytes, sha256:{hash}…)",
-            value.len()
+            "{id}: resolved from {source} ({} bytes, fingerprint {})",
+            value.len(),
+            buildbroker::cli::fingerprint::keyed_fingerprint(&key, value)
         );
         assert_eq!(self.output.status.code(), Some(0), "{}", self.text());
         assert!(
@@ -75,6 +71,7 @@ fn resolve(policy: &str, id: &str, env: &[(&str, &str)]) -> Resolved {
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .env("HOME", dir.path())
+        .env("STATE_DIRECTORY", state_dir())
         .env("AWS_EC2_METADATA_DISABLED", "true");
     for (k, v) in env {
         cmd.env(k, v);
@@ -85,6 +82,12 @@ fn resolve(policy: &str, id: &str, env: &[(&str, &str)]) -> Resolved {
         output,
         elapsed: started.elapsed(),
     }
+}
+
+/// The state directory of every `resolve` here, so the fingerprint key is known.
+fn state_dir() -> &'static std::path::Path {
+    static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| tempfile::tempdir().unwrap()).path()
 }
 
 /// An `[aws]` table pointing at `moto`, then `secrets`.

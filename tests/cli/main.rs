@@ -7,8 +7,15 @@ use std::time::{Duration, Instant};
 fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_buildbroker"));
     c.env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default());
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("STATE_DIRECTORY", state_dir());
     c
+}
+
+/// The state directory (fingerprint key) of every command here: never the machine's own.
+fn state_dir() -> &'static std::path::Path {
+    static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| tempfile::tempdir().unwrap()).path()
 }
 
 fn text(o: &Output) -> String {
@@ -27,7 +34,7 @@ fn check_reports_unknown_key_and_wrong_type_with_line_and_column() {
     let out = bin().arg("check").arg("--config").arg(&p).output().unwrap();
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     let expected = format!(
-        "{}:6:1: unknown key `requird`, expected one of `sources`, `required`",
+        "{}:6:1: unknown key `requird`, expected one of `sources`, `template`, `required`",
         p.display()
     );
     assert!(text(&out).contains(&expected), "{}", text(&out));
@@ -143,7 +150,7 @@ fn resolve_prints_source_length_and_hash_never_the_value() {
     );
     assert!(
         t.contains(&format!(
-            "tok: resolved from file:{} (15 bytes, sha256:",
+            "tok: resolved from file:{} (15 bytes, fingerprint hmac-sha256:",
             f.display()
         )),
         "{t}"
@@ -352,4 +359,199 @@ fn every_shipped_policy_passes_check() {
         }
     }
     assert!(checked >= 2, "config/ holds the default and the CI example");
+}
+
+/// The fingerprint `resolve` prints on its last line (`… (N bytes, fingerprint F)`).
+fn printed_fingerprint(out: &Output) -> String {
+    let t = String::from_utf8_lossy(&out.stdout).into_owned();
+    let line = t.lines().last().unwrap_or_default();
+    line.split("fingerprint ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no fingerprint in {t:?}"))
+        .trim_end_matches(')')
+        .to_string()
+}
+
+#[test]
+fn resolve_fingerprints_are_keyed_stable_and_tell_values_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let p = dir.path().join("policy.toml");
+    std::fs::write(&p, "[secrets.tok]\nsources = [\"env:TOK\"]\n").unwrap();
+    let run = |value: &str, state: &std::path::Path| {
+        let out = bin()
+            .args(["resolve", "--config"])
+            .arg(&p)
+            .arg("tok")
+            .env("TOK", value)
+            .env("STATE_DIRECTORY", state)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        printed_fingerprint(&out)
+    };
+    let first = run("1234", &state);
+    // The key was made on first use: 32 bytes, mode 0600.
+    let key_path = state.join("fingerprint.key");
+    let key = std::fs::read(&key_path).unwrap();
+    assert_eq!(key.len(), 32);
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&key_path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    assert_eq!(
+        std::fs::metadata(&state).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
+
+    // Stable across runs, different for a different value.
+    assert_eq!(run("1234", &state), first);
+    assert_ne!(run("1235", &state), first);
+    // It is the HMAC under that key, not a plain hash anyone can recompute from guesses.
+    assert_eq!(
+        first,
+        buildbroker::cli::fingerprint::keyed_fingerprint(&key, b"1234")
+    );
+    use sha2::Digest;
+    let plain: String = sha2::Sha256::digest(b"1234")
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert!(!plain.contains(first.trim_start_matches("hmac-sha256:")));
+    // Another host (another key) prints another fingerprint for the same value.
+    assert_ne!(run("1234", &dir.path().join("other-state")), first);
+
+    // A key file anyone else could read is refused, never used or silently replaced.
+    std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = bin()
+        .args(["resolve", "--config"])
+        .arg(&p)
+        .arg("tok")
+        .env("TOK", "1234")
+        .env("STATE_DIRECTORY", &state)
+        .output()
+        .unwrap();
+    let t = text(&out);
+    assert!(
+        t.contains("no fingerprint:") && t.contains("mode 0600"),
+        "{t}"
+    );
+    assert!(!t.contains("hmac-sha256:"), "{t}");
+}
+
+/// The `Max core file size` line of /proc/PID/limits.
+fn core_limit(limits: &str) -> String {
+    limits
+        .lines()
+        .find(|l| l.starts_with("Max core file size"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[test]
+fn resolve_and_keyring_run_without_core_dumps() {
+    let dir = tempfile::tempdir().unwrap();
+    // resolve: an exec: source reads the limits of its parent, the resolve process itself.
+    let script = dir.path().join("peek");
+    let seen = dir.path().join("limits");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\ncat /proc/$PPID/limits > {}\necho v\n",
+            seen.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let p = dir.path().join("policy.toml");
+    std::fs::write(
+        &p,
+        format!("[secrets.t]\nsources = [\"exec:{}\"]\n", script.display()),
+    )
+    .unwrap();
+    let out = bin()
+        .args(["resolve", "--config"])
+        .arg(&p)
+        .arg("t")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let limits = std::fs::read_to_string(&seen).unwrap();
+    assert_eq!(
+        core_limit(&limits),
+        "Max core file size 0 0 bytes",
+        "{limits}"
+    );
+
+    // keyring set: waits for its value on stdin; look at it while it waits.
+    let mut child = bin()
+        .args(["keyring", "set", "--backend", "kernel", "bbtest-core/none"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let limits_path = format!("/proc/{}/limits", child.id());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        last = core_limit(&std::fs::read_to_string(&limits_path).unwrap_or_default());
+        if last == "Max core file size 0 0 bytes" {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Close stdin with nothing written: an empty value is refused, nothing is stored.
+    drop(child.stdin.take());
+    let status = child.wait().unwrap();
+    assert_eq!(last, "Max core file size 0 0 bytes");
+    assert_eq!(status.code(), Some(2));
+}
+
+#[test]
+fn resolve_shows_which_ids_a_template_used_and_where_each_came_from() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("p.toml");
+    std::fs::write(
+        &p,
+        "[secrets.user]\nsources = [\"env:U\"]\n[secrets.pass]\nsources = [\"env:P\", \"env:P2\"]\n\
+         [secrets.netrc]\ntemplate = \"machine h login {{user}} password {{pass}}\\n\"\n",
+    )
+    .unwrap();
+    let out = bin()
+        .args(["resolve", "--config"])
+        .arg(&p)
+        .arg("netrc")
+        .env("U", "ci")
+        .env("P2", "template-secret-77")
+        .env("XDG_STATE_HOME", dir.path())
+        .output()
+        .unwrap();
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{t}");
+    let len = "machine h login ci password template-secret-77\n".len();
+    assert!(
+        t.contains(&format!(
+            "netrc: resolved from a template of user (from env:U), pass (from env:P2) ({len} bytes"
+        )),
+        "{t}"
+    );
+    assert!(!t.contains("template-secret-77"), "{t}");
+
+    let out = bin()
+        .args(["resolve", "--config"])
+        .arg(&p)
+        .arg("netrc")
+        .env("U", "ci")
+        .env("XDG_STATE_HOME", dir.path())
+        .output()
+        .unwrap();
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    assert!(
+        t.contains("netrc: builds fail with: buildbroker: secret \"netrc\" is rendered from \"pass\", which has no value; tried env (not found), env (not found)"),
+        "{t}"
+    );
 }

@@ -189,3 +189,34 @@ fn a_dead_upstream_is_a_clear_error() {
         "stderr: {err}"
     );
 }
+
+#[test]
+fn percent_encoded_session_paths_are_intercepted_too() {
+    if skip() {
+        return;
+    }
+    let broker = broker_with_tok();
+    // The engine decodes the path before routing: each of these opens a session there (checked
+    // against the test bed's dockerd), so each must meet the interception, whose refusal of a
+    // request without a session UUID is the proof — not the engine's 101 or its own error.
+    for path in [
+        "/%73ession",
+        "/v1.45/%73ession",
+        "/v1.45%2Fsession",
+        "/v1.45.0/session",
+    ] {
+        let answer = raw_exchange(
+            &broker,
+            format!("POST {path} HTTP/1.1\r\nHost: \r\nConnection: Upgrade\r\nUpgrade: h2c\r\nContent-Length: 0\r\n\r\n")
+                .as_bytes(),
+        );
+        assert!(answer.starts_with("HTTP/1.1 400"), "{path}: {answer:?}");
+        assert!(
+            answer.contains(
+                "buildbroker: /session request without the X-Docker-Expose-Session-Uuid header"
+            ),
+            "{path}: {answer:?}"
+        );
+    }
+    small_build_works(&broker);
+}

@@ -18,3 +18,4 @@ mod secrets;
 mod sources;
 mod ssh;
 mod sshbed;
+mod templates;

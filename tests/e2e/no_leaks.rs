@@ -121,7 +121,8 @@ fn secret_bytes_are_not_in_image_history_cache_or_logs() {
 /// design.md §11: no secret bytes in a core image of the broker taken after builds finished.
 /// The value comes from a file (an env: value would sit in the process environment block for
 /// the daemon's whole life, by design), the Dockerfile only hashes it, and the file is removed
-/// before the core is taken, so any copy in the image is one the broker kept.
+/// before the core is taken, so any copy in the image is one the broker kept. A template
+/// renders it into a file too, so the rendered copy is searched for as well.
 #[test]
 fn secret_bytes_are_not_in_a_core_image_of_the_broker_after_builds() {
     if skip() {
@@ -132,14 +133,21 @@ fn secret_bytes_are_not_in_a_core_image_of_the_broker_after_builds() {
     let file = write_file(dir.path(), "token", value.as_bytes());
     let broker = Broker::start(BrokerOptions {
         policy: &format!(
-            "[secrets.tok]\nsources = [\"file:{}\"]\n[secrets.cached]\nsources = [\"file:{}\"]\ncache_ttl = \"100ms\"\n",
+            "[secrets.tok]\nsources = [\"file:{}\"]\n[secrets.cached]\nsources = [\"file:{}\"]\ncache_ttl = \"100ms\"\n\
+             [secrets.rendered]\ntemplate = \"machine h password {{{{tok}}}}\\n\"\n",
             file.display(),
             file.display()
         ),
         ..Default::default()
     });
-    let expected_hash = sha256_hex(value.as_bytes());
-    for id in ["tok", "cached", "tok"] {
+    let rendered = format!("machine h password {value}\n");
+    for (id, expected) in [
+        ("tok", value.as_str()),
+        ("cached", value.as_str()),
+        ("rendered", rendered.as_str()),
+        ("tok", value.as_str()),
+    ] {
+        let expected_hash = sha256_hex(expected.as_bytes());
         let build = Build::new(format!(
             "FROM {BASE_IMAGE}\nRUN --mount=type=secret,id={id},required=true sha256sum /run/secrets/{id} | cut -d' ' -f1 > /h\nFROM scratch\nCOPY --from=0 /h /\n"
         ))

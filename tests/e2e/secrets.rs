@@ -90,9 +90,9 @@ fn several_secrets_custom_targets_env_file_and_fallback_chain() {
     );
     // The fallback chain was walked: the first two sources had nothing.
     assert!(
-        broker
-            .audit()
-            .contains("\"id\":\"aws\",\"source\":\"file\",\"decision\":\"served\""),
+        broker.audit().contains(
+            "\"id\":\"aws\",\"source\":\"file\",\"value_owner\":\"broker\",\"decision\":\"served\""
+        ),
         "{}",
         broker.audit()
     );
@@ -119,7 +119,7 @@ fn unknown_ids_come_from_the_client_flag_under_client_mode() {
     assert!(
         broker
             .audit()
-            .contains("\"id\":\"extra\",\"source\":\"client\",\"decision\":\"served\""),
+            .contains("\"id\":\"extra\",\"source\":\"client\",\"value_owner\":\"session\",\"decision\":\"served\""),
         "{}",
         broker.audit()
     );
@@ -165,9 +165,9 @@ fn deny_mode_skips_optional_mounts_and_fails_required_ones() {
         required.log()
     );
     assert!(
-        broker
-            .audit()
-            .contains("\"id\":\"extra\",\"source\":null,\"decision\":\"denied\"")
+        broker.audit().contains(
+            "\"id\":\"extra\",\"source\":null,\"value_owner\":null,\"decision\":\"denied\""
+        )
     );
 }
 

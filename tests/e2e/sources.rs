@@ -39,7 +39,7 @@ fn kernel_keyring_values_reach_a_build() {
     assert!(
         broker
             .audit()
-            .contains("\"id\":\"deploy\",\"source\":\"keyring\",\"decision\":\"served\""),
+            .contains("\"id\":\"deploy\",\"source\":\"keyring\",\"value_owner\":\"broker\",\"decision\":\"served\""),
         "{}",
         broker.audit()
     );
@@ -110,12 +110,19 @@ fn exec_values_reach_a_build_and_stdout_never_reaches_logs_on_failure() {
 
     let failing = Build::new(dockerfile(&["broken"])).run(&broker);
     assert!(!failing.success());
+    // The program's stderr is the daemon log's business; the build sees the kind and class.
     assert!(
-        failing
+        failing.log().contains("tried exec (error)")
+            && !failing.log().contains("permission denied"),
+        "{}",
+        failing.log()
+    );
+    assert!(
+        broker
             .log()
             .contains("exited with status 1: permission denied"),
         "{}",
-        failing.log()
+        broker.log()
     );
     for text in [failing.log(), broker.log(), broker.audit()] {
         assert!(
@@ -166,4 +173,47 @@ fn cached_values_survive_a_failing_source_with_stale_on_error() {
         audit.contains("timed out after 300ms"),
         "the audit record says why: {audit}"
     );
+}
+
+#[test]
+fn a_fifo_file_source_fails_the_build_fast_and_the_broker_keeps_serving() {
+    if skip() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("token");
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let broker = Broker::start(BrokerOptions {
+        policy: &format!(
+            "[secrets.piped]\nsources = [\"file:{}\"]\nrequired = true\n[secrets.ok]\nsources = [\"env:OK\"]\n",
+            fifo.display()
+        ),
+        env: vec![("OK", "still-serving")],
+        ..Default::default()
+    });
+    // Nobody writes to the FIFO: before, the read blocked a thread for good and the build hung.
+    let started = std::time::Instant::now();
+    let failing = Build::new(dockerfile(&["piped"])).run(&broker);
+    let took = started.elapsed();
+    assert!(!failing.success(), "{}", failing.log());
+    assert!(
+        took < std::time::Duration::from_secs(60),
+        "the build took {took:?}"
+    );
+    assert!(
+        broker
+            .log()
+            .contains("is a FIFO (named pipe), not a regular file"),
+        "{}",
+        broker.log()
+    );
+    let build = Build::new(dockerfile(&["ok"])).run(&broker);
+    build.assert_ok();
+    assert_eq!(build.text("ok"), "still-serving");
 }

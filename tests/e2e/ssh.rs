@@ -631,3 +631,243 @@ fn broker_held_key_from_the_kernel_keyring_authenticates_with_nothing_on_disk() 
         );
     }
 }
+
+/// One agent-protocol sign request (draft-miller-ssh-agent §3.6) on `socket` for the key or
+/// certificate blob `blob` with `flags`; returns the answer's message type and, for a
+/// signature (14), the signature algorithm's name.
+fn agent_sign(socket: &std::path::Path, blob: &[u8], flags: u32) -> (u8, String) {
+    use std::io::{Read, Write};
+    let string = |out: &mut Vec<u8>, bytes: &[u8]| {
+        out.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+        out.extend_from_slice(bytes);
+    };
+    let mut body = vec![13u8];
+    string(&mut body, blob);
+    string(&mut body, b"data a server would send");
+    body.extend_from_slice(&flags.to_be_bytes());
+    let mut frame = (body.len() as u32).to_be_bytes().to_vec();
+    frame.extend_from_slice(&body);
+    let mut s = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    s.write_all(&frame).unwrap();
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len).unwrap();
+    let mut answer = vec![0u8; u32::from_be_bytes(len) as usize];
+    s.read_exact(&mut answer).unwrap();
+    let algorithm = if answer[0] == 14 {
+        // string signature { string algorithm, string blob }
+        let name_len = u32::from_be_bytes(answer[5..9].try_into().unwrap()) as usize;
+        String::from_utf8_lossy(&answer[9..9 + name_len]).into_owned()
+    } else {
+        String::new()
+    };
+    (answer[0], algorithm)
+}
+
+/// The binary blob of a `.pub` line (a key or a certificate), as an agent request carries it.
+fn blob_of(public_line: &str) -> Vec<u8> {
+    use ssh_agent_lib::ssh_encoding::Encode;
+    let mut blob = Vec::new();
+    if public_line.contains("-cert-v01@openssh.com") {
+        ssh_key::Certificate::from_openssh(public_line)
+            .unwrap()
+            .encode(&mut blob)
+            .unwrap();
+    } else {
+        ssh_key::PublicKey::from_openssh(public_line)
+            .unwrap()
+            .key_data()
+            .encode(&mut blob)
+            .unwrap();
+    }
+    blob
+}
+
+const SSH_AGENT_FAILURE: u8 = 5;
+const SSH_AGENT_SIGN_RESPONSE: u8 = 14;
+
+#[test]
+fn a_certificate_is_exposed_only_when_the_policy_names_it() {
+    if skip() {
+        return;
+    }
+    require_ssh_bed();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Key::new(dir.path(), "ca", "");
+    let user = Key::new(dir.path(), "cert-user", "");
+    // ssh-keygen -s writes cert-user-cert.pub, which ssh-add then adds beside the bare key.
+    let signed = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-s"])
+        .arg(&ca.path)
+        // A bounded validity: ssh-key 0.6 cannot decode the default "forever" (u64::MAX).
+        .args(["-I", "ci", "-n", "git", "-V", "-5m:+1h"])
+        .arg(user.path.with_extension("pub"))
+        .status()
+        .unwrap();
+    assert!(signed.success());
+    let cert_line = std::fs::read_to_string(dir.path().join("cert-user-cert.pub")).unwrap();
+    let agent = Agent::start(dir.path());
+    agent.add(&user);
+    assert_eq!(agent.list().lines().count(), 2, "{}", agent.list());
+
+    let fp = &user.fingerprint;
+    let ids = [
+        ("plain", format!("[\"{fp}\"]")),
+        ("comment", "[\"comment:cert-user\"]".to_string()),
+        ("certified", format!("[\"cert:{fp}\"]")),
+        ("both", format!("[\"{fp}\", \"cert:{fp}\"]")),
+    ];
+    let policy: String = ids
+        .iter()
+        .map(|(id, keys)| {
+            format!(
+                "[ssh.{id}]\nagent = \"env:SSH_AUTH_SOCK\"\nkeys = {keys}\nsocket = \"{}\"\n",
+                dir.path().join(format!("{id}.sock")).display()
+            )
+        })
+        .collect();
+    let broker = Broker::start(BrokerOptions {
+        policy: &policy,
+        env: vec![("SSH_AUTH_SOCK", agent.socket.to_str().unwrap())],
+        ..Default::default()
+    });
+    let socket = |id: &str| dir.path().join(format!("{id}.sock"));
+    let certs = |listing: &str| listing.lines().filter(|l| l.contains("-CERT)")).count();
+
+    // Listing the bare key (by fingerprint or comment) never exposes its certificate.
+    for id in ["plain", "comment"] {
+        let listed = list_agent(&socket(id));
+        assert_eq!(
+            listed.lines().count(),
+            1,
+            "{id}: {listed}\n{}",
+            broker.log()
+        );
+        assert_eq!(certs(&listed), 0, "{id}: {listed}");
+    }
+    let listed = list_agent(&socket("certified"));
+    assert_eq!(listed.lines().count(), 1, "{listed}");
+    assert_eq!(certs(&listed), 1, "{listed}");
+    let listed = list_agent(&socket("both"));
+    assert_eq!(listed.lines().count(), 2, "{listed}");
+
+    // Signing: a request naming the certificate is refused unless it is listed, and `cert:`
+    // does not expose the bare key either.
+    let cert = blob_of(&cert_line);
+    let key = blob_of(&user.public);
+    assert_eq!(agent_sign(&socket("plain"), &cert, 0).0, SSH_AGENT_FAILURE);
+    assert_eq!(
+        agent_sign(&socket("comment"), &cert, 0).0,
+        SSH_AGENT_FAILURE
+    );
+    assert_eq!(
+        agent_sign(&socket("plain"), &key, 0).0,
+        SSH_AGENT_SIGN_RESPONSE
+    );
+    assert_eq!(
+        agent_sign(&socket("certified"), &cert, 0).0,
+        SSH_AGENT_SIGN_RESPONSE
+    );
+    assert_eq!(
+        agent_sign(&socket("certified"), &key, 0).0,
+        SSH_AGENT_FAILURE
+    );
+}
+
+#[test]
+fn sha1_rsa_signatures_are_refused_unless_the_policy_allows_them() {
+    if skip() {
+        return;
+    }
+    require_ssh_bed();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rsa-key");
+    let made = std::process::Command::new("ssh-keygen")
+        .args([
+            "-q", "-t", "rsa", "-b", "2048", "-C", "rsa-key", "-N", "", "-f",
+        ])
+        .arg(&path)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let public = std::fs::read_to_string(path.with_extension("pub")).unwrap();
+    let listing = std::process::Command::new("ssh-keygen")
+        .arg("-lf")
+        .arg(path.with_extension("pub"))
+        .output()
+        .unwrap();
+    let fingerprint = String::from_utf8_lossy(&listing.stdout)
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .to_string();
+    let key = Key {
+        path: path.clone(),
+        public: public.trim().to_string(),
+        fingerprint: fingerprint.clone(),
+    };
+    let agent = Agent::start(dir.path());
+    agent.add(&key);
+
+    let socket = |id: &str| dir.path().join(format!("{id}.sock"));
+    let upstream = |id: &str, extra: &str| {
+        format!(
+            "[ssh.{id}]\nagent = \"env:SSH_AUTH_SOCK\"\nkeys = [\"{fingerprint}\"]\nsocket = \"{}\"\n{extra}",
+            socket(id).display()
+        )
+    };
+    let held = |id: &str, extra: &str| {
+        format!(
+            "[ssh.{id}]\nprivate_keys = [\"file:{}\"]\nsocket = \"{}\"\n{extra}",
+            path.display(),
+            socket(id).display()
+        )
+    };
+    let policy = [
+        upstream("strict", ""),
+        upstream("legacy", "allow_sha1 = true\n"),
+        held("held", ""),
+        held("held_legacy", "allow_sha1 = true\n"),
+    ]
+    .concat();
+    let broker = Broker::start(BrokerOptions {
+        policy: &policy,
+        env: vec![("SSH_AUTH_SOCK", agent.socket.to_str().unwrap())],
+        ..Default::default()
+    });
+    let blob = blob_of(&key.public);
+    // rsa-sha2-256 = 2, rsa-sha2-512 = 4; 0 asks for ssh-rsa (SHA-1).
+    for id in ["strict", "held"] {
+        assert_eq!(
+            agent_sign(&socket(id), &blob, 0),
+            (SSH_AGENT_FAILURE, String::new()),
+            "{id}"
+        );
+        assert_eq!(
+            agent_sign(&socket(id), &blob, 4),
+            (SSH_AGENT_SIGN_RESPONSE, "rsa-sha2-512".to_string()),
+            "{id}"
+        );
+        assert_eq!(
+            agent_sign(&socket(id), &blob, 2),
+            (SSH_AGENT_SIGN_RESPONSE, "rsa-sha2-256".to_string()),
+            "{id}"
+        );
+    }
+    for id in ["legacy", "held_legacy"] {
+        assert_eq!(
+            agent_sign(&socket(id), &blob, 0),
+            (SSH_AGENT_SIGN_RESPONSE, "ssh-rsa".to_string()),
+            "{id}: {}",
+            broker.log()
+        );
+    }
+    let audit = broker.audit();
+    assert!(
+        audit.lines().any(|l| l.contains("\"id\":\"strict\"")
+            && l.contains("\"decision\":\"refused\"")
+            && l.contains("allow_sha1 = true")),
+        "{audit}"
+    );
+}

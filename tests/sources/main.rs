@@ -19,7 +19,6 @@ use std::process::{Command, Output};
 
 use kernel_keyring::{KernelKey, unique};
 use secret_service::SecretServiceBed;
-use sha2::{Digest, Sha256};
 
 const CAP: usize = 512_000;
 const VALUE: &[u8] = b"conformance \xc3\xa9 value\twith tab";
@@ -269,7 +268,8 @@ fn resolve(kind: &dyn Kind, sources: &[String], required: bool) -> (Output, Stri
         use std::os::unix::ffi::OsStrExt;
         cmd.env(k, std::ffi::OsStr::from_bytes(&v));
     }
-    cmd.env("CONFORMANCE_FALLBACK", "fallback-value");
+    cmd.env("CONFORMANCE_FALLBACK", "fallback-value")
+        .env("STATE_DIRECTORY", state_dir());
     let out = cmd.output().unwrap();
     let text = format!(
         "{}{}",
@@ -279,11 +279,16 @@ fn resolve(kind: &dyn Kind, sources: &[String], required: bool) -> (Output, Stri
     (out, text)
 }
 
-fn short_hash(v: &[u8]) -> String {
-    Sha256::digest(v)[..6]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+/// The state directory every `resolve` of this suite uses, so its fingerprint key is known.
+fn state_dir() -> &'static std::path::Path {
+    static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| tempfile::tempdir().unwrap()).path()
+}
+
+/// What `resolve` prints for a value: its fingerprint under the suite's key.
+fn fingerprint(v: &[u8]) -> String {
+    let key = std::fs::read(state_dir().join("fingerprint.key")).unwrap();
+    buildbroker::cli::fingerprint::keyed_fingerprint(&key, v)
 }
 
 fn conformance(kind: &mut dyn Kind) {
@@ -293,9 +298,9 @@ fn conformance(kind: &mut dyn Kind) {
     assert_eq!(out.status.code(), Some(0), "{text}");
     assert!(
         text.contains(&format!(
-            "c: resolved from {uri} ({} bytes, sha256:{}…)",
+            "c: resolved from {uri} ({} bytes, fingerprint {})",
             VALUE.len(),
-            short_hash(VALUE)
+            fingerprint(VALUE)
         )),
         "{text}"
     );
@@ -616,4 +621,279 @@ impl OutputWithStdin for Command {
         std::io::Write::write_all(&mut child.stdin.take().unwrap(), input).unwrap();
         child.wait_with_output().unwrap()
     }
+}
+
+/// Runs `buildbroker resolve ID` on a policy text, with a clean environment.
+fn resolve_with(policy_text: &str, id: &str) -> (Output, String, std::time::Duration) {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = policy_file(&dir, policy_text);
+    let started = std::time::Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_buildbroker"))
+        .args(["resolve", "--config"])
+        .arg(&policy)
+        .arg(id)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap())
+        .output()
+        .unwrap();
+    let took = started.elapsed();
+    let text = output_text(&out);
+    (out, text, took)
+}
+
+#[test]
+fn a_fifo_file_source_fails_fast() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("token");
+    let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success());
+    // Nobody ever writes to it: a blocking open would hang resolve (and a daemon's thread).
+    let (out, text, took) = resolve_with(
+        &format!(
+            "[secrets.t]\nsources = [\"file:{}\"]\nrequired = true\n",
+            fifo.display()
+        ),
+        "t",
+    );
+    assert!(took < std::time::Duration::from_secs(3), "took {took:?}");
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains(&format!(
+            "{} is a FIFO (named pipe), not a regular file",
+            fifo.display()
+        )),
+        "{text}"
+    );
+}
+
+/// A second unix user for files the root daemon must not trust (created once, idempotently).
+fn other_user() -> (u32, u32) {
+    let exists = |name: &str| {
+        Command::new("id")
+            .args(["-u", name])
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+    };
+    if exists("bb-other").is_none() {
+        // Exit 9: another test created it meanwhile.
+        let status = Command::new("useradd")
+            .args([
+                "--system",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                "bb-other",
+            ])
+            .status()
+            .unwrap();
+        assert!(matches!(status.code(), Some(0 | 9)), "useradd: {status}");
+    }
+    let id = |flag: &str| -> u32 {
+        let out = Command::new("id")
+            .args([flag, "bb-other"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+    };
+    (id("-u"), id("-g"))
+}
+
+#[test]
+fn a_root_daemon_refuses_another_users_file_unless_the_policy_allows_it() {
+    assert!(
+        rustix::process::geteuid().is_root(),
+        "this test checks the root daemon's rule and runs as root (as CI does)"
+    );
+    let (uid, gid) = other_user();
+    let dir = tempfile::tempdir().unwrap();
+    let theirs = dir.path().join("netrc");
+    std::fs::write(&theirs, b"machine example login ci password p").unwrap();
+    std::os::unix::fs::chown(&theirs, Some(uid), Some(gid)).unwrap();
+    let sources = format!(
+        "[secrets.t]\nsources = [\"file:{}\"]\nrequired = true\n",
+        theirs.display()
+    );
+
+    let (out, text, _) = resolve_with(&sources, "t");
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains(&format!("refusing {}", theirs.display()))
+            && text.contains(&format!("it is owned by uid {uid} (bb-other), not root"))
+            && text.contains(&format!(
+                "[file] allow_foreign = [\"{}\"]",
+                theirs.display()
+            )),
+        "names the path, the owner and the opt-in: {text}"
+    );
+
+    let allowed = format!(
+        "{sources}[file]\nallow_foreign = [\"{}\"]\n",
+        theirs.display()
+    );
+    let (out, text, _) = resolve_with(&allowed, "t");
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("t: resolved from file:"), "{text}");
+
+    // Root's own file, but in a directory the other user owns: they could swap it.
+    let their_dir = dir.path().join("home");
+    std::fs::create_dir(&their_dir).unwrap();
+    std::os::unix::fs::chown(&their_dir, Some(uid), Some(gid)).unwrap();
+    let inside = their_dir.join("token");
+    std::fs::write(&inside, b"v").unwrap();
+    let (out, text, _) = resolve_with(
+        &format!("[secrets.t]\nsources = [\"file:{}\"]\n", inside.display()),
+        "t",
+    );
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains(&format!(
+            "{} is owned by uid {uid} (bb-other)",
+            their_dir.display()
+        )),
+        "{text}"
+    );
+
+    // A symlink the other user planted, pointing at root's file.
+    let rootfile = dir.path().join("root-only");
+    std::fs::write(&rootfile, b"root's").unwrap();
+    let link = their_dir.join("link");
+    std::os::unix::fs::symlink(&rootfile, &link).unwrap();
+    std::os::unix::fs::lchown(&link, Some(uid), Some(gid)).unwrap();
+    let (out, text, _) = resolve_with(
+        &format!("[secrets.t]\nsources = [\"file:{}\"]\n", link.display()),
+        "t",
+    );
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("bb-other"), "{text}");
+
+    // A group-writable file of root's.
+    let shared = dir.path().join("shared");
+    std::fs::write(&shared, b"v").unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o660)).unwrap();
+    let (out, text, _) = resolve_with(
+        &format!("[secrets.t]\nsources = [\"file:{}\"]\n", shared.display()),
+        "t",
+    );
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("is writable by group or others (mode 0660)"),
+        "{text}"
+    );
+}
+
+#[test]
+fn allow_foreign_must_name_a_file_source() {
+    let (out, text, _) = resolve_with(
+        "[secrets.t]\nsources = [\"file:/etc/hostname\"]\n[file]\nallow_foreign = [\"/etc/hostnme\"]\n",
+        "t",
+    );
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(
+        text.contains("[file] allow_foreign: no file: source of this policy reads /etc/hostnme"),
+        "{text}"
+    );
+}
+
+/// Set in the re-executed test process that talks to the bed's Secret Service in-process (the
+/// crate forbids the `unsafe` that setting DBUS_SESSION_BUS_ADDRESS in this process would need).
+const CONCURRENT_CHILD: &str = "BB_TEST_SECRET_SERVICE_CHILD_PID";
+
+#[test]
+fn a_hung_secret_service_makes_each_id_wait_its_own_timeout_not_a_queue() {
+    if let Some(pid) = std::env::var_os(CONCURRENT_CHILD) {
+        return concurrent_lookups_against_a_stopped_keyring(&pid.to_string_lossy());
+    }
+    let bed = SecretServiceBed::start();
+    bed.secret_tool_store("queue", "a", b"value-a");
+    bed.secret_tool_store("queue", "b", b"value-b");
+    let pid = bed.keyring_pid();
+    let out = bed
+        .command(std::env::current_exe().unwrap().to_str().unwrap())
+        .args([
+            "--exact",
+            "a_hung_secret_service_makes_each_id_wait_its_own_timeout_not_a_queue",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CONCURRENT_CHILD, pid.to_string())
+        .output()
+        .unwrap();
+    // Whatever happened in the child, the keyring daemon runs again for the bed's teardown.
+    let _ = Command::new("kill")
+        .args(["-CONT", &pid.to_string()])
+        .status();
+    let text = output_text(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("both ids answered within"), "{text}");
+    for line in text.lines().filter(|l| l.contains("answered within")) {
+        println!("{line}");
+    }
+}
+
+/// In the bed's session: a warm shared connection, then the keyring daemon stops; two ids
+/// asked at once must both fail at about the timeout (before: the second queued behind the
+/// first's call, 2×), and the same while the connection is being opened.
+fn concurrent_lookups_against_a_stopped_keyring(pid: &str) {
+    use buildbroker::source::{KeyringBackend, KeyringSpec, SourceRuntime, SourceSettings};
+    let timeout = std::time::Duration::from_millis(1000);
+    let settings = SourceSettings {
+        keyring_backend: KeyringBackend::SecretService,
+        keyring_timeout: timeout,
+        ..SourceSettings::default()
+    };
+    let a = KeyringSpec::parse("queue/a").unwrap();
+    let b = KeyringSpec::parse("queue/b").unwrap();
+    let signal = |sig: &str| {
+        assert!(
+            Command::new("kill")
+                .args([sig, pid])
+                .status()
+                .unwrap()
+                .success()
+        )
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let warm = SourceRuntime::new(settings.clone());
+        assert!(matches!(
+            warm.keyring.lookup(&a, &warm.settings).await,
+            Ok(buildbroker::source::Lookup::Found(_))
+        ));
+        let cold = SourceRuntime::new(settings.clone());
+        signal("-STOP");
+        for (what, runtime) in [("a warm connection", &warm), ("opening the connection", &cold)] {
+            let started = std::time::Instant::now();
+            let (ra, rb) = tokio::join!(
+                runtime.keyring.lookup(&a, &runtime.settings),
+                runtime.keyring.lookup(&b, &runtime.settings)
+            );
+            let took = started.elapsed();
+            for r in [ra, rb] {
+                match r {
+                    Err(e) => assert!(
+                        e.message.contains("did not answer within 1s"),
+                        "{what}: {}",
+                        e.message
+                    ),
+                    Ok(_) => panic!("{what}: a stopped keyring answered"),
+                }
+            }
+            assert!(
+                took < timeout + std::time::Duration::from_millis(600),
+                "{what}: two ids took {took:?} with a {timeout:?} timeout: one queued behind the other"
+            );
+            println!("{what}: both ids answered within {took:?}");
+        }
+        signal("-CONT");
+        // And the keyring serves again once it wakes: the timed-out connection was dropped.
+        let again = warm.keyring.lookup(&b, &warm.settings).await;
+        assert!(
+            matches!(again, Ok(buildbroker::source::Lookup::Found(_))),
+            "the keyring answers again after SIGCONT"
+        );
+    });
 }

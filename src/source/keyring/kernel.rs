@@ -122,8 +122,7 @@ pub fn info(spec: &KeyringSpec) -> Result<Option<EntryInfo>, SourceError> {
             spec.kernel_description(),
             key.get_id().0
         ),
-        length: value.len(),
-        short_hash: value.short_hash(),
+        value,
     }))
 }
 

@@ -150,8 +150,7 @@ pub async fn info(conn: &Connection, spec: &KeyringSpec) -> Result<Option<EntryI
     Ok(Some(EntryInfo {
         backend: KeyringBackend::SecretService,
         location: format!("item {label:?} ({attrs})"),
-        length: value.len(),
-        short_hash: value.short_hash(),
+        value,
     }))
 }
 
