@@ -133,6 +133,7 @@ impl AuditLog {
     }
 
     pub fn secret(&self, event: &SecretEvent<'_>) {
+        crate::metrics::secret_decision(event);
         tracing::info!(
             target: "buildbroker::audit",
             session = event.session,
@@ -166,6 +167,7 @@ impl AuditLog {
     }
 
     pub fn ssh(&self, event: &SshEvent<'_>) {
+        crate::metrics::ssh_decision(event);
         tracing::info!(
             target: "buildbroker::audit",
             via = event.via,

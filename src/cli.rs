@@ -238,9 +238,20 @@ fn disable_core_dumps() {
 
 fn serve(config: Option<PathBuf>, env: HostEnv) -> ExitCode {
     disable_core_dumps();
+    // Before any thread exists: taking systemd's sockets edits the environment.
+    let activated = match crate::systemd::take_activated() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("buildbroker: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let Some(policy) = load_policy(config, &env) else {
         return ExitCode::from(2);
     };
+    if policy.server.metrics_listen.is_some() || activated.metrics.is_some() {
+        crate::metrics::enable();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -256,6 +267,7 @@ fn serve(config: Option<PathBuf>, env: HostEnv) -> ExitCode {
         let upstream = policy.server.upstream.clone();
         let origin = policy.origin.clone();
         let socket_group = policy.server.socket_group;
+        let metrics_listen = policy.server.metrics_listen;
         let euid = env.euid;
         // The broker first: it refuses a policy file another user could have written before
         // anything of that policy is acted on.
@@ -266,10 +278,12 @@ fn serve(config: Option<PathBuf>, env: HostEnv) -> ExitCode {
                 return ExitCode::from(2);
             }
         };
+        crate::metrics::policy_ids(&broker.policy());
         // Signals are caught before any socket exists: a SIGTERM sent as soon as a client can
         // connect must drain, not kill the process.
+        let health = Arc::new(crate::health::Health::new(broker.clone()));
         let shutdown = CancellationToken::new();
-        if let Err(e) = spawn_signal_handlers(broker.clone(), shutdown.clone()) {
+        if let Err(e) = spawn_signal_handlers(broker.clone(), health.clone(), shutdown.clone()) {
             eprintln!("buildbroker: cannot install signal handlers: {e}");
             return ExitCode::from(2);
         }
@@ -280,7 +294,39 @@ fn serve(config: Option<PathBuf>, env: HostEnv) -> ExitCode {
                 return ExitCode::from(2);
             }
         };
-        let listeners = match crate::server::bind(&listen, euid, socket_group) {
+        let listeners = if activated.docker.is_empty() {
+            crate::server::bind(&listen, euid, socket_group).map_err(|e| e.to_string())
+        } else {
+            tracing::info!("socket activation: serving the sockets systemd passed instead of [server] listen");
+            activated
+                .docker
+                .into_iter()
+                .map(|(name, l)| {
+                    crate::server::BoundListener::activated(&name, l)
+                        .map_err(|e| format!("socket activation: fd {name:?}: {e}"))
+                })
+                .collect()
+        };
+        let listeners = match listeners {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("buildbroker: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        let metrics_listener = match (activated.metrics, metrics_listen) {
+            (Some(l), _) => l
+                .set_nonblocking(true)
+                .and_then(|()| tokio::net::TcpListener::from_std(l))
+                .map(Some)
+                .map_err(|e| format!("socket activation: the metrics socket: {e}")),
+            (None, Some(addr)) => tokio::net::TcpListener::bind(addr)
+                .await
+                .map(Some)
+                .map_err(|e| format!("[server] metrics_listen: cannot listen on {addr}: {e}")),
+            (None, None) => Ok(None),
+        };
+        let metrics_listener = match metrics_listener {
             Ok(l) => l,
             Err(e) => {
                 eprintln!("buildbroker: {e}");
@@ -288,12 +334,32 @@ fn serve(config: Option<PathBuf>, env: HostEnv) -> ExitCode {
             }
         };
         tokio::spawn(broker.clone().sweep_cache(std::time::Duration::from_secs(5)));
-        let addrs = listen.iter().map(|e| e.to_string()).collect::<Vec<_>>().join(", ");
+        let addrs = listeners
+            .iter()
+            .map(|l| format!("unix://{}", l.path.display()))
+            .collect::<Vec<_>>()
+            .join(", ");
         let agents = agent_sockets
             .iter()
             .map(|l| format!("; ssh agent {} on {}", l.id, l.path().display()))
             .collect::<String>();
-        tracing::info!(policy = %origin, "buildbroker ready: serving the Docker Engine API on {addrs}, upstream {upstream}{agents}");
+        let metrics = match &metrics_listener {
+            Some(l) => match l.local_addr() {
+                Ok(a) => format!("; metrics on http://{a}"),
+                Err(_) => "; metrics on".to_string(),
+            },
+            None => String::new(),
+        };
+        if let Some(l) = metrics_listener {
+            // Not joined below: /readyz keeps answering "not ready" while the API drains.
+            tokio::spawn(crate::health::run(l, health.clone()));
+        }
+        // A SIGTERM that came while binding has already begun the drain: stay unready.
+        if !shutdown.is_cancelled() {
+            health.set_serving(true);
+        }
+        tracing::info!(policy = %origin, "buildbroker ready: serving the Docker Engine API on {addrs}, upstream {upstream}{agents}{metrics}");
+        crate::systemd::ready(&format!("serving the Docker Engine API on {addrs}"));
         tokio::join!(
             crate::server::run(listeners, broker.clone(), shutdown.clone()),
             crate::ssh::socket::run(agent_sockets, broker, shutdown),
@@ -303,7 +369,11 @@ fn serve(config: Option<PathBuf>, env: HostEnv) -> ExitCode {
     })
 }
 
-fn spawn_signal_handlers(broker: Arc<Broker>, shutdown: CancellationToken) -> std::io::Result<()> {
+fn spawn_signal_handlers(
+    broker: Arc<Broker>,
+    health: Arc<crate::health::Health>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -313,12 +383,26 @@ fn spawn_signal_handlers(broker: Arc<Broker>, shutdown: CancellationToken) -> st
             tokio::select! {
                 _ = term.recv() => { tracing::info!("SIGTERM: draining"); break; }
                 _ = int.recv() => { tracing::info!("SIGINT: draining"); break; }
-                _ = hup.recv() => match broker.reload() {
-                    Ok(g) => tracing::info!(policy = %g.policy.origin, secrets = g.policy.secrets.len(), ssh = g.policy.ssh.len(), "policy reloaded"),
-                    Err(e) => tracing::error!("policy reload rejected, the previous policy stays in force:\n{e}"),
-                },
+                _ = hup.recv() => {
+                    crate::systemd::reloading();
+                    match broker.reload() {
+                        Ok(g) => {
+                            crate::metrics::reload(true);
+                            crate::metrics::policy_ids(&g.policy);
+                            tracing::info!(policy = %g.policy.origin, secrets = g.policy.secrets.len(), ssh = g.policy.ssh.len(), "policy reloaded");
+                            crate::systemd::ready("policy reloaded");
+                        }
+                        Err(e) => {
+                            crate::metrics::reload(false);
+                            tracing::error!("policy reload rejected, the previous policy stays in force:\n{e}");
+                            crate::systemd::ready("policy reload rejected; the previous policy stays in force");
+                        }
+                    }
+                }
             }
         }
+        health.set_serving(false);
+        crate::systemd::stopping();
         shutdown.cancel();
     });
     Ok(())

@@ -99,6 +99,8 @@ pub struct Server {
     pub socket_group: Option<u32>,
     /// What secret and ssh requests of a build whose Dockerfile buildbroker did not see mean.
     pub dockerfile_unseen: DockerfileUnseen,
+    /// Where `/healthz`, `/readyz` and `/metrics` are served over plain HTTP; off when absent.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// The default `[server] fetch_timeout`.
@@ -415,6 +417,7 @@ struct RawServer {
     fetch_timeout: Option<Spanned<String>>,
     build_errors: Option<BuildErrors>,
     dockerfile_unseen: Option<DockerfileUnseen>,
+    metrics_listen: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -608,6 +611,24 @@ impl Policy {
             );
         }
 
+        // An IP address and port only: a host name would be resolved once at start and could
+        // silently bind somewhere else than the operator meant.
+        let metrics_listen = raw.server.metrics_listen.as_ref().and_then(|s| {
+            match s.get_ref().parse::<std::net::SocketAddr>() {
+                Ok(a) => Some(a),
+                Err(_) => {
+                    c.push(
+                        s.span(),
+                        format!(
+                            "[server] metrics_listen: expected an IP address and port such as \"127.0.0.1:9464\"; got {:?}",
+                            s.get_ref()
+                        ),
+                    );
+                    None
+                }
+            }
+        });
+
         let audit_log = raw.server.audit_log.as_ref().and_then(|s| {
             let p = crate::source::expand_home(s.get_ref(), env.home.as_deref());
             if p.is_absolute() {
@@ -798,6 +819,7 @@ impl Policy {
                 build_errors: raw.server.build_errors.unwrap_or_default(),
                 socket_group,
                 dockerfile_unseen: raw.server.dockerfile_unseen.unwrap_or_default(),
+                metrics_listen,
             },
             access: Access {
                 uids: raw.access.uids,

@@ -33,7 +33,10 @@
 //! - [`audit`] records every decision, never a value. [`config`] turns the policy TOML into a
 //!   checked [`config::Policy`]; [`dockerfile`] reads `RUN --mount` flags (for builds and
 //!   for `buildbroker check`) and the FileSync stream the Dockerfile arrives on.
-//! - [`cli`] is the command line: `serve`, `check`, `resolve`.
+//! - [`systemd`] takes socket-activated listeners and tells the service manager when the
+//!   daemon is ready, reloading or stopping; [`health`] serves `/healthz`, `/readyz` and the
+//!   Prometheus [`metrics`] on `[server] metrics_listen`.
+//! - [`cli`] is the command line: `serve`, `check`, `resolve`, `keyring`.
 
 pub mod access;
 pub mod audit;
@@ -46,6 +49,8 @@ pub mod control;
 pub mod daemon_files;
 pub mod dockerfile;
 pub mod exec;
+pub mod health;
+pub mod metrics;
 pub mod peers;
 pub mod policy;
 pub mod proxy;
@@ -56,6 +61,7 @@ pub mod service;
 pub mod session;
 pub mod source;
 pub mod ssh;
+pub mod systemd;
 pub mod template;
 
 /// Code generated from `proto/` at build time.

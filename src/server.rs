@@ -23,7 +23,30 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct BoundListener {
     pub path: PathBuf,
     pub(crate) listener: UnixListener,
-    _file: SocketFile,
+    /// `None` for a socket the service manager passed: systemd made it and removes it.
+    _file: Option<SocketFile>,
+}
+
+impl BoundListener {
+    /// Serves a listening socket systemd passed (socket activation). Its owner, group and
+    /// mode are the `.socket` unit's, so nothing here checks or changes them; each peer is
+    /// still checked against `[access]` when it connects. Call it inside the runtime.
+    pub fn activated(
+        name: &str,
+        listener: std::os::unix::net::UnixListener,
+    ) -> std::io::Result<BoundListener> {
+        let path = listener
+            .local_addr()?
+            .as_pathname()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from(format!("<socket-activated {name}>")));
+        listener.set_nonblocking(true)?;
+        Ok(BoundListener {
+            path,
+            listener: UnixListener::from_std(listener)?,
+            _file: None,
+        })
+    }
 }
 
 /// A socket that could not be bound; the inner error names the path, the problem and the fix.
@@ -83,7 +106,7 @@ pub(crate) fn bind_unix(
     Ok(BoundListener {
         path: path.to_path_buf(),
         listener,
-        _file: file,
+        _file: Some(file),
     })
 }
 
@@ -101,11 +124,13 @@ pub async fn run(listeners: Vec<BoundListener>, broker: Arc<Broker>, shutdown: C
                 tokio::select! {
                     accepted = bound.listener.accept() => match accepted {
                         Ok((stream, _)) => {
+                            crate::metrics::connection_accepted();
                             let conn_tasks = tasks2.clone();
                             tasks2.spawn(proxy::serve_connection(stream, broker.clone(), conn_tasks, shutdown.clone()));
                         }
                         Err(e) => {
                             // EMFILE and friends: back off instead of spinning.
+                            crate::metrics::error_seen("accept");
                             tracing::warn!(error = %e, path = %bound.path.display(), "accept failed");
                             tokio::time::sleep(Duration::from_millis(50)).await;
                         }

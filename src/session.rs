@@ -174,6 +174,7 @@ pub async fn run<D, C>(
     tokio::pin!(server_conn);
     tokio::pin!(client_conn);
     tracing::debug!(session = %uuid, "session started");
+    let _open = crate::metrics::session_opened();
 
     tokio::select! {
         r = &mut server_conn => {

