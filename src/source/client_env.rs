@@ -270,6 +270,17 @@ mod tests {
             .env("BB_CLIENT_ENV_TEST", "from-the-child")
             .spawn()
             .unwrap();
+        // spawn returns once exec has committed, a moment before the kernel records where the
+        // new environment lives (/proc/pid/stat shows 0 until then); a real build client
+        // connects long after that.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while Stat::read(child.id() as i32).is_none_or(|s| s.env_len == 0) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the child never finished exec"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
         let peer = PeerInfo {
             pid: Some(child.id() as i32),
             ..me()
