@@ -2,11 +2,14 @@
 # Start-to-ready and idle resident memory with the metrics endpoint off and on, interleaved
 # (design.md §11: ready <= 50 ms, RSS <= 15 MiB idle). With metrics on it also measures
 # exec → first 200 from /readyz, and RSS after 200 scrapes of /metrics.
-#   scripts/bench-ops.sh [RUNS=20]
+#   scripts/bench-ops.sh [RUNS=20]          (BIN=path: measure that binary instead)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-20}
-cargo build --release --quiet
+if [ -z "${BIN:-}" ]; then
+  cargo build --release --quiet
+  BIN=target/release/buildbroker
+fi
 work=$(mktemp -d)
 pid=
 trap '[ -z "$pid" ] || kill "$pid" 2>/dev/null || true; rm -rf "$work"' EXIT
@@ -33,7 +36,7 @@ readyz=()
 for i in $(seq 1 "$runs"); do
   for mode in off on; do
     start=$(date +%s%N)
-    TOK=x target/release/buildbroker serve --config "$work/$mode.toml" 2> "$work/log" &
+    TOK=x "$BIN" serve --config "$work/$mode.toml" 2> "$work/log" &
     pid=$!
     until grep -q "buildbroker ready" "$work/log"; do sleep 0.0005; done
     ready[$mode]+="$(( ($(date +%s%N) - start) / 1000 )) "
@@ -51,7 +54,7 @@ for i in $(seq 1 "$runs"); do
   done
 done
 stats() { tr ' ' '\n' | grep . | sort -n | awk -v div="$1" '{a[NR]=$1} END {printf "median %.1f, max %.1f", a[int((NR+1)/2)]/div, a[NR]/div}'; }
-echo "$runs interleaved starts each, release build"
+echo "$runs interleaved starts each, $BIN"
 for mode in off on; do
   echo "metrics $mode: exec → ready line: $(echo "${ready[$mode]}" | stats 1000) ms; idle RSS: $(echo "${rss_idle[$mode]}" | stats 1024) MiB"
 done
