@@ -110,11 +110,7 @@ pub fn secret_failure_for_build(
     if level == BuildErrors::Detailed {
         return detailed.to_string();
     }
-    let tried = attempts
-        .iter()
-        .map(Attempt::brief)
-        .collect::<Vec<_>>()
-        .join(", ");
+    let tried = brief_attempts(attempts);
     if required_missing {
         format!(
             "buildbroker: secret {id:?} is required by policy but no source has it; tried {tried}"
@@ -124,6 +120,15 @@ pub fn secret_failure_for_build(
             "buildbroker: secret {id:?} could not be resolved; tried {tried}; the buildbroker log has the details"
         )
     }
+}
+
+/// The attempts as a build's output lists them: `env (not found), exec (error)`.
+fn brief_attempts(attempts: &[Attempt]) -> String {
+    attempts
+        .iter()
+        .map(Attempt::brief)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// What the build's output shows for a template whose input `input` has no value.
@@ -137,11 +142,7 @@ pub fn template_failure_for_build(
     if level == BuildErrors::Detailed {
         return detailed.to_string();
     }
-    let tried = attempts
-        .iter()
-        .map(Attempt::brief)
-        .collect::<Vec<_>>()
-        .join(", ");
+    let tried = brief_attempts(attempts);
     format!(
         "buildbroker: secret {id:?} is rendered from {input:?}, which has no value; tried {tried}"
     )
