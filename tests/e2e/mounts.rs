@@ -411,7 +411,10 @@ fn the_mount_policy_holds_on_a_docker_container_builder() {
         "refused: Build.dockerfile line 3 mounts it for uid 0, against the policy rule [secrets.pypi_token] uid = 1000",
     );
     for build in [&wide, &other] {
-        assert!(!build.log().contains(&value), "the value reached the output");
+        assert!(
+            !build.log().contains(&value),
+            "the value reached the output"
+        );
     }
     let audit = broker.audit();
     assert!(
