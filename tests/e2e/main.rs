@@ -10,6 +10,7 @@ mod secret_service;
 mod bad_input;
 mod client_env;
 mod container;
+mod faults;
 mod isolation;
 mod lifecycle;
 mod mounts;
