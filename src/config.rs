@@ -21,7 +21,10 @@ mod mounts;
 mod ssh;
 
 pub use mounts::{DockerfileUnseen, MountDefaults, MountRules};
-pub use ssh::{AgentSocket, HostRule, KeyMatch, SshKeys, SshRule, parse_host_rule};
+pub use ssh::{
+    AgentSocket, HostRule, KeyMatch, SshKeys, SshRule, parse_agent_socket, parse_host_rule,
+    parse_key_match,
+};
 
 /// The policy compiled into the binary; used when no policy file is found.
 pub const EMBEDDED_DEFAULT: &str = include_str!("../config/default.toml");
