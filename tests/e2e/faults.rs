@@ -28,7 +28,12 @@ fn open_fds(pid: u32) -> usize {
 /// of a dead build are closed asynchronously), and fails with the count otherwise.
 #[track_caller]
 fn assert_fds_back(broker: &Broker, baseline: usize) {
-    let deadline = Instant::now() + Duration::from_secs(20);
+    assert_fds_back_within(broker, baseline, Duration::from_secs(20));
+}
+
+#[track_caller]
+fn assert_fds_back_within(broker: &Broker, baseline: usize, limit: Duration) {
+    let deadline = Instant::now() + limit;
     loop {
         let now = open_fds(broker.pid());
         if now <= baseline {
@@ -363,4 +368,85 @@ fn the_engine_cut_mid_build_fails_that_build_clearly_and_the_next_one_works() {
     assert_eq!(next.text("v"), value);
     kill_group(&mut relay);
     assert_fds_back(&broker, fds);
+}
+
+/// 300 connections from another uid that never finish their request headers: they cannot
+/// starve a build (each uid has its own `[limits] connections_per_uid`, 256 by default, so
+/// the extra ones are refused), and the broker closes them when the header read timeout
+/// (30 s) runs out, though their client keeps them open.
+#[test]
+fn three_hundred_half_open_connections_do_not_starve_a_build_and_are_closed() {
+    use std::os::unix::fs::PermissionsExt;
+    if skip() {
+        return;
+    }
+    let value = unique_secret("idle");
+    let broker = Broker::start(BrokerOptions {
+        policy: &format!("{TOK_POLICY}[access]\nuids = [65534]\n"),
+        env: vec![("TOK", &value)],
+        ..Default::default()
+    });
+    read_tok().run(&broker).assert_ok();
+    let fds = open_fds(broker.pid());
+    // Let uid 65534 reach the socket file; the broker's own checks decide the rest.
+    std::fs::set_permissions(broker.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(broker.socket(), std::fs::Permissions::from_mode(0o666)).unwrap();
+    let script = r#"
+import socket, sys, time
+held = []
+for _ in range(300):
+    s = socket.socket(socket.AF_UNIX)
+    try:
+        s.connect(sys.argv[1])
+        s.sendall(b"GET /_ping HTTP/1.1\r\nHost: x\r\n")
+    except OSError:
+        pass  # over the per-uid limit: refused and closed by the broker
+    held.append(s)
+print("ready", flush=True)
+time.sleep(300)
+"#;
+    let mut idle = Command::new("setpriv")
+        .args([
+            "--reuid",
+            "65534",
+            "--regid",
+            "65534",
+            "--clear-groups",
+            "--",
+        ])
+        // Debian's own interpreter: a pyenv shim under /root is not reachable by uid 65534.
+        .args(["/usr/bin/python3", "-c", script])
+        .arg(broker.socket())
+        .stdout(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .expect("setpriv and python3");
+    {
+        use std::io::BufRead;
+        let mut line = String::new();
+        std::io::BufReader::new(idle.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "ready", "the idle client could not connect");
+    }
+    wait_for(
+        "the idle connections to be accepted",
+        Duration::from_secs(20),
+        || open_fds(broker.pid()) >= fds + 250,
+    );
+    let build = read_tok().run(&broker);
+    build.assert_ok();
+    assert_eq!(build.text("v"), value);
+    assert!(
+        broker.log().contains("refused connection") && broker.log().contains("uid 65534"),
+        "the connections over the per-uid limit are refused: {}",
+        broker.log()
+    );
+    // Their client still holds them: only the broker's header timeout can close them.
+    assert_fds_back_within(&broker, fds + 5, Duration::from_secs(60));
+    assert!(
+        idle.try_wait().unwrap().is_none(),
+        "the idle client exited early"
+    );
+    kill_group(&mut idle);
 }
