@@ -21,7 +21,10 @@
 //! - The docker-container driver reaches BuildKit through a `buildctl dial-stdio` exec: [`exec`]
 //!   demultiplexes its stream and [`control`] relays the BuildKit Control API over it, handing
 //!   each `Control/Session` to the same [`session`] core.
-//! - Layers, one way: transports ([`proxy`], [`exec`], [`control`]) → session core
+//! - buildx's remote driver speaks the Control API to [`buildkit_endpoint`] (`[server]
+//!   buildkit_listen`), which checks the peer and dials `buildkit_upstream` (a buildkitd, or the
+//!   engine's own `/grpc`); the same [`control`] relay and [`session`] core take it from there.
+//! - Layers, one way: transports ([`proxy`], [`exec`], [`buildkit_endpoint`], [`control`]) → session core
 //!   ([`session`]) → [`service`]s → decisions ([`resolver`], [`policy`], [`cache`]) →
 //!   [`source`]s → shared types ([`channel`], [`secret`]).
 //! - [`resolver`] answers one secret request: [`policy`] decides (pure functions) what an id
@@ -41,6 +44,7 @@
 pub mod access;
 pub mod audit;
 pub mod broker;
+pub mod buildkit_endpoint;
 pub mod cache;
 pub mod channel;
 pub mod cli;
