@@ -59,7 +59,9 @@ pub enum DialError {
     #[error("{endpoint} did not answer within {} s", DIAL_TIMEOUT.as_secs())]
     Timeout { endpoint: Endpoint },
     /// The socket is not a Docker Engine (or one too old for `/grpc`), or it refused the call.
-    #[error("the engine at {endpoint} answered POST /grpc with {status} instead of switching to h2c: {body}")]
+    #[error(
+        "the engine at {endpoint} answered POST /grpc with {status} instead of switching to h2c: {body}"
+    )]
     NotUpgraded {
         endpoint: Endpoint,
         status: StatusCode,
@@ -170,7 +172,9 @@ pub async fn serve_connection<S: ByteStream>(
     .await;
     match result {
         Ok(()) => tracing::debug!(uid = peer.uid, "BuildKit endpoint connection ended"),
-        Err(e) => tracing::warn!(uid = peer.uid, upstream = %upstream, "BuildKit endpoint connection: {e}"),
+        Err(e) => {
+            tracing::warn!(uid = peer.uid, upstream = %upstream, "BuildKit endpoint connection: {e}")
+        }
     }
 }
 

@@ -406,7 +406,9 @@ fn bind_or_take(
     let bound = if activated.is_empty() {
         crate::server::bind(endpoints, euid, socket_group).map_err(|e| e.to_string())?
     } else {
-        tracing::info!("socket activation: serving the sockets systemd passed for {api} instead of the policy's addresses");
+        tracing::info!(
+            "socket activation: serving the sockets systemd passed for {api} instead of the policy's addresses"
+        );
         activated
             .into_iter()
             .map(|(name, l)| {

@@ -50,7 +50,10 @@ fn upstream_addresses_parse_and_print_back() {
         "buildkitd.sock",
     ] {
         let e = BuildkitUpstream::parse(bad).unwrap_err();
-        assert!(e.contains("docker+unix:///var/run/docker.sock"), "{bad}: {e}");
+        assert!(
+            e.contains("docker+unix:///var/run/docker.sock"),
+            "{bad}: {e}"
+        );
     }
 }
 
@@ -194,7 +197,10 @@ async fn every_call_on_a_refused_connection_gets_the_status() {
         let resp = send.send_request(req).await.unwrap();
         assert_eq!(resp.headers()["grpc-status"], "7", "PermissionDenied");
         let message = resp.headers()["grpc-message"].to_str().unwrap().to_owned();
-        assert!(message.contains("uid%207") || message.contains("uid 7"), "{message}");
+        assert!(
+            message.contains("uid%207") || message.contains("uid 7"),
+            "{message}"
+        );
     }
     drop(send);
     tokio::time::timeout(Duration::from_secs(5), server)

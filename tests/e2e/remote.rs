@@ -308,7 +308,11 @@ fn a_buildkitd_upstream_that_is_down_then_up() {
     let bridge = GrpcBridge::start(&bridge_socket);
     let up = builder.build(Build::new(dockerfile));
     up.assert_ok();
-    assert_eq!(up.text("v"), value, "the policy's secret, over the unix:// kind");
+    assert_eq!(
+        up.text("v"),
+        value,
+        "the policy's secret, over the unix:// kind"
+    );
     assert!(
         bridge.connections() > 0,
         "the broker dialled the unix:// upstream"
@@ -328,7 +332,10 @@ fn a_dead_engine_behind_docker_grpc_is_a_clear_error() {
     let gone = tempfile::tempdir().unwrap();
     let missing = gone.path().join("docker.sock");
     let remote = RemoteBroker::start(
-        &format!("buildkit_upstream = \"docker+unix://{}\"", missing.display()),
+        &format!(
+            "buildkit_upstream = \"docker+unix://{}\"",
+            missing.display()
+        ),
         BrokerOptions::default(),
     );
     let (code, message) = grpc_call_status(&remote.socket());
@@ -344,7 +351,11 @@ fn a_dead_engine_behind_docker_grpc_is_a_clear_error() {
         .args(["-H", &remote.broker.docker_host(), "version"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -380,12 +391,22 @@ fn a_peer_uid_not_allowed_is_refused_with_a_reason() {
     let builder = RemoteBuilder::create_with(&remote.socket(), env, &nobody);
     let ctx = home.path().join("ctx");
     std::fs::create_dir(&ctx).unwrap();
-    std::fs::write(ctx.join("Dockerfile"), format!("FROM {BASE_IMAGE}\nRUN true\n")).unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!("FROM {BASE_IMAGE}\nRUN true\n"),
+    )
+    .unwrap();
     std::fs::set_permissions(&ctx, std::fs::Permissions::from_mode(0o755)).unwrap();
     let mut cmd = builder.docker(&nobody);
-    cmd.args(["buildx", "build", "--builder", &builder.name, "--network=none"])
-        .args(["--progress=plain", "-o", "type=cacheonly"])
-        .arg(&ctx);
+    cmd.args([
+        "buildx",
+        "build",
+        "--builder",
+        &builder.name,
+        "--network=none",
+    ])
+    .args(["--progress=plain", "-o", "type=cacheonly"])
+    .arg(&ctx);
     let out = run_with_timeout(cmd, Duration::from_secs(60));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "uid 65534 must not build: {err}");
@@ -464,7 +485,9 @@ impl GrpcBridge {
             .enable_all()
             .build()
             .unwrap();
-        let listener = runtime.block_on(async { UnixListener::bind(socket) }).unwrap();
+        let listener = runtime
+            .block_on(async { UnixListener::bind(socket) })
+            .unwrap();
         let connections = std::sync::Arc::new(AtomicUsize::new(0));
         let count = connections.clone();
         runtime.spawn(async move {
@@ -514,7 +537,10 @@ async fn bridge_one(mut client: UnixStream, engine: String) {
             break i + 4;
         }
     };
-    assert!(head.starts_with(b"HTTP/1.1 101"), "the engine switches protocols");
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "the engine switches protocols"
+    );
     // Bytes after the 101 in the same read belong to the h2 stream (design.md §4).
     if client.write_all(&head[end..]).await.is_err() {
         return;
