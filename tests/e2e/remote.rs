@@ -547,3 +547,77 @@ async fn bridge_one(mut client: UnixStream, engine: String) {
     }
     let _ = tokio::io::copy_bidirectional(&mut client, &mut up).await;
 }
+
+/// systemd-socket-activate passes the BuildKit socket as systemd would
+/// (`FileDescriptorName=buildkit`): the daemon serves it instead of `[server] buildkit_listen`.
+#[test]
+fn socket_activation_by_the_buildkit_name_serves_a_remote_build() {
+    if skip() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let activated = dir.path().join("activated.sock");
+    let configured = dir.path().join("configured.sock");
+    let value = unique_secret("activated-remote");
+    let policy = write_file(
+        dir.path(),
+        "policy.toml",
+        format!(
+            "[server]\nlisten = [\"unix://{}\"]\nupstream = \"{}\"\nbuildkit_listen = [\"unix://{}\"]\n\
+             [secrets.tok]\nsources = [\"env:TOK\"]\n",
+            dir.path().join("docker.sock").display(),
+            engine(),
+            configured.display()
+        )
+        .as_bytes(),
+    );
+    let log_path = dir.path().join("log");
+    let mut child = Command::new("systemd-socket-activate")
+        .arg("-l")
+        .arg(&activated)
+        .arg("--fdname=buildkit")
+        .args(["-E", "PATH", "-E", "RUST_LOG", "-E", "TOK"])
+        .arg(env!("CARGO_BIN_EXE_buildbroker"))
+        .args(["serve", "--config"])
+        .arg(&policy)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("RUST_LOG", "info")
+        .env("TOK", &value)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .expect("systemd-socket-activate (systemd) must be installed");
+    let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !log().contains("Listening on") {
+        assert!(std::time::Instant::now() < deadline, "{}", log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let builder = RemoteBuilder::create(&activated);
+    let build = builder.build(Build::new(format!(
+        "FROM {BASE_IMAGE}\n\
+         RUN --mount=type=secret,id=tok,required=true mkdir /o && cat /run/secrets/tok > /o/v\n\
+         FROM scratch\nCOPY --from=0 /o /\n"
+    )));
+    drop(builder);
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+    build.assert_ok();
+    assert_eq!(build.text("v"), value);
+    let log = log();
+    assert!(
+        log.contains(&format!(
+            "the BuildKit API on unix://{}",
+            activated.display()
+        )),
+        "{log}"
+    );
+    assert!(
+        !configured.exists(),
+        "[server] buildkit_listen was bound too"
+    );
+}
