@@ -175,6 +175,15 @@ impl ControlRelay {
                 return Status::invalid_argument(e.to_string()).into_http();
             }
         };
+        // Counted like a `POST /session` on the Docker endpoint, before BuildKit hears of it.
+        let limit = self.broker.policy().limits.sessions_per_uid;
+        let session_slot = match self.broker.peers().open_session(self.peer.uid, limit) {
+            Ok(slot) => slot,
+            Err(full) => {
+                tracing::warn!(session = %uuid, uid = self.peer.uid, "refused session: {full}");
+                return Status::resource_exhausted(full.to_string()).into_http();
+            }
+        };
         let (mut parts, client_body) = req.into_parts();
         parts.headers = headers;
         let (to_daemon, to_daemon_body) = message_stream::channel();
@@ -223,6 +232,7 @@ impl ControlRelay {
         };
         let shutdown = self.shutdown.clone();
         tokio::spawn(async move {
+            let _session_slot = session_slot;
             session::run(
                 TokioIo::new(daemon_side),
                 TokioIo::new(client_side),

@@ -621,3 +621,89 @@ fn socket_activation_by_the_buildkit_name_serves_a_remote_build() {
         "[server] buildkit_listen was bound too"
     );
 }
+
+/// `[limits] sessions_per_uid` counts `Control/Session`s on the BuildKit endpoint as it counts
+/// `POST /session`s on the Docker endpoint: the session over the limit is refused before
+/// BuildKit hears of it.
+#[test]
+fn a_session_over_sessions_per_uid_is_refused() {
+    if skip() {
+        return;
+    }
+    let remote = RemoteBroker::start(
+        "",
+        BrokerOptions {
+            policy: "[limits]\nsessions_per_uid = 1\n",
+            ..Default::default()
+        },
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (code, message) = rt.block_on(async {
+        let io = UnixStream::connect(remote.socket()).await.unwrap();
+        let (send, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        let session = |label: &str| {
+            http::Request::post("http://buildkit/moby.buildkit.v1.Control/Session")
+                .header("content-type", "application/grpc")
+                .header("te", "trailers")
+                .header(
+                    "x-docker-expose-session-uuid",
+                    unique_secret(label).replace('-', ""),
+                )
+                .header("x-docker-expose-session-name", "limits")
+                .header("x-docker-expose-session-sharedkey", "limits")
+                // A client that never speaks inside its session: it stays open.
+                .body(http_body_util::StreamBody::new(
+                    futures_util::stream::pending::<
+                        Result<hyper::body::Frame<Bytes>, std::convert::Infallible>,
+                    >(),
+                ))
+                .unwrap()
+        };
+        let mut first = send.clone();
+        let first_req = session("first");
+        let held = tokio::spawn(async move { first.send_request(first_req).await });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let mut second = send.clone();
+        let resp = tokio::time::timeout(
+            Duration::from_secs(10),
+            second.send_request(session("second")),
+        )
+        .await
+        .expect("the second session is answered at once")
+        .unwrap();
+        let get = |k: &str| {
+            resp.headers()
+                .get(k)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string()
+        };
+        let out = (get("grpc-status"), percent_decode(&get("grpc-message")));
+        held.abort();
+        out
+    });
+    assert_eq!(code, "8", "ResourceExhausted: {message}");
+    assert!(
+        message.contains("sessions_per_uid") && message.contains("already has 1 open sessions"),
+        "{message}"
+    );
+    assert!(
+        remote.broker.log().contains("refused session"),
+        "{}",
+        remote.broker.log()
+    );
+    // Once that client is gone, builds go on.
+    drop(rt);
+    let builder = RemoteBuilder::create(&remote.socket());
+    builder
+        .build(Build::new(format!("FROM {BASE_IMAGE}\nRUN true\n")))
+        .assert_ok();
+}
