@@ -707,3 +707,33 @@ fn a_session_over_sessions_per_uid_is_refused() {
         .build(Build::new(format!("FROM {BASE_IMAGE}\nRUN true\n")))
         .assert_ok();
 }
+
+/// Something that is not HTTP/2 on the BuildKit socket ends that connection only.
+#[test]
+fn garbage_on_the_buildkit_socket_ends_only_that_connection() {
+    if skip() {
+        return;
+    }
+    let remote = RemoteBroker::start("", BrokerOptions::default());
+    {
+        use std::io::{Read as _, Write as _};
+        let mut s = std::os::unix::net::UnixStream::connect(remote.socket()).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\nnot a preface at all")
+            .unwrap();
+        let mut rest = Vec::new();
+        // The broker closes the connection (after its h2 GOAWAY, if any) instead of waiting.
+        let _ = s.read_to_end(&mut rest);
+    }
+    assert!(
+        remote
+            .broker
+            .log()
+            .contains("the build client did not speak the BuildKit Control API"),
+        "{}",
+        remote.broker.log()
+    );
+    RemoteBuilder::create(&remote.socket())
+        .build(Build::new(format!("FROM {BASE_IMAGE}\nRUN true\n")))
+        .assert_ok();
+}
