@@ -737,3 +737,53 @@ fn garbage_on_the_buildkit_socket_ends_only_that_connection() {
         .build(Build::new(format!("FROM {BASE_IMAGE}\nRUN true\n")))
         .assert_ok();
 }
+
+/// The mount policy (issue 9) on the remote driver: the Dockerfile is read from the session the
+/// BuildKit endpoint intercepts, and a mount wider than the policy is refused at its line.
+#[test]
+fn the_mount_policy_holds_on_a_remote_builder() {
+    if skip() {
+        return;
+    }
+    let value = unique_secret("remote-mounts");
+    let remote = RemoteBroker::start(
+        "",
+        BrokerOptions {
+            policy: "[secrets.pypi_token]\nsources = [\"env:PYPI_TOKEN\"]\n\
+                     mode = 0o400\nuid = 1000\nmount_required = true\n",
+            env: vec![("PYPI_TOKEN", &value)],
+            ..Default::default()
+        },
+    );
+    let builder = RemoteBuilder::create(&remote.socket());
+    let one_run = |flags: &str| {
+        format!(
+            "FROM {BASE_IMAGE}\n\
+             RUN {flags} mkdir /o && stat -c '%a %u' /run/secrets/pypi_token > /o/meta && cat /run/secrets/pypi_token > /o/value\n\
+             FROM scratch\nCOPY --from=0 /o /\n"
+        )
+    };
+    let ok = builder.build(Build::new(one_run(
+        "--mount=type=secret,id=pypi_token,required=true,mode=0400,uid=1000",
+    )));
+    ok.assert_ok();
+    assert_eq!(ok.text("meta"), "400 1000\n");
+    assert_eq!(ok.text("value"), value);
+    let wide = builder.build(Build::new(one_run(
+        "--mount=type=secret,id=pypi_token,required=true,mode=0444,uid=1000",
+    )));
+    assert!(!wide.success(), "{}", wide.log());
+    assert!(
+        wide.log().contains(
+            "buildbroker: secret \"pypi_token\" refused: Dockerfile line 3 mounts it with mode=0444, wider than 0400, against the policy rule [secrets.pypi_token] mode = 0o400"
+        ),
+        "{}",
+        wide.log()
+    );
+    assert!(!wide.log().contains(&value));
+    let audit = remote.broker.audit();
+    assert!(
+        audit.contains("\"event\":\"mount\"") && audit.contains("\"decision\":\"refused\""),
+        "audit: {audit}"
+    );
+}
