@@ -241,8 +241,26 @@ fn disable_core_dumps() {
     }
 }
 
+/// Raises the soft open-file limit to the hard one: every session holds at least two
+/// connections (client and engine) and systemd's default soft limit is 1024, which would cap
+/// a sidecar at a few hundred concurrent sessions. (Go's runtime, and so dockerd, does the same.)
+fn raise_open_file_limit() {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        let raised = Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        if let Err(e) = setrlimit(Resource::Nofile, raised) {
+            tracing::warn!(error = %e, "cannot raise the open-file limit (RLIMIT_NOFILE)");
+        }
+    }
+}
+
 fn serve(config: Option<PathBuf>, env: HostEnv) -> ExitCode {
     disable_core_dumps();
+    raise_open_file_limit();
     // Before any thread exists: taking systemd's sockets edits the environment.
     let activated = match crate::systemd::take_activated() {
         Ok(a) => a,

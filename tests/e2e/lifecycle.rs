@@ -141,3 +141,25 @@ fn attach_upgrades_and_streams_are_spliced() {
         "the exit code comes back through the broker"
     );
 }
+
+/// systemd starts services with a soft open-file limit of 1024; every session holds two
+/// connections or more, so the daemon raises its soft limit to the hard one.
+#[test]
+fn the_soft_open_file_limit_is_raised_to_the_hard_one() {
+    if skip() {
+        return;
+    }
+    let broker = Broker::start(BrokerOptions {
+        wrapper: vec!["bash", "-c", "ulimit -Sn 1024 && exec \"$0\" \"$@\""],
+        ..Default::default()
+    });
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", broker.pid())).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    let (soft, hard) = (fields[3], fields[4]);
+    assert_eq!(soft, hard, "{line}");
+    assert_ne!(soft, "1024", "{line}");
+}
