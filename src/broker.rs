@@ -27,13 +27,23 @@ pub struct Generation {
     pub cache: SecretCache,
     /// The ssh ids of the policy and the keys loaded for them.
     pub ssh: Arc<SshAgents>,
+    /// TLS towards a tcp `[server] upstream` with `[upstream_tls]`, loaded with the policy;
+    /// an error here fails each upstream dial with its message (never falls back to plain).
+    pub upstream_tls: Option<Result<Arc<crate::tls::TlsConnector>, String>>,
 }
 
 impl Generation {
     pub fn new(policy: Policy) -> Generation {
         let policy = Arc::new(policy);
         let sources = Arc::new(SourceRuntime::new(policy.sources.clone()));
+        let upstream_tls = crate::tls::upstream_connector(
+            &policy.server.upstream,
+            policy.server.upstream_tls.as_ref(),
+            Vec::new(),
+        )
+        .map(|r| r.map(Arc::new).map_err(|e| format!("[upstream_tls]: {e}")));
         Generation {
+            upstream_tls,
             ssh: Arc::new(SshAgents::new(policy.clone(), sources.clone())),
             sources,
             cache: SecretCache::default(),
@@ -142,6 +152,7 @@ impl Broker {
             .revoke_refused(|peer, groups| check_peer(&policy.access, euid, peer, groups).is_ok());
         for r in &revoked {
             audit.revoke(&RevokeEvent {
+                client: r.peer.client.to_string(),
                 peer_uid: r.peer.uid,
                 peer_gid: r.peer.gid,
                 peer_pid: r.peer.pid,

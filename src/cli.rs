@@ -279,11 +279,28 @@ fn serve(config: Option<PathBuf>, env: HostEnv) -> ExitCode {
             }
         };
         crate::metrics::policy_ids(&broker.policy());
+        if let Some(Err(e)) = &broker.current().upstream_tls {
+            eprintln!("buildbroker: {e}");
+            return ExitCode::from(2);
+        }
         // Signals are caught before any socket exists: a SIGTERM sent as soon as a client can
         // connect must drain, not kill the process.
         let health = Arc::new(crate::health::Health::new(broker.clone()));
         let shutdown = CancellationToken::new();
-        if let Err(e) = spawn_signal_handlers(broker.clone(), health.clone(), shutdown.clone()) {
+        // Loaded once, shared by every tcp listener, re-read on SIGHUP.
+        let tls = match &broker.policy().server.tls {
+            Some(files) if listen.iter().any(|e| matches!(e, crate::config::Endpoint::Tcp(_))) => {
+                match crate::tls::TlsAcceptor::load(files, Vec::new()) {
+                    Ok(a) => Some(Arc::new(a)),
+                    Err(e) => {
+                        eprintln!("buildbroker: [server.tls]: {e}");
+                        return ExitCode::from(2);
+                    }
+                }
+            }
+            _ => None,
+        };
+        if let Err(e) = spawn_signal_handlers(broker.clone(), health.clone(), shutdown.clone(), tls.clone()) {
             eprintln!("buildbroker: cannot install signal handlers: {e}");
             return ExitCode::from(2);
         }
@@ -295,7 +312,7 @@ fn serve(config: Option<PathBuf>, env: HostEnv) -> ExitCode {
             }
         };
         let listeners = if activated.docker.is_empty() {
-            crate::server::bind(&listen, euid, socket_group).map_err(|e| e.to_string())
+            bind_listeners(&listen, euid, socket_group, tls).await
         } else {
             tracing::info!("socket activation: serving the sockets systemd passed instead of [server] listen");
             activated
@@ -303,6 +320,7 @@ fn serve(config: Option<PathBuf>, env: HostEnv) -> ExitCode {
                 .into_iter()
                 .map(|(name, l)| {
                     crate::server::BoundListener::activated(&name, l)
+                        .map(crate::listen::Listener::Unix)
                         .map_err(|e| format!("socket activation: fd {name:?}: {e}"))
                 })
                 .collect()
@@ -336,7 +354,7 @@ fn serve(config: Option<PathBuf>, env: HostEnv) -> ExitCode {
         tokio::spawn(broker.clone().sweep_cache(std::time::Duration::from_secs(5)));
         let addrs = listeners
             .iter()
-            .map(|l| format!("unix://{}", l.path.display()))
+            .map(crate::listen::Listener::describe)
             .collect::<Vec<_>>()
             .join(", ");
         let agents = agent_sockets
@@ -369,10 +387,54 @@ fn serve(config: Option<PathBuf>, env: HostEnv) -> ExitCode {
     })
 }
 
+/// Binds `[server] listen`: unix sockets as [`crate::server::bind`] does, tcp addresses with
+/// the TLS acceptor (none: `insecure_tcp`, which the policy allows only on loopback).
+async fn bind_listeners(
+    listen: &[crate::config::Endpoint],
+    euid: u32,
+    socket_group: Option<u32>,
+    tls: Option<Arc<crate::tls::TlsAcceptor>>,
+) -> Result<Vec<crate::listen::Listener>, String> {
+    use crate::listen::{Listener, TcpEndpoint};
+    let mut unix = crate::server::bind(listen, euid, socket_group)
+        .map_err(|e| e.to_string())?
+        .into_iter();
+    let mut out = Vec::new();
+    for endpoint in listen {
+        match endpoint {
+            crate::config::Endpoint::Unix(_) => {
+                out.push(Listener::Unix(unix.next().expect("one bound socket per unix endpoint")))
+            }
+            crate::config::Endpoint::Tcp(hostport) => {
+                let addr: std::net::SocketAddr = hostport
+                    .parse()
+                    .map_err(|_| format!("cannot listen on tcp://{hostport}: not an IP address and port"))?;
+                let bound = TcpEndpoint::bind(addr, tls.clone())
+                    .await
+                    .map_err(|e| format!("cannot listen on tcp://{hostport}: {e}"))?;
+                out.push(Listener::Tcp(bound));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Re-reads `[server.tls]` of the policy in force; the old certificates stay on any error.
+fn reload_tls(broker: &Broker, tls: &crate::tls::TlsAcceptor) {
+    match &broker.policy().server.tls {
+        Some(files) => match tls.reload(files) {
+            Ok(()) => tracing::info!("TLS certificates reloaded; new connections use them"),
+            Err(e) => tracing::error!("TLS certificates not reloaded, the previous ones stay in force: {e}"),
+        },
+        None => tracing::warn!("[server.tls] was removed; tcp listeners keep their certificates until the next restart"),
+    }
+}
+
 fn spawn_signal_handlers(
     broker: Arc<Broker>,
     health: Arc<crate::health::Health>,
     shutdown: CancellationToken,
+    tls: Option<Arc<crate::tls::TlsAcceptor>>,
 ) -> std::io::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
@@ -397,6 +459,11 @@ fn spawn_signal_handlers(
                             tracing::error!("policy reload rejected, the previous policy stays in force:\n{e}");
                             crate::systemd::ready("policy reload rejected; the previous policy stays in force");
                         }
+                    }
+                    // Certificates are re-read even when the policy file did not change (a
+                    // rotation only replaces the PEM files).
+                    if let Some(tls) = &tls {
+                        reload_tls(&broker, tls);
                     }
                 }
             }

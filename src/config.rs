@@ -19,8 +19,10 @@ use crate::template::Template;
 
 mod mounts;
 mod ssh;
+mod tls;
 
 pub use mounts::{DockerfileUnseen, MountDefaults, MountRules};
+pub use tls::{TlsClientFiles, TlsServerFiles};
 pub use ssh::{AgentSocket, HostRule, KeyMatch, SshKeys, SshRule, parse_host_rule};
 
 /// The policy compiled into the binary; used when no policy file is found.
@@ -101,6 +103,15 @@ pub struct Server {
     pub dockerfile_unseen: DockerfileUnseen,
     /// Where `/healthz`, `/readyz` and `/metrics` are served over plain HTTP; off when absent.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// `[server.tls]`: mutual TLS for every tcp:// listener.
+    pub tls: Option<TlsServerFiles>,
+    /// `[server] insecure_tcp = true`: tcp:// listeners without `[server.tls]` are served as
+    /// plain tcp, and only on loopback addresses (checked at load).
+    pub insecure_tcp: bool,
+    /// `[upstream_tls]`: TLS towards a tcp:// `upstream`.
+    pub upstream_tls: Option<TlsClientFiles>,
+    /// `[buildkit_upstream_tls]`: TLS towards a tcp:// `buildkit_upstream`.
+    pub buildkit_upstream_tls: Option<TlsClientFiles>,
 }
 
 /// The default `[server] fetch_timeout`.
@@ -147,6 +158,9 @@ pub struct Access {
     /// Unix gids allowed to connect: a peer whose primary gid or one of whose supplementary
     /// groups is listed is allowed. `[server] socket_group` is added here.
     pub gids: Vec<u32>,
+    /// TLS client identities allowed to connect; `None` (no `clients` key): every client whose
+    /// certificate `[server.tls] client_ca` verifies.
+    pub clients: Option<Vec<String>>,
 }
 
 /// What the policy says about one secret id.
@@ -166,6 +180,9 @@ pub struct SecretRule {
     /// How long past `cache_ttl` an expired value may answer when every source fails
     /// transiently.
     pub stale_on_error: Option<std::time::Duration>,
+    /// Only these callers may get the id (`None`: every caller `[access]` allows); others get
+    /// NotFound, audited as denied.
+    pub clients: Option<Vec<crate::access::ClientMatch>>,
 }
 
 /// The staleness window `stale_on_error = true` means.
@@ -175,7 +192,8 @@ pub const DEFAULT_STALE_WINDOW: std::time::Duration = std::time::Duration::from_
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Endpoint {
     Unix(PathBuf),
-    /// `host:port`, plain TCP (upstream only).
+    /// `host:port`: a tcp listener (mutual TLS unless `insecure_tcp`), or a tcp upstream
+    /// (TLS with `[upstream_tls]`).
     Tcp(String),
 }
 
@@ -353,6 +371,8 @@ struct RawPolicy {
     limits: RawLimits,
     #[serde(default)]
     mounts: mounts::RawMounts,
+    upstream_tls: Option<Spanned<tls::RawClientTls>>,
+    buildkit_upstream_tls: Option<Spanned<tls::RawClientTls>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -418,6 +438,8 @@ struct RawServer {
     build_errors: Option<BuildErrors>,
     dockerfile_unseen: Option<DockerfileUnseen>,
     metrics_listen: Option<Spanned<String>>,
+    tls: Option<Spanned<tls::RawServerTls>>,
+    insecure_tcp: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -427,6 +449,7 @@ struct RawAccess {
     uids: Vec<u32>,
     #[serde(default)]
     gids: Vec<u32>,
+    clients: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 #[derive(Deserialize)]
@@ -443,6 +466,7 @@ struct RawSecret {
     mount_required: Option<bool>,
     cache_ttl: Option<Spanned<String>>,
     stale_on_error: Option<Spanned<StaleSetting>>,
+    clients: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 /// `stale_on_error = true | false | "30m"`.
@@ -537,18 +561,26 @@ impl Policy {
             }
         };
 
+        let server_tls = raw
+            .server
+            .tls
+            .as_ref()
+            .and_then(|t| tls::check_server(t, env, &mut c));
+        let insecure_tcp = raw.server.insecure_tcp.unwrap_or(false);
         let listen: Vec<Endpoint> = match &raw.server.listen {
             None => vec![Endpoint::Unix(env.default_listen())],
             Some(list) => list
                 .iter()
                 .filter_map(|s| match Endpoint::parse(s.get_ref()) {
-                    Ok(Endpoint::Tcp(_)) => {
-                        c.push(
-                            s.span(),
-                            "[server] listen: only unix:// sockets are served for now (the Docker API is root-equivalent; TCP needs mutual TLS, not yet available)",
-                        );
-                        None
-                    }
+                    Ok(Endpoint::Tcp(hostport)) => tls::check_tcp_listen(
+                        s,
+                        &hostport,
+                        "listen",
+                        raw.server.tls.is_some(),
+                        insecure_tcp,
+                        &mut c,
+                    )
+                    .then_some(Endpoint::Tcp(hostport)),
                     Ok(e) => Some(e),
                     Err(m) => {
                         c.push(s.span(), format!("[server] listen: {m}"));
@@ -742,9 +774,13 @@ impl Policy {
                 }
                 Some(window)
             });
+            let clients = rule.clients.as_ref().map(|l| {
+                tls::check_clients(l, &format!("[secrets.{}]", id.get_ref()), &mut c)
+            });
             secrets.insert(
                 id.get_ref().clone(),
                 SecretRule {
+                    clients,
                     cache_ttl,
                     stale_on_error,
                     sources,
@@ -802,6 +838,26 @@ impl Policy {
             gids.push(gid);
         }
         sources.file_allow_foreign = check_allow_foreign(&raw.file, &secrets, &ssh, env, &mut c);
+        let access_clients = raw
+            .access
+            .clients
+            .as_ref()
+            .map(|l| tls::check_access_clients(l, &mut c));
+        let upstream_tls = raw
+            .upstream_tls
+            .as_ref()
+            .and_then(|t| tls::check_client(t, "[upstream_tls]", env, &mut c));
+        tls::check_upstream_pair(
+            upstream.as_ref(),
+            raw.upstream_tls.as_ref(),
+            "[upstream_tls]",
+            "upstream",
+            &mut c,
+        );
+        let buildkit_upstream_tls = raw
+            .buildkit_upstream_tls
+            .as_ref()
+            .and_then(|t| tls::check_client(t, "[buildkit_upstream_tls]", env, &mut c));
 
         if !c.errors.is_empty() {
             c.errors.sort_by_key(|e| (e.line, e.column));
@@ -820,10 +876,15 @@ impl Policy {
                 socket_group,
                 dockerfile_unseen: raw.server.dockerfile_unseen.unwrap_or_default(),
                 metrics_listen,
+                tls: server_tls,
+                insecure_tcp,
+                upstream_tls,
+                buildkit_upstream_tls,
             },
             access: Access {
                 uids: raw.access.uids,
                 gids,
+                clients: access_clients,
             },
             secrets,
             ssh,

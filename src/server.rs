@@ -14,6 +14,7 @@ use tokio_util::task::TaskTracker;
 use crate::broker::Broker;
 use crate::config::Endpoint;
 use crate::daemon_files::{self, PathError, SocketFile, SocketSpec};
+use crate::listen::Listener;
 use crate::proxy;
 
 /// How long open connections and sessions get to finish after SIGTERM/SIGINT.
@@ -58,7 +59,7 @@ pub struct BindError {
     pub source: PathError,
 }
 
-/// Binds every `unix://` endpoint with [`daemon_files::bind_socket`]: socket 0660 with the
+/// Binds every `unix://` endpoint (tcp ones are skipped) with [`daemon_files::bind_socket`]: socket 0660 with the
 /// `[server] socket_group` if set (the daemon's group otherwise), directory created 0750 with
 /// the same group if missing, a dead socket of ours replaced, anything else there refused.
 pub fn bind(
@@ -68,8 +69,9 @@ pub fn bind(
 ) -> Result<Vec<BoundListener>, BindError> {
     let mut out = Vec::new();
     for endpoint in endpoints {
+        // tcp endpoints are bound by `listen::TcpEndpoint`, with their TLS acceptor.
         let Endpoint::Unix(path) = endpoint else {
-            unreachable!("config only accepts unix:// listen addresses");
+            continue;
         };
         out.push(bind_unix(
             path,
@@ -111,8 +113,9 @@ pub(crate) fn bind_unix(
 }
 
 /// Serves until `shutdown` is cancelled, then stops accepting and gives open connections and
-/// sessions up to [`DRAIN_TIMEOUT`] to finish.
-pub async fn run(listeners: Vec<BoundListener>, broker: Arc<Broker>, shutdown: CancellationToken) {
+/// sessions up to [`DRAIN_TIMEOUT`] to finish. Unix and tcp listeners alike: each connection's
+/// caller is established (peer credentials, or the TLS handshake) in its own task.
+pub async fn run(listeners: Vec<Listener>, broker: Arc<Broker>, shutdown: CancellationToken) {
     let tasks = TaskTracker::new();
     let mut accept_loops = Vec::new();
     for bound in listeners {
@@ -122,8 +125,8 @@ pub async fn run(listeners: Vec<BoundListener>, broker: Arc<Broker>, shutdown: C
         accept_loops.push(tokio::spawn(async move {
             loop {
                 tokio::select! {
-                    accepted = bound.listener.accept() => match accepted {
-                        Ok((stream, _)) => {
+                    accepted = bound.accept() => match accepted {
+                        Ok(stream) => {
                             crate::metrics::connection_accepted();
                             let conn_tasks = tasks2.clone();
                             tasks2.spawn(proxy::serve_connection(stream, broker.clone(), conn_tasks, shutdown.clone()));
@@ -131,7 +134,7 @@ pub async fn run(listeners: Vec<BoundListener>, broker: Arc<Broker>, shutdown: C
                         Err(e) => {
                             // EMFILE and friends: back off instead of spinning.
                             crate::metrics::error_seen("accept");
-                            tracing::warn!(error = %e, path = %bound.path.display(), "accept failed");
+                            tracing::warn!(error = %e, listener = %bound.describe(), "accept failed");
                             tokio::time::sleep(Duration::from_millis(50)).await;
                         }
                     },
