@@ -194,6 +194,7 @@ mod tests {
             uid,
             gid: uid,
             pid: Some(1),
+            client: crate::access::ClientId::Uid(uid),
         }
     }
 
