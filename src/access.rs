@@ -265,14 +265,21 @@ mod tests {
     fn tls_clients_are_checked_against_access_clients() {
         let tls = |name: &str| PeerInfo::tcp(Some(name));
         let open = Access::default();
-        assert!(check_peer(&open, 0, &tls("ci-a"), &[]).is_ok(), "no list: any verified certificate");
+        assert!(
+            check_peer(&open, 0, &tls("ci-a"), &[]).is_ok(),
+            "no list: any verified certificate"
+        );
         let listed = Access {
             clients: Some(vec!["ci-a".into()]),
             ..Access::default()
         };
         assert!(check_peer(&listed, 0, &tls("ci-a"), &[]).is_ok());
         let e = check_peer(&listed, 0, &tls("ci-b"), &[]).unwrap_err();
-        assert!(e.to_string().contains("\"ci-b\" is not in [access] clients"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("\"ci-b\" is not in [access] clients"),
+            "{e}"
+        );
         // A tcp client never passes as root or the daemon's uid through NO_UID.
         assert!(check_peer(&listed, NO_UID, &tls("ci-b"), &[]).is_err());
     }

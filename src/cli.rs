@@ -402,13 +402,13 @@ async fn bind_listeners(
     let mut out = Vec::new();
     for endpoint in listen {
         match endpoint {
-            crate::config::Endpoint::Unix(_) => {
-                out.push(Listener::Unix(unix.next().expect("one bound socket per unix endpoint")))
-            }
+            crate::config::Endpoint::Unix(_) => out.push(Listener::Unix(
+                unix.next().expect("one bound socket per unix endpoint"),
+            )),
             crate::config::Endpoint::Tcp(hostport) => {
-                let addr: std::net::SocketAddr = hostport
-                    .parse()
-                    .map_err(|_| format!("cannot listen on tcp://{hostport}: not an IP address and port"))?;
+                let addr: std::net::SocketAddr = hostport.parse().map_err(|_| {
+                    format!("cannot listen on tcp://{hostport}: not an IP address and port")
+                })?;
                 let bound = TcpEndpoint::bind(addr, tls.clone())
                     .await
                     .map_err(|e| format!("cannot listen on tcp://{hostport}: {e}"))?;
@@ -424,9 +424,13 @@ fn reload_tls(broker: &Broker, tls: &crate::tls::TlsAcceptor) {
     match &broker.policy().server.tls {
         Some(files) => match tls.reload(files) {
             Ok(()) => tracing::info!("TLS certificates reloaded; new connections use them"),
-            Err(e) => tracing::error!("TLS certificates not reloaded, the previous ones stay in force: {e}"),
+            Err(e) => tracing::error!(
+                "TLS certificates not reloaded, the previous ones stay in force: {e}"
+            ),
         },
-        None => tracing::warn!("[server.tls] was removed; tcp listeners keep their certificates until the next restart"),
+        None => tracing::warn!(
+            "[server.tls] was removed; tcp listeners keep their certificates until the next restart"
+        ),
     }
 }
 

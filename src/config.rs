@@ -22,8 +22,8 @@ mod ssh;
 mod tls;
 
 pub use mounts::{DockerfileUnseen, MountDefaults, MountRules};
-pub use tls::{TlsClientFiles, TlsServerFiles};
 pub use ssh::{AgentSocket, HostRule, KeyMatch, SshKeys, SshRule, parse_host_rule};
+pub use tls::{TlsClientFiles, TlsServerFiles};
 
 /// The policy compiled into the binary; used when no policy file is found.
 pub const EMBEDDED_DEFAULT: &str = include_str!("../config/default.toml");
@@ -774,9 +774,10 @@ impl Policy {
                 }
                 Some(window)
             });
-            let clients = rule.clients.as_ref().map(|l| {
-                tls::check_clients(l, &format!("[secrets.{}]", id.get_ref()), &mut c)
-            });
+            let clients = rule
+                .clients
+                .as_ref()
+                .map(|l| tls::check_clients(l, &format!("[secrets.{}]", id.get_ref()), &mut c));
             secrets.insert(
                 id.get_ref().clone(),
                 SecretRule {

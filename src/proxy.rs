@@ -426,9 +426,7 @@ impl Connection {
                     Some(Ok(connector)) => match connector.connect(tcp).await {
                         Ok(tls) => Box::new(tls),
                         Err(e) => {
-                            return Err(
-                                self.unreachable(&endpoint, &format!("TLS handshake: {e}"))
-                            );
+                            return Err(self.unreachable(&endpoint, &format!("TLS handshake: {e}")));
                         }
                     },
                 }

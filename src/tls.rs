@@ -216,10 +216,7 @@ impl TlsConnector {
     }
 
     /// Runs the client handshake on `stream`, bounded by [`HANDSHAKE_TIMEOUT`].
-    pub async fn connect<S>(
-        &self,
-        stream: S,
-    ) -> std::io::Result<tokio_rustls::client::TlsStream<S>>
+    pub async fn connect<S>(&self, stream: S) -> std::io::Result<tokio_rustls::client::TlsStream<S>>
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
@@ -250,7 +247,9 @@ pub fn upstream_connector(
     let (crate::config::Endpoint::Tcp(hostport), Some(files)) = (upstream, files) else {
         return None;
     };
-    let host = hostport.rsplit_once(':').map_or(hostport.as_str(), |(h, _)| h);
+    let host = hostport
+        .rsplit_once(':')
+        .map_or(hostport.as_str(), |(h, _)| h);
     Some(TlsConnector::load(files, host, alpn))
 }
 
@@ -265,12 +264,14 @@ fn config_error(context: &'static str, e: impl std::fmt::Display) -> TlsError {
     }
 }
 
-fn server_config(
-    files: &TlsServerFiles,
-    alpn: &[Vec<u8>],
-) -> Result<Arc<ServerConfig>, TlsError> {
+fn server_config(files: &TlsServerFiles, alpn: &[Vec<u8>]) -> Result<Arc<ServerConfig>, TlsError> {
     let roots = root_store(&files.client_ca, "[server.tls] client_ca")?;
+    // No CA names in the CertificateRequest: Go's client (docker, buildx) sends a certificate
+    // only when its issuer is among the names given, so with hints a certificate from another
+    // CA would never be sent and the client could only say "certificate required"; without
+    // them it sends it, and learns "unknown certificate authority".
     let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+        .clear_root_hint_subjects()
         .build()
         .map_err(|e| config_error("[server.tls] client_ca", e))?;
     let mut config = ServerConfig::builder_with_provider(provider())
@@ -400,7 +401,9 @@ fn der_tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
         if n == 0 || n > 4 || rest.len() < n {
             return None;
         }
-        let len = rest[..n].iter().fold(0usize, |acc, b| (acc << 8) | *b as usize);
+        let len = rest[..n]
+            .iter()
+            .fold(0usize, |acc, b| (acc << 8) | *b as usize);
         (len, &rest[n..])
     };
     if rest.len() < len {

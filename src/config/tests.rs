@@ -612,7 +612,10 @@ fn tcp_listen_needs_mutual_tls_or_loopback_insecure_tcp() {
     let base = "[server]\nupstream = \"unix:///var/run/docker.sock\"\n";
     let e = errors(&format!("{base}listen = [\"tcp://0.0.0.0:2376\"]\n"));
     assert_eq!(e.len(), 1, "{e:?}");
-    assert!(e[0].starts_with("policy.toml:3:11: [server] listen:"), "{e:?}");
+    assert!(
+        e[0].starts_with("policy.toml:3:11: [server] listen:"),
+        "{e:?}"
+    );
     assert!(e[0].contains("needs mutual TLS: add [server.tls]"), "{e:?}");
 
     let e = errors(&format!(
@@ -624,7 +627,10 @@ fn tcp_listen_needs_mutual_tls_or_loopback_insecure_tcp() {
         "{base}insecure_tcp = true\nlisten = [\"tcp://127.0.0.1:2375\"]\n"
     ))
     .unwrap();
-    assert_eq!(p.server.listen, vec![Endpoint::Tcp("127.0.0.1:2375".into())]);
+    assert_eq!(
+        p.server.listen,
+        vec![Endpoint::Tcp("127.0.0.1:2375".into())]
+    );
     assert!(p.server.tls.is_none());
 
     let e = errors(&format!(
@@ -652,13 +658,14 @@ fn tls_tables_are_checked_with_locations() {
             .any(|m| m.starts_with("policy.toml:4:8: [server.tls] cert: expected an absolute path")),
         "{e:?}"
     );
-    assert!(
-        e.iter().any(|m| m.contains("expected client_ca")),
-        "{e:?}"
+    assert!(e.iter().any(|m| m.contains("expected client_ca")), "{e:?}");
+    let e = errors(
+        "[server]\nupstream = \"unix:///var/run/docker.sock\"\n[upstream_tls]\nca = \"/ca.pem\"\n",
     );
-    let e = errors("[server]\nupstream = \"unix:///var/run/docker.sock\"\n[upstream_tls]\nca = \"/ca.pem\"\n");
     assert!(e[0].contains("[server] upstream is a unix socket"), "{e:?}");
-    let e = errors("[server]\nupstream = \"tcp://docker:2376\"\n[upstream_tls]\ncert = \"/c.pem\"\nserver_name = \"bad name\"\n");
+    let e = errors(
+        "[server]\nupstream = \"tcp://docker:2376\"\n[upstream_tls]\ncert = \"/c.pem\"\nserver_name = \"bad name\"\n",
+    );
     assert!(e.iter().any(|m| m.contains("expected ca = ")), "{e:?}");
     assert!(e.iter().any(|m| m.contains("cert needs key")), "{e:?}");
     assert!(
@@ -666,7 +673,9 @@ fn tls_tables_are_checked_with_locations() {
             .any(|m| m.starts_with("policy.toml:5:15: [upstream_tls] server_name")),
         "{e:?}"
     );
-    let e = errors("[server]\nupstream = \"tcp://docker:2376\"\n[upstream_tls]\nca = \"/ca.pem\"\nverify = false\n");
+    let e = errors(
+        "[server]\nupstream = \"tcp://docker:2376\"\n[upstream_tls]\nca = \"/ca.pem\"\nverify = false\n",
+    );
     assert!(e[0].contains("unknown key `verify`"), "{e:?}");
     let p = parse(
         "[server]\nupstream = \"tcp://docker:2376\"\n[upstream_tls]\nca = \"/certs/client/ca.pem\"\ncert = \"/certs/client/cert.pem\"\nkey = \"/certs/client/key.pem\"\n[buildkit_upstream_tls]\nca = \"/b/ca.pem\"\n",
@@ -706,9 +715,21 @@ fn clients_lists_are_typed_and_located() {
         "[access]\nclients = [\"uid:0\"]\n[secrets.a]\nsources = [\"env:A\"]\nclients = [\"uid:me\", \"\"]\n[secrets.b]\nsources = [\"env:B\"]\nclients = []\n",
     );
     assert_eq!(e.len(), 4, "{e:?}");
-    assert!(e[0].starts_with("policy.toml:2:12: [access] clients:"), "{e:?}");
+    assert!(
+        e[0].starts_with("policy.toml:2:12: [access] clients:"),
+        "{e:?}"
+    );
     assert!(e[0].contains("unix peers go in [access] uids"), "{e:?}");
-    assert!(e[1].starts_with("policy.toml:5:12: [secrets.a] clients: expected uid:N"), "{e:?}");
-    assert!(e[2].starts_with("policy.toml:5:22: [secrets.a] clients:"), "{e:?}");
-    assert!(e[3].starts_with("policy.toml:8:11: [secrets.b] clients: an empty list"), "{e:?}");
+    assert!(
+        e[1].starts_with("policy.toml:5:12: [secrets.a] clients: expected uid:N"),
+        "{e:?}"
+    );
+    assert!(
+        e[2].starts_with("policy.toml:5:22: [secrets.a] clients:"),
+        "{e:?}"
+    );
+    assert!(
+        e[3].starts_with("policy.toml:8:11: [secrets.b] clients: an empty list"),
+        "{e:?}"
+    );
 }

@@ -118,10 +118,9 @@ impl Ssh for SshService {
             &id,
         )?;
         match self.broker.ssh().route(&id) {
-            Route::Managed(managed) if !self.may_use(&managed, &id) => Err(not_for_client(
-                &id,
-                &self.session.peer.client,
-            )),
+            Route::Managed(managed) if !self.may_use(&managed, &id) => {
+                Err(not_for_client(&id, &self.session.peer.client))
+            }
             Route::Managed(managed) => match managed.check().await {
                 Ok(()) => Ok(Response::new(CheckAgentResponse {})),
                 Err(e) => {
@@ -152,10 +151,9 @@ impl Ssh for SshService {
             .to_string();
         let id = normalize(&raw_id).to_string();
         match self.broker.ssh().route(&id) {
-            Route::Managed(managed) if !self.may_use(&managed, &id) => Err(not_for_client(
-                &id,
-                &self.session.peer.client,
-            )),
+            Route::Managed(managed) if !self.may_use(&managed, &id) => {
+                Err(not_for_client(&id, &self.session.peer.client))
+            }
             Route::Managed(_) => {
                 tracing::debug!(session = %self.session.uuid, %id, "agent connection from the build");
                 let origin = Origin::Session {

@@ -118,7 +118,10 @@ async fn handshake(
 async fn verified_clients_get_their_identity_and_others_are_refused() {
     let (_t, dir) = certs();
     let acceptor = TlsAcceptor::load(&server_files(&dir), Vec::new()).unwrap();
-    assert_eq!(handshake(&acceptor, &dir, Some("ci-a")).await.unwrap(), "ci-a");
+    assert_eq!(
+        handshake(&acceptor, &dir, Some("ci-a")).await.unwrap(),
+        "ci-a"
+    );
     for (who, expect) in [
         (None, "peer sent no certificates"),
         (Some("stranger"), "UnknownIssuer"),
@@ -131,7 +134,10 @@ async fn verified_clients_get_their_identity_and_others_are_refused() {
         );
     }
     let e = handshake(&acceptor, &dir, Some("uid:0")).await.unwrap_err();
-    assert!(matches!(e, AcceptError::Identity(IdentityError::Reserved(_))), "{e}");
+    assert!(
+        matches!(e, AcceptError::Identity(IdentityError::Reserved(_))),
+        "{e}"
+    );
 }
 
 #[tokio::test]
@@ -167,16 +173,25 @@ async fn reload_takes_new_files_and_keeps_the_old_on_error() {
     broken.key = other.join("missing-key.pem");
     let e = acceptor.reload(&broken).unwrap_err();
     assert!(e.to_string().contains("missing-key.pem"), "{e}");
-    assert_eq!(handshake(&acceptor, &dir, Some("ci-a")).await.unwrap(), "ci-a");
+    assert_eq!(
+        handshake(&acceptor, &dir, Some("ci-a")).await.unwrap(),
+        "ci-a"
+    );
 
     // A key that is not the certificate's.
     let mut mismatched = server_files(&other);
     mismatched.key = other.join("ci-a-key.pem");
     assert!(acceptor.reload(&mismatched).is_err());
-    assert_eq!(handshake(&acceptor, &dir, Some("ci-a")).await.unwrap(), "ci-a");
+    assert_eq!(
+        handshake(&acceptor, &dir, Some("ci-a")).await.unwrap(),
+        "ci-a"
+    );
 
     acceptor.reload(&server_files(&other)).unwrap();
-    assert_eq!(handshake(&acceptor, &other, Some("ci-a")).await.unwrap(), "ci-a");
+    assert_eq!(
+        handshake(&acceptor, &other, Some("ci-a")).await.unwrap(),
+        "ci-a"
+    );
     // The first CA's clients are now strangers.
     assert!(handshake(&acceptor, &dir, Some("ci-a")).await.is_err());
 }
@@ -186,11 +201,20 @@ fn file_errors_name_the_file_and_never_the_content() {
     let (_t, dir) = certs();
     let mut files = server_files(&dir);
     files.key = dir.join("server.pem");
-    let e = TlsAcceptor::load(&files, Vec::new()).err().unwrap().to_string();
-    assert!(e.contains("server.pem") && e.contains("no PEM private key"), "{e}");
+    let e = TlsAcceptor::load(&files, Vec::new())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("server.pem") && e.contains("no PEM private key"),
+        "{e}"
+    );
     let mut files = server_files(&dir);
     files.client_ca = dir.join("server-key.pem");
-    let e = TlsAcceptor::load(&files, Vec::new()).err().unwrap().to_string();
+    let e = TlsAcceptor::load(&files, Vec::new())
+        .err()
+        .unwrap()
+        .to_string();
     assert!(e.contains("no PEM certificate"), "{e}");
     let key = std::fs::read_to_string(dir.join("server-key.pem")).unwrap();
     let body = key.lines().nth(1).unwrap();

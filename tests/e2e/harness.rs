@@ -76,6 +76,10 @@ pub struct BrokerOptions<'a> {
     pub rust_log: &'a str,
     /// A command the daemon runs under (`unshare --pid --fork …`); empty: run it directly.
     pub wrapper: Vec<&'a str>,
+    /// More `[server] listen` addresses beside the unix socket (`tcp://127.0.0.1:PORT`).
+    pub extra_listen: Vec<String>,
+    /// `[server] upstream` instead of the test bed's unix socket.
+    pub upstream: Option<String>,
 }
 
 impl Default for BrokerOptions<'_> {
@@ -87,6 +91,8 @@ impl Default for BrokerOptions<'_> {
             env: Vec::new(),
             rust_log: "debug",
             wrapper: Vec::new(),
+            extra_listen: Vec::new(),
+            upstream: None,
         }
     }
 }
@@ -99,8 +105,14 @@ impl Broker {
             .tempdir()
             .unwrap();
         let sock = dir.path().join("docker.sock");
+        let extra: String = opts
+            .extra_listen
+            .iter()
+            .map(|l| format!(", \"{l}\""))
+            .collect();
+        let engine = opts.upstream.as_deref().unwrap_or(engine);
         let policy = format!(
-            "{}\n[server]\nlisten = [\"unix://{}\"]\nupstream = \"{engine}\"\naudit_log = \"{}\"\n{}\n\n{}\n",
+            "{}\n[server]\nlisten = [\"unix://{}\"{extra}]\nupstream = \"{engine}\"\naudit_log = \"{}\"\n{}\n\n{}\n",
             opts.preamble,
             sock.display(),
             dir.path().join("audit.jsonl").display(),

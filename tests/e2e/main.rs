@@ -21,3 +21,4 @@ mod sources;
 mod ssh;
 mod sshbed;
 mod templates;
+mod tls;
