@@ -21,6 +21,7 @@ use crate::config::{HostEnv, Policy, PolicyOrigin};
 use crate::dockerfile::{self, Severity};
 use crate::policy::{secret_failure_for_build, template_failure_for_build};
 use crate::resolver::{Answer, answer};
+use crate::server::Api;
 use crate::source::{Attempt, AttemptOutcome};
 
 const ABOUT: &str = "Brokers build secrets and ssh keys for docker buildx: a Docker Engine API endpoint \
@@ -63,8 +64,12 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the daemon: serve the Docker Engine API on the policy's listen sockets, relay it to
-    /// the upstream engine, answer secret and ssh-agent requests, serve `[ssh.*] socket`s. SIGHUP reloads the policy (a bad file is
-    /// rejected and the old policy stays); SIGTERM/SIGINT drain and exit 0.
+    /// the upstream engine, answer secret and ssh-agent requests, serve `[ssh.*] socket`s.
+    /// With `[server] buildkit_listen`, also serve the BuildKit API for buildx's remote driver
+    /// (`docker buildx create --driver remote unix:///run/buildbroker/buildkitd.sock`), relayed
+    /// to `buildkit_upstream` (default: the engine's own BuildKit, docker+<upstream>).
+    /// SIGHUP reloads the policy (a bad file is rejected and the old policy stays);
+    /// SIGTERM/SIGINT drain and exit 0.
     Serve {
         /// Policy file (default: the lookup order below, then the embedded default).
         #[arg(long, short, value_name = "PATH")]
@@ -265,6 +270,8 @@ fn serve(config: Option<PathBuf>, env: HostEnv) -> ExitCode {
     runtime.block_on(async move {
         let listen = policy.server.listen.clone();
         let upstream = policy.server.upstream.clone();
+        let buildkit_listen = policy.server.buildkit_listen.clone();
+        let buildkit_upstream = policy.server.buildkit_upstream.clone();
         let origin = policy.origin.clone();
         let socket_group = policy.server.socket_group;
         let metrics_listen = policy.server.metrics_listen;
@@ -279,28 +286,46 @@ fn serve(config: Option<PathBuf>, env: HostEnv) -> ExitCode {
             }
         };
         crate::metrics::policy_ids(&broker.policy());
-        if let Some(Err(e)) = &broker.current().upstream_tls {
-            eprintln!("buildbroker: {e}");
-            return ExitCode::from(2);
+        let generation = broker.current();
+        for tls in [&generation.upstream_tls, &generation.buildkit_upstream_tls] {
+            if let Some(Err(e)) = tls {
+                eprintln!("buildbroker: {e}");
+                return ExitCode::from(2);
+            }
         }
+        drop(generation);
         // Signals are caught before any socket exists: a SIGTERM sent as soon as a client can
         // connect must drain, not kill the process.
         let health = Arc::new(crate::health::Health::new(broker.clone()));
         let shutdown = CancellationToken::new();
-        // Loaded once, shared by every tcp listener, re-read on SIGHUP.
-        let tls = match &broker.policy().server.tls {
-            Some(files) if listen.iter().any(|e| matches!(e, crate::config::Endpoint::Tcp(_))) => {
-                match crate::tls::TlsAcceptor::load(files, Vec::new()) {
-                    Ok(a) => Some(Arc::new(a)),
-                    Err(e) => {
-                        eprintln!("buildbroker: [server.tls]: {e}");
-                        return ExitCode::from(2);
-                    }
-                }
-            }
-            _ => None,
+        // Loaded once per API (ALPN differs: none for the Docker API, h2 for gRPC), shared by
+        // that API's tcp listeners, re-read on SIGHUP.
+        let has_tcp = |l: &[crate::config::Endpoint]| {
+            l.iter().any(|e| matches!(e, crate::config::Endpoint::Tcp(_)))
         };
-        if let Err(e) = spawn_signal_handlers(broker.clone(), health.clone(), shutdown.clone(), tls.clone()) {
+        let mut acceptors = Vec::new();
+        let mut tls_for = |endpoints: &[crate::config::Endpoint], alpn: Vec<Vec<u8>>| {
+            match (&broker.policy().server.tls, has_tcp(endpoints)) {
+                (Some(files), true) => crate::tls::TlsAcceptor::load(files, alpn)
+                    .map(|a| {
+                        let a = Arc::new(a);
+                        acceptors.push(a.clone());
+                        Some(a)
+                    })
+                    .map_err(|e| format!("[server.tls]: {e}")),
+                _ => Ok(None),
+            }
+        };
+        let docker_tls = tls_for(&listen, Vec::new());
+        let buildkit_tls = tls_for(&buildkit_listen, vec![b"h2".to_vec()]);
+        let (docker_tls, buildkit_tls) = match (docker_tls, buildkit_tls) {
+            (Ok(d), Ok(b)) => (d, b),
+            (Err(e), _) | (_, Err(e)) => {
+                eprintln!("buildbroker: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        if let Err(e) = spawn_signal_handlers(broker.clone(), health.clone(), shutdown.clone(), acceptors) {
             eprintln!("buildbroker: cannot install signal handlers: {e}");
             return ExitCode::from(2);
         }
@@ -311,19 +336,30 @@ fn serve(config: Option<PathBuf>, env: HostEnv) -> ExitCode {
                 return ExitCode::from(2);
             }
         };
-        let listeners = if activated.docker.is_empty() {
-            bind_listeners(&listen, euid, socket_group, tls).await
-        } else {
-            tracing::info!("socket activation: serving the sockets systemd passed instead of [server] listen");
-            activated
-                .docker
-                .into_iter()
-                .map(|(name, l)| {
-                    crate::server::BoundListener::activated(&name, l)
-                        .map(crate::listen::Listener::Unix)
-                        .map_err(|e| format!("socket activation: fd {name:?}: {e}"))
-                })
-                .collect()
+        let listeners = bind_or_take(
+            Api::DockerEngine,
+            &listen,
+            activated.docker,
+            euid,
+            socket_group,
+            docker_tls,
+        )
+        .await;
+        let listeners = match listeners {
+            Ok(mut docker) => bind_or_take(
+                Api::BuildKit,
+                &buildkit_listen,
+                activated.buildkit,
+                euid,
+                socket_group,
+                buildkit_tls,
+            )
+            .await
+            .map(|buildkit| {
+                docker.extend(buildkit);
+                docker
+            }),
+            Err(e) => Err(e),
         };
         let listeners = match listeners {
             Ok(l) => l,
@@ -354,9 +390,22 @@ fn serve(config: Option<PathBuf>, env: HostEnv) -> ExitCode {
         tokio::spawn(broker.clone().sweep_cache(std::time::Duration::from_secs(5)));
         let addrs = listeners
             .iter()
-            .map(crate::listen::Listener::describe)
+            .filter(|(api, _)| *api == Api::DockerEngine)
+            .map(|(_, l)| l.describe())
             .collect::<Vec<_>>()
             .join(", ");
+        let buildkit = listeners
+            .iter()
+            .filter(|(api, _)| *api == Api::BuildKit)
+            .map(|(_, l)| l.describe())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let buildkit = match &buildkit_upstream {
+            Some(up) if !buildkit.is_empty() => {
+                format!("; the BuildKit API on {buildkit}, upstream {up}")
+            }
+            _ => String::new(),
+        };
         let agents = agent_sockets
             .iter()
             .map(|l| format!("; ssh agent {} on {}", l.id, l.path().display()))
@@ -376,7 +425,7 @@ fn serve(config: Option<PathBuf>, env: HostEnv) -> ExitCode {
         if !shutdown.is_cancelled() {
             health.set_serving(true);
         }
-        tracing::info!(policy = %origin, "buildbroker ready: serving the Docker Engine API on {addrs}, upstream {upstream}{agents}{metrics}");
+        tracing::info!(policy = %origin, "buildbroker ready: serving the Docker Engine API on {addrs}, upstream {upstream}{buildkit}{agents}{metrics}");
         crate::systemd::ready(&format!("serving the Docker Engine API on {addrs}"));
         tokio::join!(
             crate::server::run(listeners, broker.clone(), shutdown.clone()),
@@ -434,11 +483,39 @@ fn reload_tls(broker: &Broker, tls: &crate::tls::TlsAcceptor) {
     }
 }
 
+/// The listeners of one API: the sockets systemd passed under its name if any, else the
+/// policy's addresses bound by [`bind_listeners`] (tcp ones with `tls`).
+async fn bind_or_take(
+    api: Api,
+    endpoints: &[crate::config::Endpoint],
+    activated: Vec<(String, std::os::unix::net::UnixListener)>,
+    euid: u32,
+    socket_group: Option<u32>,
+    tls: Option<Arc<crate::tls::TlsAcceptor>>,
+) -> Result<Vec<(Api, crate::listen::Listener)>, String> {
+    let bound = if activated.is_empty() {
+        bind_listeners(endpoints, euid, socket_group, tls).await?
+    } else {
+        tracing::info!(
+            "socket activation: serving the sockets systemd passed for {api} instead of the policy's addresses"
+        );
+        activated
+            .into_iter()
+            .map(|(name, l)| {
+                crate::server::BoundListener::activated(&name, l)
+                    .map(crate::listen::Listener::Unix)
+                    .map_err(|e| format!("socket activation: fd {name:?}: {e}"))
+            })
+            .collect::<Result<_, _>>()?
+    };
+    Ok(bound.into_iter().map(|l| (api, l)).collect())
+}
+
 fn spawn_signal_handlers(
     broker: Arc<Broker>,
     health: Arc<crate::health::Health>,
     shutdown: CancellationToken,
-    tls: Option<Arc<crate::tls::TlsAcceptor>>,
+    tls: Vec<Arc<crate::tls::TlsAcceptor>>,
 ) -> std::io::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
@@ -466,8 +543,8 @@ fn spawn_signal_handlers(
                     }
                     // Certificates are re-read even when the policy file did not change (a
                     // rotation only replaces the PEM files).
-                    if let Some(tls) = &tls {
-                        reload_tls(&broker, tls);
+                    for acceptor in &tls {
+                        reload_tls(&broker, acceptor);
                     }
                 }
             }

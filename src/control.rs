@@ -1,6 +1,6 @@
 //! The BuildKit Control API relay, for transports that carry the Control API itself rather than
 //! `POST /session`: the exec stream of buildx's docker-container driver ([`crate::exec`]), and
-//! next the BuildKit endpoint of the remote driver.
+//! the BuildKit endpoint of the remote driver ([`crate::buildkit_endpoint`]).
 //!
 //! buildx is the HTTP/2 client of the Control API and BuildKit its server, so the relay is an
 //! h2 server towards the build client and an h2 client towards BuildKit. Every call is relayed

@@ -16,6 +16,7 @@ mod mounts;
 mod no_leaks;
 mod ops;
 mod planted;
+mod remote;
 mod secrets;
 mod sources;
 mod ssh;

@@ -310,3 +310,96 @@ fn sighup_picks_up_new_certificates_and_a_broken_file_keeps_the_old() {
     let (ok, out) = bed.docker_version(&fresh.join("ci-a"));
     assert!(ok, "new certificate after rotation: {out}");
 }
+
+/// A remote-driver builder over tcp with mutual TLS; removed on drop.
+struct TlsRemoteBuilder {
+    name: String,
+}
+
+impl TlsRemoteBuilder {
+    fn create(port: u16, certs: &Path, who: &str) -> TlsRemoteBuilder {
+        let name = format!("bbtlsremote_{}_{who}", std::process::id());
+        let mut cmd = Command::new("docker");
+        cmd.env("DOCKER_HOST", engine())
+            .args(["buildx", "create", "--name", &name, "--driver", "remote"])
+            .arg("--driver-opt")
+            .arg(format!(
+                "cacert={c}/ca.pem,cert={c}/{who}.pem,key={c}/{who}-key.pem,servername=localhost",
+                c = certs.display()
+            ))
+            .arg(format!("tcp://127.0.0.1:{port}"));
+        let out = run_with_timeout(cmd, Duration::from_secs(60));
+        assert!(
+            out.status.success(),
+            "buildx create --driver remote failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        TlsRemoteBuilder { name }
+    }
+
+    fn build(&self, build: Build<'_>) -> BuildResult {
+        build
+            .arg(format!("--builder={}", self.name))
+            .run_against(engine())
+    }
+}
+
+impl Drop for TlsRemoteBuilder {
+    fn drop(&mut self) {
+        let _ = Command::new("docker")
+            .env("DOCKER_HOST", engine())
+            .args(["buildx", "rm", &self.name])
+            .output();
+    }
+}
+
+#[test]
+fn remote_driver_over_mtls_gets_a_policy_secret_and_an_unlisted_client_is_refused() {
+    if skip() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let certs = make_certs(dir.path(), &["ci-a", "ci-c"]);
+    let port = free_port();
+    let server = format!(
+        "buildkit_listen = [\"tcp://127.0.0.1:{port}\"]\n\
+         [server.tls]\ncert = \"{c}/server.pem\"\nkey = \"{c}/server-key.pem\"\nclient_ca = \"{c}/ca.pem\"\n",
+        c = certs.display()
+    );
+    let value = unique_secret("remote-tls");
+    let broker = Broker::start(BrokerOptions {
+        preamble: "[access]\nclients = [\"ci-a\"]\n",
+        server: &server,
+        policy: "[secrets.tok]\nsources = [\"env:TOK\"]\nclients = [\"ci-a\"]\n",
+        env: vec![("TOK", &value)],
+        ..Default::default()
+    });
+    let build = || {
+        Build::new(format!(
+            "FROM {BASE_IMAGE}\nRUN --mount=type=secret,id=tok,required=true cat /run/secrets/tok > /v\n\
+             FROM scratch\nCOPY --from=0 /v /\n"
+        ))
+    };
+    let allowed = TlsRemoteBuilder::create(port, &certs, "ci-a");
+    let ok = allowed.build(build());
+    ok.assert_ok();
+    assert_eq!(ok.text("v"), value);
+    let audit = broker.audit();
+    assert!(
+        audit.lines().any(|l| l.contains("\"client\":\"ci-a\"")
+            && l.contains("\"id\":\"tok\"")
+            && l.contains("\"decision\":\"served\"")),
+        "audit: {audit}"
+    );
+
+    let refused = TlsRemoteBuilder::create(port, &certs, "ci-c");
+    let no = refused.build(build());
+    assert!(!no.success(), "ci-c built:\n{}", no.log());
+    assert!(
+        no.log()
+            .contains("client certificate identity \"ci-c\" is not in [access] clients"),
+        "{}",
+        no.log()
+    );
+    assert!(!no.log().contains(&value));
+}
