@@ -17,7 +17,10 @@ async fn main() {
         .unwrap_or(500);
     let dir = tempfile::tempdir().unwrap();
     let status = std::process::Command::new("bash")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/mkcerts.sh"))
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/support/mkcerts.sh"
+        ))
         .arg(dir.path())
         .arg("bench")
         .status()
@@ -61,6 +64,11 @@ async fn main() {
         "{n} mutual-TLS handshakes (EC P-256, TLS 1.3, in memory): median {:.3} ms, p90 {:.3} ms; load average {}",
         ms(at(0.5)),
         ms(at(0.9)),
-        std::fs::read_to_string("/proc/loadavg").unwrap_or_default().split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
     );
 }
