@@ -88,11 +88,12 @@ async fn start_session(token_file: &std::path::Path, client_pid: u32) -> Client 
         uid: rustix::process::geteuid().as_raw(),
         gid: rustix::process::getegid().as_raw(),
         pid: Some(client_pid as i32),
+        client: buildbroker::access::ClientId::Uid(rustix::process::geteuid().as_raw()),
     };
     let info = SessionInfo {
         uuid: "bench".into(),
-        peer,
         client: Arc::new(ClientProcess::pin(&peer, AcceptedAt::now())),
+        peer,
     };
     tokio::spawn(session::run(
         TokioIo::new(broker_daemon_side),

@@ -26,6 +26,8 @@ use serde::Serialize;
 pub struct SecretEvent<'a> {
     /// The session's UUID as the client announced it.
     pub session: &'a str,
+    /// Who asked: `uid:N` for a unix peer, the TLS client identity, or `tcp:insecure`.
+    pub client: &'a str,
     pub peer_uid: u32,
     pub peer_pid: Option<i32>,
     /// The secret id the daemon asked for.
@@ -52,6 +54,8 @@ pub struct SshEvent<'a> {
     pub via: &'static str,
     /// The session's UUID, for `session`.
     pub session: Option<&'a str>,
+    /// Who asked: `uid:N`, the TLS client identity, or `tcp:insecure`.
+    pub client: &'a str,
     pub peer_uid: u32,
     pub peer_pid: Option<i32>,
     /// The ssh id.
@@ -72,6 +76,8 @@ pub struct SshEvent<'a> {
 #[derive(Debug, Serialize)]
 pub struct MountEvent<'a> {
     pub session: &'a str,
+    /// Who asked: `uid:N`, the TLS client identity, or `tcp:insecure`.
+    pub client: &'a str,
     pub peer_uid: u32,
     pub peer_pid: Option<i32>,
     /// `secret` or `ssh`.
@@ -92,6 +98,8 @@ pub struct MountEvent<'a> {
 /// A connection closed because a reload no longer allows its peer.
 #[derive(Debug, Serialize)]
 pub struct RevokeEvent {
+    /// Whose connection: `uid:N` or the TLS client identity.
+    pub client: String,
     pub peer_uid: u32,
     pub peer_gid: u32,
     pub peer_pid: Option<i32>,
@@ -149,6 +157,7 @@ impl AuditLog {
     pub fn revoke(&self, event: &RevokeEvent) {
         tracing::warn!(
             target: "buildbroker::audit",
+            client = %event.client,
             peer_uid = event.peer_uid,
             peer_gid = event.peer_gid,
             peer_pid = event.peer_pid,
@@ -165,6 +174,7 @@ impl AuditLog {
         tracing::info!(
             target: "buildbroker::audit",
             session = event.session,
+            client = event.client,
             peer_uid = event.peer_uid,
             id = event.id,
             source = event.source,
@@ -183,6 +193,7 @@ impl AuditLog {
         tracing::info!(
             target: "buildbroker::audit",
             session = event.session,
+            client = event.client,
             peer_uid = event.peer_uid,
             kind = event.kind,
             id = event.id,
@@ -204,6 +215,7 @@ impl AuditLog {
             target: "buildbroker::audit",
             via = event.via,
             session = event.session,
+            client = event.client,
             peer_uid = event.peer_uid,
             id = event.id,
             key = event.key,

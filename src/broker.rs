@@ -27,13 +27,42 @@ pub struct Generation {
     pub cache: SecretCache,
     /// The ssh ids of the policy and the keys loaded for them.
     pub ssh: Arc<SshAgents>,
+    /// TLS towards a tcp `[server] upstream` with `[upstream_tls]`, loaded with the policy;
+    /// an error here fails each upstream dial with its message (never falls back to plain).
+    pub upstream_tls: Option<Result<Arc<crate::tls::TlsConnector>, String>>,
+    /// The same for a tcp `buildkit_upstream` with `[buildkit_upstream_tls]`: ALPN h2 towards
+    /// a buildkitd (gRPC), none towards an engine's `/grpc` (an HTTP/1.1 upgrade first).
+    pub buildkit_upstream_tls: Option<Result<Arc<crate::tls::TlsConnector>, String>>,
 }
 
 impl Generation {
     pub fn new(policy: Policy) -> Generation {
         let policy = Arc::new(policy);
         let sources = Arc::new(SourceRuntime::new(policy.sources.clone()));
+        let upstream_tls = crate::tls::upstream_connector(
+            &policy.server.upstream,
+            policy.server.upstream_tls.as_ref(),
+            Vec::new(),
+        )
+        .map(|r| r.map(Arc::new).map_err(|e| format!("[upstream_tls]: {e}")));
+        let buildkit_upstream_tls = policy.server.buildkit_upstream.as_ref().and_then(|up| {
+            let alpn = match up {
+                crate::config::BuildkitUpstream::Buildkitd(_) => vec![b"h2".to_vec()],
+                crate::config::BuildkitUpstream::DockerGrpc(_) => Vec::new(),
+            };
+            crate::tls::upstream_connector(
+                up.endpoint(),
+                policy.server.buildkit_upstream_tls.as_ref(),
+                alpn,
+            )
+            .map(|r| {
+                r.map(Arc::new)
+                    .map_err(|e| format!("[buildkit_upstream_tls]: {e}"))
+            })
+        });
         Generation {
+            upstream_tls,
+            buildkit_upstream_tls,
             ssh: Arc::new(SshAgents::new(policy.clone(), sources.clone())),
             sources,
             cache: SecretCache::default(),
@@ -142,6 +171,7 @@ impl Broker {
             .revoke_refused(|peer, groups| check_peer(&policy.access, euid, peer, groups).is_ok());
         for r in &revoked {
             audit.revoke(&RevokeEvent {
+                client: r.peer.client.to_string(),
                 peer_uid: r.peer.uid,
                 peer_gid: r.peer.gid,
                 peer_pid: r.peer.pid,

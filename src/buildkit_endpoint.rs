@@ -24,12 +24,14 @@ use tokio::net::{TcpStream, UnixStream};
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
-use crate::access::{PeerInfo, check_peer, supplementary_groups};
+use crate::access::{PeerInfo, check_peer};
 use crate::broker::Broker;
 use crate::channel::RelayBody;
 use crate::config::{BuildkitUpstream, Endpoint};
 use crate::control;
+use crate::listen::{Connected, Incoming as Accepted};
 use crate::source::{AcceptedAt, ClientProcess};
+use crate::tls::TlsConnector;
 
 /// How long reaching the upstream may take in all (connect, and for `docker+` the `/grpc`
 /// upgrade), so a black-holed tcp upstream fails the caller instead of hanging it.
@@ -76,28 +78,38 @@ pub enum DialError {
     },
 }
 
-/// Accepts one unix connection: checks the peer against `[access]` (as the Docker endpoint
-/// does), counts it against `connections_per_uid`, then relays it.
-pub async fn serve_unix(stream: UnixStream, broker: Arc<Broker>, shutdown: CancellationToken) {
+/// Accepts one connection (unix, or tcp with mutual TLS: [`crate::listen`]): checks the caller
+/// against `[access]` (as the Docker endpoint does), counts it against `connections_per_uid`,
+/// then relays it.
+pub async fn serve_incoming(incoming: Accepted, broker: Arc<Broker>, shutdown: CancellationToken) {
     let accepted = AcceptedAt::now();
-    let peer = match PeerInfo::of(&stream) {
-        Ok(p) => p,
+    let Connected {
+        io, peer, groups, ..
+    } = match incoming.establish().await {
+        Ok(Ok(connected)) => connected,
+        Ok(Err(unnamed)) => {
+            tracing::warn!(remote = %unnamed.remote, "refused a TLS client (BuildKit endpoint): {}", unnamed.error);
+            let status = Status::permission_denied(format!("buildbroker: {}", unnamed.error));
+            answer_every_call(unnamed.io, status, &shutdown).await;
+            return;
+        }
         Err(e) => {
-            tracing::warn!(error = %e, "BuildKit endpoint: cannot read peer credentials; closing the connection");
+            crate::metrics::error_seen("handshake");
+            tracing::warn!("closing a connection (BuildKit endpoint): {e}");
             return;
         }
     };
+    let client = peer.client.to_string();
     let generation = broker.current();
-    let groups = supplementary_groups(&peer);
     if let Err(refused) = check_peer(
         &generation.policy.access,
         broker.daemon_uid(),
-        peer,
+        &peer,
         &groups,
     ) {
-        tracing::warn!(uid = peer.uid, gid = peer.gid, pid = ?peer.pid, "refused connection (BuildKit endpoint): {refused}");
+        tracing::warn!(%client, uid = peer.uid, gid = peer.gid, pid = ?peer.pid, "refused connection (BuildKit endpoint): {refused}");
         answer_every_call(
-            stream,
+            io,
             Status::permission_denied(refused.to_string()),
             &shutdown,
         )
@@ -105,24 +117,19 @@ pub async fn serve_unix(stream: UnixStream, broker: Arc<Broker>, shutdown: Cance
         return;
     }
     let limit = generation.policy.limits.connections_per_uid;
-    let slot = match broker.peers().admit(peer, groups, limit, &shutdown) {
+    let slot = match broker.peers().admit(peer.clone(), groups, limit, &shutdown) {
         Ok(slot) => slot,
         Err(full) => {
-            tracing::warn!(uid = peer.uid, pid = ?peer.pid, "refused connection (BuildKit endpoint): {full}");
-            answer_every_call(
-                stream,
-                Status::resource_exhausted(full.to_string()),
-                &shutdown,
-            )
-            .await;
+            tracing::warn!(%client, uid = peer.uid, pid = ?peer.pid, "refused connection (BuildKit endpoint): {full}");
+            answer_every_call(io, Status::resource_exhausted(full.to_string()), &shutdown).await;
             return;
         }
     };
     drop(generation);
-    tracing::debug!(uid = peer.uid, pid = ?peer.pid, "accepted connection (BuildKit endpoint)");
+    tracing::debug!(%client, uid = peer.uid, pid = ?peer.pid, "accepted connection (BuildKit endpoint)");
     let process = Arc::new(ClientProcess::pin(&peer, accepted));
-    // The slot's token ends the relay when the daemon drains or a reload revokes the uid.
-    serve_connection(stream, peer, process, broker, slot.token.clone()).await;
+    // The slot's token ends the relay when the daemon drains or a reload revokes the caller.
+    serve_connection(io, peer, process, broker, slot.token.clone()).await;
 }
 
 /// Relays one admitted caller's Control API connection to the upstream BuildKit until either
@@ -145,7 +152,8 @@ pub async fn serve_connection<S: ByteStream>(
         .await;
         return;
     };
-    let daemon = match dial(&upstream).await {
+    let tls = broker.current().buildkit_upstream_tls.clone();
+    let daemon = match dial_with(&upstream, tls).await {
         Ok(io) => io,
         Err(e) => {
             tracing::error!(upstream = %upstream, error = %e, "cannot reach the upstream BuildKit");
@@ -165,7 +173,7 @@ pub async fn serve_connection<S: ByteStream>(
         TokioIo::new(client),
         TokioIo::new(daemon),
         broker,
-        peer,
+        peer.clone(),
         process,
         shutdown,
     )
@@ -181,9 +189,18 @@ pub async fn serve_connection<S: ByteStream>(
 /// Opens a Control API byte stream to `upstream`: the transport, then for `docker+` the
 /// engine's `/grpc` upgrade. Bounded by [`DIAL_TIMEOUT`].
 pub async fn dial(upstream: &BuildkitUpstream) -> Result<Box<dyn ByteStream>, DialError> {
+    dial_with(upstream, None).await
+}
+
+/// [`dial`] with TLS towards a `tcp://` upstream (`[buildkit_upstream_tls]`, loaded with the
+/// policy: `Err` is a file that did not load, which fails the dial rather than going plain).
+pub async fn dial_with(
+    upstream: &BuildkitUpstream,
+    tls: Option<Result<Arc<TlsConnector>, String>>,
+) -> Result<Box<dyn ByteStream>, DialError> {
     let endpoint = upstream.endpoint();
     let attempt = async {
-        let io = dial_transport(endpoint)
+        let io = dial_transport(endpoint, tls)
             .await
             .map_err(|source| DialError::Connect {
                 endpoint: endpoint.clone(),
@@ -206,14 +223,21 @@ pub async fn dial(upstream: &BuildkitUpstream) -> Result<Box<dyn ByteStream>, Di
 /// The one place the upstream's transport is chosen. TLS towards a `tcp://` upstream
 /// (`[buildkit_upstream_tls]`, issue 8 part B) wraps the tcp stream here, so the `/grpc`
 /// upgrade and the relay above stay as they are.
-async fn dial_transport(endpoint: &Endpoint) -> std::io::Result<Box<dyn ByteStream>> {
+async fn dial_transport(
+    endpoint: &Endpoint,
+    tls: Option<Result<Arc<TlsConnector>, String>>,
+) -> std::io::Result<Box<dyn ByteStream>> {
     Ok(match endpoint {
         Endpoint::Unix(path) => Box::new(UnixStream::connect(path).await?),
         Endpoint::Tcp(addr) => {
             let s = TcpStream::connect(addr).await?;
             // Small gRPC frames (session health checks, GetSecret) must not wait for Nagle.
             s.set_nodelay(true)?;
-            Box::new(s)
+            match tls {
+                None => Box::new(s),
+                Some(Ok(connector)) => Box::new(connector.connect(s).await?),
+                Some(Err(e)) => return Err(std::io::Error::other(e)),
+            }
         }
     })
 }

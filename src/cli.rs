@@ -304,11 +304,46 @@ fn serve(config: Option<PathBuf>, env: HostEnv) -> ExitCode {
             }
         };
         crate::metrics::policy_ids(&broker.policy());
+        let generation = broker.current();
+        for tls in [&generation.upstream_tls, &generation.buildkit_upstream_tls] {
+            if let Some(Err(e)) = tls {
+                eprintln!("buildbroker: {e}");
+                return ExitCode::from(2);
+            }
+        }
+        drop(generation);
         // Signals are caught before any socket exists: a SIGTERM sent as soon as a client can
         // connect must drain, not kill the process.
         let health = Arc::new(crate::health::Health::new(broker.clone()));
         let shutdown = CancellationToken::new();
-        if let Err(e) = spawn_signal_handlers(broker.clone(), health.clone(), shutdown.clone()) {
+        // Loaded once per API (ALPN differs: none for the Docker API, h2 for gRPC), shared by
+        // that API's tcp listeners, re-read on SIGHUP.
+        let has_tcp = |l: &[crate::config::Endpoint]| {
+            l.iter().any(|e| matches!(e, crate::config::Endpoint::Tcp(_)))
+        };
+        let mut acceptors = Vec::new();
+        let mut tls_for = |endpoints: &[crate::config::Endpoint], alpn: Vec<Vec<u8>>| {
+            match (&broker.policy().server.tls, has_tcp(endpoints)) {
+                (Some(files), true) => crate::tls::TlsAcceptor::load(files, alpn)
+                    .map(|a| {
+                        let a = Arc::new(a);
+                        acceptors.push(a.clone());
+                        Some(a)
+                    })
+                    .map_err(|e| format!("[server.tls]: {e}")),
+                _ => Ok(None),
+            }
+        };
+        let docker_tls = tls_for(&listen, Vec::new());
+        let buildkit_tls = tls_for(&buildkit_listen, vec![b"h2".to_vec()]);
+        let (docker_tls, buildkit_tls) = match (docker_tls, buildkit_tls) {
+            (Ok(d), Ok(b)) => (d, b),
+            (Err(e), _) | (_, Err(e)) => {
+                eprintln!("buildbroker: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        if let Err(e) = spawn_signal_handlers(broker.clone(), health.clone(), shutdown.clone(), acceptors) {
             eprintln!("buildbroker: cannot install signal handlers: {e}");
             return ExitCode::from(2);
         }
@@ -325,18 +360,25 @@ fn serve(config: Option<PathBuf>, env: HostEnv) -> ExitCode {
             activated.docker,
             euid,
             socket_group,
+            docker_tls,
         )
-        .and_then(|mut docker| {
-            let buildkit = bind_or_take(
+        .await;
+        let listeners = match listeners {
+            Ok(mut docker) => bind_or_take(
                 Api::BuildKit,
                 &buildkit_listen,
                 activated.buildkit,
                 euid,
                 socket_group,
-            )?;
-            docker.extend(buildkit);
-            Ok(docker)
-        });
+                buildkit_tls,
+            )
+            .await
+            .map(|buildkit| {
+                docker.extend(buildkit);
+                docker
+            }),
+            Err(e) => Err(e),
+        };
         let listeners = match listeners {
             Ok(l) => l,
             Err(e) => {
@@ -367,13 +409,13 @@ fn serve(config: Option<PathBuf>, env: HostEnv) -> ExitCode {
         let addrs = listeners
             .iter()
             .filter(|(api, _)| *api == Api::DockerEngine)
-            .map(|(_, l)| format!("unix://{}", l.path.display()))
+            .map(|(_, l)| l.describe())
             .collect::<Vec<_>>()
             .join(", ");
         let buildkit = listeners
             .iter()
             .filter(|(api, _)| *api == Api::BuildKit)
-            .map(|(_, l)| format!("unix://{}", l.path.display()))
+            .map(|(_, l)| l.describe())
             .collect::<Vec<_>>()
             .join(", ");
         let buildkit = match &buildkit_upstream {
@@ -412,17 +454,65 @@ fn serve(config: Option<PathBuf>, env: HostEnv) -> ExitCode {
     })
 }
 
+/// Binds `[server] listen`: unix sockets as [`crate::server::bind`] does, tcp addresses with
+/// the TLS acceptor (none: `insecure_tcp`, which the policy allows only on loopback).
+async fn bind_listeners(
+    listen: &[crate::config::Endpoint],
+    euid: u32,
+    socket_group: Option<u32>,
+    tls: Option<Arc<crate::tls::TlsAcceptor>>,
+) -> Result<Vec<crate::listen::Listener>, String> {
+    use crate::listen::{Listener, TcpEndpoint};
+    let mut unix = crate::server::bind(listen, euid, socket_group)
+        .map_err(|e| e.to_string())?
+        .into_iter();
+    let mut out = Vec::new();
+    for endpoint in listen {
+        match endpoint {
+            crate::config::Endpoint::Unix(_) => out.push(Listener::Unix(
+                unix.next().expect("one bound socket per unix endpoint"),
+            )),
+            crate::config::Endpoint::Tcp(hostport) => {
+                let addr: std::net::SocketAddr = hostport.parse().map_err(|_| {
+                    format!("cannot listen on tcp://{hostport}: not an IP address and port")
+                })?;
+                let bound = TcpEndpoint::bind(addr, tls.clone())
+                    .await
+                    .map_err(|e| format!("cannot listen on tcp://{hostport}: {e}"))?;
+                out.push(Listener::Tcp(bound));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Re-reads `[server.tls]` of the policy in force; the old certificates stay on any error.
+fn reload_tls(broker: &Broker, tls: &crate::tls::TlsAcceptor) {
+    match &broker.policy().server.tls {
+        Some(files) => match tls.reload(files) {
+            Ok(()) => tracing::info!("TLS certificates reloaded; new connections use them"),
+            Err(e) => tracing::error!(
+                "TLS certificates not reloaded, the previous ones stay in force: {e}"
+            ),
+        },
+        None => tracing::warn!(
+            "[server.tls] was removed; tcp listeners keep their certificates until the next restart"
+        ),
+    }
+}
+
 /// The listeners of one API: the sockets systemd passed under its name if any, else the
-/// policy's addresses bound as [`crate::server::bind`] does.
-fn bind_or_take(
+/// policy's addresses bound by [`bind_listeners`] (tcp ones with `tls`).
+async fn bind_or_take(
     api: Api,
     endpoints: &[crate::config::Endpoint],
     activated: Vec<(String, std::os::unix::net::UnixListener)>,
     euid: u32,
     socket_group: Option<u32>,
-) -> Result<Vec<(Api, crate::server::BoundListener)>, String> {
+    tls: Option<Arc<crate::tls::TlsAcceptor>>,
+) -> Result<Vec<(Api, crate::listen::Listener)>, String> {
     let bound = if activated.is_empty() {
-        crate::server::bind(endpoints, euid, socket_group).map_err(|e| e.to_string())?
+        bind_listeners(endpoints, euid, socket_group, tls).await?
     } else {
         tracing::info!(
             "socket activation: serving the sockets systemd passed for {api} instead of the policy's addresses"
@@ -431,6 +521,7 @@ fn bind_or_take(
             .into_iter()
             .map(|(name, l)| {
                 crate::server::BoundListener::activated(&name, l)
+                    .map(crate::listen::Listener::Unix)
                     .map_err(|e| format!("socket activation: fd {name:?}: {e}"))
             })
             .collect::<Result<_, _>>()?
@@ -442,6 +533,7 @@ fn spawn_signal_handlers(
     broker: Arc<Broker>,
     health: Arc<crate::health::Health>,
     shutdown: CancellationToken,
+    tls: Vec<Arc<crate::tls::TlsAcceptor>>,
 ) -> std::io::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
@@ -466,6 +558,11 @@ fn spawn_signal_handlers(
                             tracing::error!("policy reload rejected, the previous policy stays in force:\n{e}");
                             crate::systemd::ready("policy reload rejected; the previous policy stays in force");
                         }
+                    }
+                    // Certificates are re-read even when the policy file did not change (a
+                    // rotation only replaces the PEM files).
+                    for acceptor in &tls {
+                        reload_tls(&broker, acceptor);
                     }
                 }
             }

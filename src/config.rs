@@ -19,12 +19,14 @@ use crate::template::Template;
 
 mod mounts;
 mod ssh;
+mod tls;
 
 pub use mounts::{DockerfileUnseen, MountDefaults, MountRules};
 pub use ssh::{
     AgentSocket, HostRule, KeyMatch, SshKeys, SshRule, parse_agent_socket, parse_host_rule,
     parse_key_match,
 };
+pub use tls::{TlsClientFiles, TlsServerFiles};
 
 /// The policy compiled into the binary; used when no policy file is found.
 pub const EMBEDDED_DEFAULT: &str = include_str!("../config/default.toml");
@@ -104,6 +106,15 @@ pub struct Server {
     pub dockerfile_unseen: DockerfileUnseen,
     /// Where `/healthz`, `/readyz` and `/metrics` are served over plain HTTP; off when absent.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// `[server.tls]`: mutual TLS for every tcp:// listener.
+    pub tls: Option<TlsServerFiles>,
+    /// `[server] insecure_tcp = true`: tcp:// listeners without `[server.tls]` are served as
+    /// plain tcp, and only on loopback addresses (checked at load).
+    pub insecure_tcp: bool,
+    /// `[upstream_tls]`: TLS towards a tcp:// `upstream`.
+    pub upstream_tls: Option<TlsClientFiles>,
+    /// `[buildkit_upstream_tls]`: TLS towards a tcp:// `buildkit_upstream`.
+    pub buildkit_upstream_tls: Option<TlsClientFiles>,
     /// BuildKit Control API endpoints (for buildx's remote driver); empty: no BuildKit endpoint.
     pub buildkit_listen: Vec<Endpoint>,
     /// Where the BuildKit endpoint relays to; set whenever `buildkit_listen` is not empty.
@@ -196,6 +207,9 @@ pub struct Access {
     /// Unix gids allowed to connect: a peer whose primary gid or one of whose supplementary
     /// groups is listed is allowed. `[server] socket_group` is added here.
     pub gids: Vec<u32>,
+    /// TLS client identities allowed to connect; `None` (no `clients` key): every client whose
+    /// certificate `[server.tls] client_ca` verifies.
+    pub clients: Option<Vec<String>>,
 }
 
 /// What the policy says about one secret id.
@@ -215,6 +229,9 @@ pub struct SecretRule {
     /// How long past `cache_ttl` an expired value may answer when every source fails
     /// transiently.
     pub stale_on_error: Option<std::time::Duration>,
+    /// Only these callers may get the id (`None`: every caller `[access]` allows); others get
+    /// NotFound, audited as denied.
+    pub clients: Option<Vec<crate::access::ClientMatch>>,
 }
 
 /// The staleness window `stale_on_error = true` means.
@@ -224,7 +241,8 @@ pub const DEFAULT_STALE_WINDOW: std::time::Duration = std::time::Duration::from_
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Endpoint {
     Unix(PathBuf),
-    /// `host:port`, plain TCP (upstream only).
+    /// `host:port`: a tcp listener (mutual TLS unless `insecure_tcp`), or a tcp upstream
+    /// (TLS with `[upstream_tls]`).
     Tcp(String),
 }
 
@@ -402,6 +420,8 @@ struct RawPolicy {
     limits: RawLimits,
     #[serde(default)]
     mounts: mounts::RawMounts,
+    upstream_tls: Option<Spanned<tls::RawClientTls>>,
+    buildkit_upstream_tls: Option<Spanned<tls::RawClientTls>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -467,6 +487,8 @@ struct RawServer {
     build_errors: Option<BuildErrors>,
     dockerfile_unseen: Option<DockerfileUnseen>,
     metrics_listen: Option<Spanned<String>>,
+    tls: Option<Spanned<tls::RawServerTls>>,
+    insecure_tcp: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -476,6 +498,7 @@ struct RawAccess {
     uids: Vec<u32>,
     #[serde(default)]
     gids: Vec<u32>,
+    clients: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 #[derive(Deserialize)]
@@ -492,6 +515,7 @@ struct RawSecret {
     mount_required: Option<bool>,
     cache_ttl: Option<Spanned<String>>,
     stale_on_error: Option<Spanned<StaleSetting>>,
+    clients: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 /// `stale_on_error = true | false | "30m"`.
@@ -586,18 +610,26 @@ impl Policy {
             }
         };
 
+        let server_tls = raw
+            .server
+            .tls
+            .as_ref()
+            .and_then(|t| tls::check_server(t, env, &mut c));
+        let insecure_tcp = raw.server.insecure_tcp.unwrap_or(false);
         let listen: Vec<Endpoint> = match &raw.server.listen {
             None => vec![Endpoint::Unix(env.default_listen())],
             Some(list) => list
                 .iter()
                 .filter_map(|s| match Endpoint::parse(s.get_ref()) {
-                    Ok(Endpoint::Tcp(_)) => {
-                        c.push(
-                            s.span(),
-                            "[server] listen: only unix:// sockets are served for now (the Docker API is root-equivalent; TCP needs mutual TLS, not yet available)",
-                        );
-                        None
-                    }
+                    Ok(Endpoint::Tcp(hostport)) => tls::check_tcp_listen(
+                        s,
+                        &hostport,
+                        "listen",
+                        raw.server.tls.is_some(),
+                        insecure_tcp,
+                        &mut c,
+                    )
+                    .then_some(Endpoint::Tcp(hostport)),
                     Ok(e) => Some(e),
                     Err(m) => {
                         c.push(s.span(), format!("[server] listen: {m}"));
@@ -779,9 +811,14 @@ impl Policy {
                 }
                 Some(window)
             });
+            let clients = rule
+                .clients
+                .as_ref()
+                .map(|l| tls::check_clients(l, &format!("[secrets.{}]", id.get_ref()), &mut c));
             secrets.insert(
                 id.get_ref().clone(),
                 SecretRule {
+                    clients,
                     cache_ttl,
                     stale_on_error,
                     sources,
@@ -839,6 +876,33 @@ impl Policy {
             gids.push(gid);
         }
         sources.file_allow_foreign = check_allow_foreign(&raw.file, &secrets, &ssh, env, &mut c);
+        let access_clients = raw
+            .access
+            .clients
+            .as_ref()
+            .map(|l| tls::check_access_clients(l, &mut c));
+        let upstream_tls = raw
+            .upstream_tls
+            .as_ref()
+            .and_then(|t| tls::check_client(t, "[upstream_tls]", env, &mut c));
+        tls::check_upstream_pair(
+            upstream.as_ref(),
+            raw.upstream_tls.as_ref(),
+            "[upstream_tls]",
+            "upstream",
+            &mut c,
+        );
+        let buildkit_upstream_tls = raw
+            .buildkit_upstream_tls
+            .as_ref()
+            .and_then(|t| tls::check_client(t, "[buildkit_upstream_tls]", env, &mut c));
+        tls::check_upstream_pair(
+            buildkit_upstream.as_ref().map(BuildkitUpstream::endpoint),
+            raw.buildkit_upstream_tls.as_ref(),
+            "[buildkit_upstream_tls]",
+            "buildkit_upstream",
+            &mut c,
+        );
 
         if !c.errors.is_empty() {
             c.errors.sort_by_key(|e| (e.line, e.column));
@@ -857,12 +921,17 @@ impl Policy {
                 socket_group,
                 dockerfile_unseen: raw.server.dockerfile_unseen.unwrap_or_default(),
                 metrics_listen,
+                tls: server_tls,
+                insecure_tcp,
+                upstream_tls,
+                buildkit_upstream_tls,
                 buildkit_listen,
                 buildkit_upstream,
             },
             access: Access {
                 uids: raw.access.uids,
                 gids,
+                clients: access_clients,
             },
             secrets,
             ssh,
@@ -874,8 +943,8 @@ impl Policy {
 }
 
 /// The `[limits]` table: each cap a whole number from 1 to 65536.
-/// `[server] buildkit_listen` and `buildkit_upstream`: unix listeners for now (a tcp listener
-/// needs mutual TLS), and an upstream that defaults to the engine's own `/grpc` behind
+/// `[server] buildkit_listen` and `buildkit_upstream`: unix listeners, or tcp ones with mutual
+/// TLS (as `[server] listen`), and an upstream that defaults to the engine's own `/grpc` behind
 /// `[server] upstream`. Either address naming one of buildbroker's own sockets would loop.
 fn check_buildkit_endpoint(
     raw: &RawServer,
@@ -886,13 +955,29 @@ fn check_buildkit_endpoint(
     let mut buildkit_listen = Vec::new();
     for s in raw.buildkit_listen.iter().flat_map(|l| l.get_ref()) {
         match Endpoint::parse(s.get_ref()) {
-            Ok(Endpoint::Tcp(_)) => c.push(
-                s.span(),
-                "[server] buildkit_listen: only unix:// sockets are served for now (a tcp:// BuildKit endpoint needs mutual TLS, not yet available)",
-            ),
+            Ok(Endpoint::Tcp(hostport)) => {
+                let e = Endpoint::Tcp(hostport.clone());
+                if listen.contains(&e) || buildkit_listen.contains(&e) {
+                    c.push(
+                        s.span(),
+                        format!("[server] buildkit_listen: {e} is already one of buildbroker's listen addresses"),
+                    );
+                } else if tls::check_tcp_listen(
+                    s,
+                    &hostport,
+                    "buildkit_listen",
+                    raw.tls.is_some(),
+                    raw.insecure_tcp.unwrap_or(false),
+                    c,
+                ) {
+                    buildkit_listen.push(e);
+                }
+            }
             Ok(e) if listen.contains(&e) || buildkit_listen.contains(&e) => c.push(
                 s.span(),
-                format!("[server] buildkit_listen: {e} is already one of buildbroker's listen addresses"),
+                format!(
+                    "[server] buildkit_listen: {e} is already one of buildbroker's listen addresses"
+                ),
             ),
             Ok(e) => buildkit_listen.push(e),
             Err(m) => c.push(s.span(), format!("[server] buildkit_listen: {m}")),

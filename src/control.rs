@@ -227,7 +227,7 @@ impl ControlRelay {
         let broker = self.broker.clone();
         let info = SessionInfo {
             uuid: uuid.clone(),
-            peer: self.peer,
+            peer: self.peer.clone(),
             client: self.process.clone(),
         };
         let shutdown = self.shutdown.clone();

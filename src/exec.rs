@@ -216,7 +216,7 @@ pub async fn run(
         TokioIo::new(client_io),
         TokioIo::new(container_io),
         broker,
-        peer,
+        peer.clone(),
         process,
         shutdown,
     )

@@ -54,6 +54,7 @@ pub mod daemon_files;
 pub mod dockerfile;
 pub mod exec;
 pub mod health;
+pub mod listen;
 pub mod metrics;
 pub mod peers;
 pub mod policy;
@@ -67,6 +68,7 @@ pub mod source;
 pub mod ssh;
 pub mod systemd;
 pub mod template;
+pub mod tls;
 
 /// Code generated from `proto/` at build time.
 #[allow(clippy::all, clippy::pedantic, missing_docs)]

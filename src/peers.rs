@@ -105,8 +105,9 @@ impl LivePeers {
         limit: usize,
         parent: &CancellationToken,
     ) -> Result<ConnectionSlot, LimitReached> {
+        let uid = peer.uid;
         let mut t = self.lock();
-        let count = t.connections_per_uid.entry(peer.uid).or_insert(0);
+        let count = t.connections_per_uid.entry(uid).or_insert(0);
         if *count >= limit {
             return Err(LimitReached {
                 uid: peer.uid,
@@ -130,7 +131,7 @@ impl LivePeers {
         Ok(ConnectionSlot {
             peers: self.clone(),
             id,
-            uid: peer.uid,
+            uid,
             token,
         })
     }
@@ -155,13 +156,15 @@ impl LivePeers {
     }
 
     /// Cancels every live connection whose peer `allowed` now refuses, and returns them.
-    pub fn revoke_refused(&self, allowed: impl Fn(PeerInfo, &[u32]) -> bool) -> Vec<Revoked> {
+    pub fn revoke_refused(&self, allowed: impl Fn(&PeerInfo, &[u32]) -> bool) -> Vec<Revoked> {
         let t = self.lock();
         let mut out = Vec::new();
         for conn in t.connections.values() {
-            if !conn.revoke.is_cancelled() && !allowed(conn.peer, &conn.groups) {
+            if !conn.revoke.is_cancelled() && !allowed(&conn.peer, &conn.groups) {
                 conn.revoke.cancel();
-                out.push(Revoked { peer: conn.peer });
+                out.push(Revoked {
+                    peer: conn.peer.clone(),
+                });
             }
         }
         out
@@ -191,6 +194,7 @@ mod tests {
             uid,
             gid: uid,
             pid: Some(1),
+            client: crate::access::ClientId::Uid(uid),
         }
     }
 

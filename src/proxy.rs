@@ -26,11 +26,12 @@ use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::access::{PeerInfo, check_peer, supplementary_groups};
+use crate::access::{PeerInfo, check_peer};
 use crate::broker::Broker;
 use crate::channel::{BoxError, SessionInfo};
 use crate::config::Endpoint;
 use crate::exec::{self, DialStdioExecs, ExecKind};
+use crate::listen::{ClientIo, Connected, Incoming as Accepted};
 use crate::peers::ConnectionSlot;
 use crate::session;
 use crate::source::{AcceptedAt, ClientProcess};
@@ -47,49 +48,63 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Serves one accepted connection until it closes or `shutdown` asks it to drain.
 pub async fn serve_connection(
-    stream: UnixStream,
+    incoming: Accepted,
     broker: Arc<Broker>,
     tasks: TaskTracker,
     shutdown: CancellationToken,
 ) {
     let accepted = AcceptedAt::now();
-    let peer = match PeerInfo::of(&stream) {
-        Ok(p) => p,
+    let Connected {
+        io,
+        peer,
+        groups,
+        remote,
+    } = match incoming.establish().await {
+        Ok(Ok(connected)) => connected,
+        Ok(Err(unnamed)) => {
+            tracing::warn!(remote = %unnamed.remote, "refused a TLS client: {}", unnamed.error);
+            let message = format!("buildbroker: {}", unnamed.error);
+            refuse(unnamed.io, StatusCode::FORBIDDEN, message).await;
+            return;
+        }
         Err(e) => {
-            tracing::warn!(error = %e, "cannot read peer credentials; closing the connection");
+            // A TLS client the verifier refused sees the TLS alert (unknown CA, expired,
+            // no certificate); the daemon log says which.
+            crate::metrics::error_seen("handshake");
+            tracing::warn!("closing a connection: {e}");
             return;
         }
     };
+    let client = peer.client.to_string();
     let generation = broker.current();
-    let groups = supplementary_groups(&peer);
     if let Err(refused) = check_peer(
         &generation.policy.access,
         broker.daemon_uid(),
-        peer,
+        &peer,
         &groups,
     ) {
-        tracing::warn!(uid = peer.uid, gid = peer.gid, pid = ?peer.pid, "refused connection: {refused}");
-        refuse(stream, StatusCode::FORBIDDEN, refused.to_string()).await;
+        tracing::warn!(%client, uid = peer.uid, gid = peer.gid, pid = ?peer.pid, remote = ?remote, "refused connection: {refused}");
+        refuse(io, StatusCode::FORBIDDEN, refused.to_string()).await;
         return;
     }
     let limit = generation.policy.limits.connections_per_uid;
     // The slot counts this connection against its uid and ends it if a reload revokes the uid.
-    let slot = match broker.peers().admit(peer, groups, limit, &shutdown) {
+    let slot = match broker.peers().admit(peer.clone(), groups, limit, &shutdown) {
         Ok(slot) => slot,
         Err(full) => {
-            tracing::warn!(uid = peer.uid, pid = ?peer.pid, "refused connection: {full}");
-            refuse(stream, StatusCode::TOO_MANY_REQUESTS, full.to_string()).await;
+            tracing::warn!(%client, uid = peer.uid, pid = ?peer.pid, "refused connection: {full}");
+            refuse(io, StatusCode::TOO_MANY_REQUESTS, full.to_string()).await;
             return;
         }
     };
-    tracing::debug!(uid = peer.uid, pid = ?peer.pid, "accepted connection");
+    tracing::debug!(%client, uid = peer.uid, pid = ?peer.pid, remote = ?remote, "accepted connection");
 
     // Everything this connection starts (upgrades, sessions) holds its slot and ends with its
     // slot's token: an upgraded stream outlives this function but stays counted and revocable.
     let slot = Arc::new(slot);
     let conn = Arc::new(Connection {
         broker,
-        peer,
+        peer: peer.clone(),
         accepted,
         upstream: Mutex::new(None),
         tasks,
@@ -103,7 +118,7 @@ pub async fn serve_connection(
     let http = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
-        .serve_connection(TokioIo::new(stream), service)
+        .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
     tokio::pin!(http);
     let result = tokio::select! {
@@ -111,7 +126,7 @@ pub async fn serve_connection(
         _ = slot.token.cancelled() => {
             if !shutdown.is_cancelled() {
                 // Revoked by a reload: no grace, not even for a request in flight.
-                tracing::warn!(uid = peer.uid, pid = ?peer.pid, "closing a connection: [access] no longer allows this peer");
+                tracing::warn!(%client, uid = peer.uid, pid = ?peer.pid, "closing a connection: [access] no longer allows this peer");
                 return;
             }
             http.as_mut().graceful_shutdown();
@@ -120,13 +135,13 @@ pub async fn serve_connection(
     };
     if let Err(e) = result {
         // Malformed requests are answered with 400 by hyper before this; log for operators.
-        tracing::debug!(uid = peer.uid, error = %e, "connection ended with an error");
+        tracing::debug!(%client, uid = peer.uid, error = %e, "connection ended with an error");
     }
 }
 
 /// Answers every request on `stream` with `status` and `message` (the Engine API's error
 /// shape), then closes it.
-async fn refuse(stream: UnixStream, status: StatusCode, message: String) {
+async fn refuse(stream: ClientIo, status: StatusCode, message: String) {
     let service = hyper::service::service_fn(move |_req: Request<Incoming>| {
         let message = message.clone();
         async move { Ok::<_, std::convert::Infallible>(error_response(status, &message)) }
@@ -240,7 +255,7 @@ impl Connection {
         };
         tracing::info!(uid = self.peer.uid, pid = ?self.peer.pid, "buildctl dial-stdio exec started: relaying the BuildKit Control API");
         let broker = self.broker.clone();
-        let peer = self.peer;
+        let peer = self.peer.clone();
         let process = Arc::new(ClientProcess::pin(&self.peer, self.accepted));
         let shutdown = self.shutdown.clone();
         let slot = self.slot.clone();
@@ -368,7 +383,7 @@ impl Connection {
         let broker = self.broker.clone();
         let info = SessionInfo {
             uuid,
-            peer: self.peer,
+            peer: self.peer.clone(),
             client: Arc::new(ClientProcess::pin(&self.peer, self.accepted)),
         };
         let shutdown = self.shutdown.clone();
@@ -390,19 +405,32 @@ impl Connection {
         &self,
         upgrades: bool,
     ) -> Result<SendRequest<ProxyBody>, Response<ProxyBody>> {
-        let endpoint = self.broker.current().policy.server.upstream.clone();
+        let generation = self.broker.current();
+        let endpoint = generation.policy.server.upstream.clone();
         let io: Box<dyn UpstreamIo> = match &endpoint {
             Endpoint::Unix(path) => match UnixStream::connect(path).await {
                 Ok(s) => Box::new(s),
                 Err(e) => return Err(self.unreachable(&endpoint, &e.to_string())),
             },
-            Endpoint::Tcp(addr) => match TcpStream::connect(addr).await {
-                Ok(s) => {
-                    let _ = s.set_nodelay(true);
-                    Box::new(s)
+            Endpoint::Tcp(addr) => {
+                let tcp = match TcpStream::connect(addr).await {
+                    Ok(s) => {
+                        let _ = s.set_nodelay(true);
+                        s
+                    }
+                    Err(e) => return Err(self.unreachable(&endpoint, &e.to_string())),
+                };
+                match &generation.upstream_tls {
+                    None => Box::new(tcp),
+                    Some(Err(e)) => return Err(self.unreachable(&endpoint, e)),
+                    Some(Ok(connector)) => match connector.connect(tcp).await {
+                        Ok(tls) => Box::new(tls),
+                        Err(e) => {
+                            return Err(self.unreachable(&endpoint, &format!("TLS handshake: {e}")));
+                        }
+                    },
                 }
-                Err(e) => return Err(self.unreachable(&endpoint, &e.to_string())),
-            },
+            }
         };
         let (send, conn) = match hyper::client::conn::http1::handshake(TokioIo::new(io)).await {
             Ok(pair) => pair,

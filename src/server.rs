@@ -16,6 +16,7 @@ use tokio_util::task::TaskTracker;
 use crate::broker::Broker;
 use crate::config::Endpoint;
 use crate::daemon_files::{self, PathError, SocketFile, SocketSpec};
+use crate::listen::Listener;
 use crate::{buildkit_endpoint, proxy};
 
 /// How long open connections and sessions get to finish after SIGTERM/SIGINT.
@@ -78,7 +79,7 @@ pub struct BindError {
     pub source: PathError,
 }
 
-/// Binds every `unix://` endpoint with [`daemon_files::bind_socket`]: socket 0660 with the
+/// Binds every `unix://` endpoint (tcp ones are skipped) with [`daemon_files::bind_socket`]: socket 0660 with the
 /// `[server] socket_group` if set (the daemon's group otherwise), directory created 0750 with
 /// the same group if missing, a dead socket of ours replaced, anything else there refused.
 pub fn bind(
@@ -88,8 +89,9 @@ pub fn bind(
 ) -> Result<Vec<BoundListener>, BindError> {
     let mut out = Vec::new();
     for endpoint in endpoints {
+        // tcp endpoints are bound by `listen::TcpEndpoint`, with their TLS acceptor.
         let Endpoint::Unix(path) = endpoint else {
-            unreachable!("config only accepts unix:// listen addresses");
+            continue;
         };
         out.push(bind_unix(
             path,
@@ -131,9 +133,10 @@ pub(crate) fn bind_unix(
 }
 
 /// Serves until `shutdown` is cancelled, then stops accepting and gives open connections and
-/// sessions up to [`DRAIN_TIMEOUT`] to finish.
+/// sessions up to [`DRAIN_TIMEOUT`] to finish. Unix and tcp listeners alike: each connection's
+/// caller is established (peer credentials, or the TLS handshake) in its own task.
 pub async fn run(
-    listeners: Vec<(Api, BoundListener)>,
+    listeners: Vec<(Api, Listener)>,
     broker: Arc<Broker>,
     shutdown: CancellationToken,
 ) {
@@ -146,8 +149,8 @@ pub async fn run(
         accept_loops.push(tokio::spawn(async move {
             loop {
                 tokio::select! {
-                    accepted = bound.listener.accept() => match accepted {
-                        Ok((stream, _)) => {
+                    accepted = bound.accept() => match accepted {
+                        Ok(stream) => {
                             crate::metrics::connection_accepted();
                             match api {
                                 Api::DockerEngine => {
@@ -155,14 +158,14 @@ pub async fn run(
                                     tasks2.spawn(proxy::serve_connection(stream, broker.clone(), conn_tasks, shutdown.clone()));
                                 }
                                 Api::BuildKit => {
-                                    tasks2.spawn(buildkit_endpoint::serve_unix(stream, broker.clone(), shutdown.clone()));
+                                    tasks2.spawn(buildkit_endpoint::serve_incoming(stream, broker.clone(), shutdown.clone()));
                                 }
                             }
                         }
                         Err(e) => {
                             // EMFILE and friends: back off instead of spinning.
                             crate::metrics::error_seen("accept");
-                            tracing::warn!(error = %e, path = %bound.path.display(), "accept failed");
+                            tracing::warn!(error = %e, listener = %bound.describe(), "accept failed");
                             tokio::time::sleep(Duration::from_millis(50)).await;
                         }
                     },

@@ -84,7 +84,7 @@ fn bad_endpoint_settings_are_located_and_explained() {
     for (text, want) in [
         (
             "[server]\nbuildkit_listen = [\"tcp://127.0.0.1:1234\"]\n",
-            "policy.toml:2:20: [server] buildkit_listen: only unix:// sockets are served for now",
+            "policy.toml:2:20: [server] buildkit_listen: tcp://127.0.0.1:1234 needs mutual TLS: add [server.tls]",
         ),
         (
             "[server]\nbuildkit_upstream = \"unix:///run/buildkit/buildkitd.sock\"\n",

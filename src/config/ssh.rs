@@ -46,6 +46,9 @@ pub struct SshRule {
     pub allow_sha1: bool,
     /// How a Dockerfile may mount it (`mode`, `uid`, `gid`, `targets`, `mount_required`).
     pub mount: super::MountRules,
+    /// Only these callers may use the id (`None`: every caller `[access]` allows); others get
+    /// NotFound, audited as denied.
+    pub clients: Option<Vec<crate::access::ClientMatch>>,
 }
 
 /// The two kinds of ssh id.
@@ -143,6 +146,7 @@ pub(super) struct RawSsh {
     gid: Option<u32>,
     targets: Option<Vec<Spanned<String>>>,
     mount_required: Option<bool>,
+    clients: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 /// Checks every `[ssh.<id>]` table; problems go to the collector.
@@ -258,10 +262,15 @@ pub(super) fn check(
             rule.mount_required,
             c,
         );
+        let clients = rule
+            .clients
+            .as_ref()
+            .map(|l| super::tls::check_clients(l, &format!("[ssh.{id}]"), c));
         if let Some(keys) = keys {
             out.insert(
                 id.clone(),
                 SshRule {
+                    clients,
                     keys,
                     hosts,
                     known_hosts,

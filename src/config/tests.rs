@@ -606,3 +606,130 @@ fn ssh_certificates_and_allow_sha1() {
         "{errs:?}"
     );
 }
+
+#[test]
+fn tcp_listen_needs_mutual_tls_or_loopback_insecure_tcp() {
+    let base = "[server]\nupstream = \"unix:///var/run/docker.sock\"\n";
+    let e = errors(&format!("{base}listen = [\"tcp://0.0.0.0:2376\"]\n"));
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(
+        e[0].starts_with("policy.toml:3:11: [server] listen:"),
+        "{e:?}"
+    );
+    assert!(e[0].contains("needs mutual TLS: add [server.tls]"), "{e:?}");
+
+    let e = errors(&format!(
+        "{base}insecure_tcp = true\nlisten = [\"tcp://0.0.0.0:2375\"]\n"
+    ));
+    assert!(e[0].starts_with("policy.toml:4:11:"), "{e:?}");
+    assert!(e[0].contains("only on a loopback address"), "{e:?}");
+    let p = parse(&format!(
+        "{base}insecure_tcp = true\nlisten = [\"tcp://127.0.0.1:2375\"]\n"
+    ))
+    .unwrap();
+    assert_eq!(
+        p.server.listen,
+        vec![Endpoint::Tcp("127.0.0.1:2375".into())]
+    );
+    assert!(p.server.tls.is_none());
+
+    let e = errors(&format!(
+        "{base}listen = [\"tcp://docker.example:2376\"]\n[server.tls]\ncert = \"/c.pem\"\nkey = \"/k.pem\"\nclient_ca = \"/ca.pem\"\n"
+    ));
+    assert!(e[0].contains("expected tcp://IP:PORT"), "{e:?}");
+
+    let p = parse(&format!(
+        "{base}listen = [\"tcp://0.0.0.0:2376\", \"unix:///run/b.sock\"]\n[server.tls]\ncert = \"/c.pem\"\nkey = \"~/k.pem\"\nclient_ca = \"/ca.pem\"\n"
+    ))
+    .unwrap();
+    let tls = p.server.tls.unwrap();
+    assert_eq!(tls.key, PathBuf::from("/home/u/k.pem"));
+    assert_eq!(tls.client_ca, PathBuf::from("/ca.pem"));
+}
+
+#[test]
+fn tls_tables_are_checked_with_locations() {
+    let e = errors(
+        "[server]\nupstream = \"unix:///var/run/docker.sock\"\n[server.tls]\ncert = \"c.pem\"\nkey = \"/k.pem\"\n",
+    );
+    assert_eq!(e.len(), 2, "{e:?}");
+    assert!(
+        e.iter()
+            .any(|m| m.starts_with("policy.toml:4:8: [server.tls] cert: expected an absolute path")),
+        "{e:?}"
+    );
+    assert!(e.iter().any(|m| m.contains("expected client_ca")), "{e:?}");
+    let e = errors(
+        "[server]\nupstream = \"unix:///var/run/docker.sock\"\n[upstream_tls]\nca = \"/ca.pem\"\n",
+    );
+    assert!(e[0].contains("[server] upstream is a unix socket"), "{e:?}");
+    let e = errors(
+        "[server]\nupstream = \"tcp://docker:2376\"\n[upstream_tls]\ncert = \"/c.pem\"\nserver_name = \"bad name\"\n",
+    );
+    assert!(e.iter().any(|m| m.contains("expected ca = ")), "{e:?}");
+    assert!(e.iter().any(|m| m.contains("cert needs key")), "{e:?}");
+    assert!(
+        e.iter()
+            .any(|m| m.starts_with("policy.toml:5:15: [upstream_tls] server_name")),
+        "{e:?}"
+    );
+    let e = errors(
+        "[server]\nupstream = \"tcp://docker:2376\"\n[upstream_tls]\nca = \"/ca.pem\"\nverify = false\n",
+    );
+    assert!(e[0].contains("unknown key `verify`"), "{e:?}");
+    let p = parse(
+        "[server]\nupstream = \"tcp://docker:2376\"\n[upstream_tls]\nca = \"/certs/client/ca.pem\"\ncert = \"/certs/client/cert.pem\"\nkey = \"/certs/client/key.pem\"\n[buildkit_upstream_tls]\nca = \"/b/ca.pem\"\n",
+    )
+    .unwrap();
+    let up = p.server.upstream_tls.unwrap();
+    assert_eq!(up.key, Some(PathBuf::from("/certs/client/key.pem")));
+    assert_eq!(up.server_name, None);
+    assert_eq!(
+        p.server.buildkit_upstream_tls.unwrap().ca,
+        PathBuf::from("/b/ca.pem")
+    );
+}
+
+#[test]
+fn clients_lists_are_typed_and_located() {
+    use crate::access::ClientMatch;
+    let p = parse(
+        "[access]\nclients = [\"ci-a\"]\n[secrets.a]\nsources = [\"env:A\"]\nclients = [\"ci-a\", \"uid:1000\"]\n[ssh.default]\nagent = \"env:SSH_AUTH_SOCK\"\nkeys = [\"comment:x\"]\nclients = [\"ci-b\"]\n",
+    )
+    .unwrap();
+    assert_eq!(p.access.clients, Some(vec!["ci-a".to_string()]));
+    assert_eq!(
+        p.secrets["a"].clients,
+        Some(vec![
+            ClientMatch::Tls("ci-a".into()),
+            ClientMatch::Uid(1000)
+        ])
+    );
+    assert_eq!(
+        p.ssh["default"].clients,
+        Some(vec![ClientMatch::Tls("ci-b".into())])
+    );
+    assert_eq!(parse("").unwrap().access.clients, None);
+
+    let e = errors(
+        "[access]\nclients = [\"uid:0\"]\n[secrets.a]\nsources = [\"env:A\"]\nclients = [\"uid:me\", \"\"]\n[secrets.b]\nsources = [\"env:B\"]\nclients = []\n",
+    );
+    assert_eq!(e.len(), 4, "{e:?}");
+    assert!(
+        e[0].starts_with("policy.toml:2:12: [access] clients:"),
+        "{e:?}"
+    );
+    assert!(e[0].contains("unix peers go in [access] uids"), "{e:?}");
+    assert!(
+        e[1].starts_with("policy.toml:5:12: [secrets.a] clients: expected uid:N"),
+        "{e:?}"
+    );
+    assert!(
+        e[2].starts_with("policy.toml:5:22: [secrets.a] clients:"),
+        "{e:?}"
+    );
+    assert!(
+        e[3].starts_with("policy.toml:8:11: [secrets.b] clients: an empty list"),
+        "{e:?}"
+    );
+}

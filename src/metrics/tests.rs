@@ -18,6 +18,7 @@ fn secret<'a>(
 ) -> SecretEvent<'a> {
     SecretEvent {
         session: "a-session-uuid",
+        client: "uid:1000",
         peer_uid: 1000,
         peer_pid: Some(4242),
         id,

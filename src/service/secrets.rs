@@ -85,6 +85,21 @@ impl SecretsService {
 
     async fn get_secret(&self, id: &str) -> Result<Arc<SecretBytes>, Status> {
         let generation = self.broker.current();
+        let client = &self.session.peer.client;
+        if let Some(rule) = generation.policy.secrets.get(id)
+            && !crate::access::client_listed(rule.clients.as_deref(), client)
+        {
+            let _ = self.audit(
+                id,
+                None,
+                "denied",
+                None,
+                Some("the client is not in this id's clients"),
+            );
+            return Err(Status::not_found(format!(
+                "buildbroker: secret {id:?} is not available to client \"{client}\" (not in [secrets.{id}] clients)"
+            )));
+        }
         crate::service::mounts::enforce(
             &self.broker,
             &generation.policy,
@@ -191,8 +206,10 @@ impl SecretsService {
         cache: Option<&'static str>,
         error: Option<&str>,
     ) -> Result<(), AuditError> {
+        let client = self.session.peer.client.to_string();
         self.broker.audit().secret(&SecretEvent {
             session: &self.session.uuid,
+            client: &client,
             peer_uid: self.session.peer.uid,
             peer_pid: self.session.peer.pid,
             id,

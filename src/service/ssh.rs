@@ -68,7 +68,40 @@ fn not_in_policy(id: &str) -> Status {
     ))
 }
 
+/// An id whose `clients` does not list the caller: NotFound, as if the policy had no such id.
+fn not_for_client(id: &str, client: &crate::access::ClientId) -> Status {
+    Status::not_found(format!(
+        "buildbroker: ssh id {id:?} is not available to client \"{client}\" (not in [ssh.{id}] clients)"
+    ))
+}
+
 type AgentStream = Pin<Box<dyn Stream<Item = Result<BytesMessage, Status>> + Send>>;
+
+impl SshService {
+    /// Whether this session's caller may use `managed` (`[ssh.<id>] clients`); a refusal is
+    /// audited as denied.
+    fn may_use(&self, managed: &crate::ssh::ManagedId, id: &str) -> bool {
+        let client = &self.session.peer.client;
+        if crate::access::client_listed(managed.rule().clients.as_deref(), client) {
+            return true;
+        }
+        let client = client.to_string();
+        // A refusal: nothing is handed out, so a failed write is only logged.
+        let _ = self.broker.audit().ssh(&crate::audit::SshEvent {
+            via: "session",
+            session: Some(&self.session.uuid),
+            client: &client,
+            peer_uid: self.session.peer.uid,
+            peer_pid: self.session.peer.pid,
+            id,
+            key: "",
+            host: None,
+            decision: "denied",
+            reason: Some("the client is not in this ssh id's clients"),
+        });
+        false
+    }
+}
 
 #[tonic::async_trait]
 impl Ssh for SshService {
@@ -86,6 +119,9 @@ impl Ssh for SshService {
             &id,
         )?;
         match self.broker.ssh().route(&id) {
+            Route::Managed(managed) if !self.may_use(&managed, &id) => {
+                Err(not_for_client(&id, &self.session.peer.client))
+            }
             Route::Managed(managed) => match managed.check().await {
                 Ok(()) => Ok(Response::new(CheckAgentResponse {})),
                 Err(e) => {
@@ -116,11 +152,14 @@ impl Ssh for SshService {
             .to_string();
         let id = normalize(&raw_id).to_string();
         match self.broker.ssh().route(&id) {
+            Route::Managed(managed) if !self.may_use(&managed, &id) => {
+                Err(not_for_client(&id, &self.session.peer.client))
+            }
             Route::Managed(_) => {
                 tracing::debug!(session = %self.session.uuid, %id, "agent connection from the build");
                 let origin = Origin::Session {
                     uuid: self.session.uuid.clone(),
-                    peer: self.session.peer,
+                    peer: self.session.peer.clone(),
                 };
                 let connection = AgentConnection::new(self.broker.clone(), &id, origin);
                 Ok(Response::new(serve_stream(

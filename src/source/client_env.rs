@@ -250,6 +250,7 @@ mod tests {
             uid: rustix::process::geteuid().as_raw(),
             gid: rustix::process::getegid().as_raw(),
             pid: Some(std::process::id() as i32),
+            client: crate::access::ClientId::Uid(rustix::process::geteuid().as_raw()),
         }
     }
 

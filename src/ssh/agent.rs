@@ -301,9 +301,11 @@ impl AgentConnection {
             Origin::Session { uuid, peer } => ("session", Some(uuid.as_str()), peer),
             Origin::Socket { peer } => ("socket", None, peer),
         };
+        let client = peer.client.to_string();
         self.broker.audit().ssh(&SshEvent {
             via,
             session,
+            client: &client,
             peer_uid: peer.uid,
             peer_pid: peer.pid,
             id: &self.id,

@@ -95,13 +95,18 @@ async fn serve(stream: UnixStream, id: String, broker: Arc<Broker>, shutdown: Ca
     };
     let policy = broker.policy();
     let groups = supplementary_groups(&peer);
-    if let Err(refused) = check_peer(&policy.access, broker.daemon_uid(), peer, &groups) {
+    if let Err(refused) = check_peer(&policy.access, broker.daemon_uid(), &peer, &groups) {
         tracing::warn!(%id, uid = peer.uid, gid = peer.gid, pid = ?peer.pid, "refused agent socket connection: {refused}");
+        return;
+    }
+    let clients = policy.ssh.get(&id).and_then(|r| r.clients.as_deref());
+    if !crate::access::client_listed(clients, &peer.client) {
+        tracing::warn!(%id, uid = peer.uid, pid = ?peer.pid, "refused agent socket connection: uid:{} is not in [ssh.{id}] clients", peer.uid);
         return;
     }
     let limit = policy.limits.connections_per_uid;
     // Counted with the uid's Engine API connections; cancelled if a reload revokes the uid.
-    let slot = match broker.peers().admit(peer, groups, limit, &shutdown) {
+    let slot = match broker.peers().admit(peer.clone(), groups, limit, &shutdown) {
         Ok(slot) => slot,
         Err(full) => {
             tracing::warn!(%id, uid = peer.uid, pid = ?peer.pid, "refused agent socket connection: {full}");
@@ -109,7 +114,7 @@ async fn serve(stream: UnixStream, id: String, broker: Arc<Broker>, shutdown: Ca
         }
     };
     tracing::debug!(%id, uid = peer.uid, pid = ?peer.pid, "agent socket connection");
-    let mut connection = AgentConnection::new(broker, &id, Origin::Socket { peer });
+    let mut connection = AgentConnection::new(broker, &id, Origin::Socket { peer: peer.clone() });
     let mut framed = Framed::new(stream, wire::codec());
     loop {
         let frame = tokio::select! {

@@ -67,6 +67,7 @@ fn connection(broker: &Arc<Broker>) -> AgentConnection {
         uid: 0,
         gid: 0,
         pid: None,
+        client: crate::access::ClientId::Uid(0),
     };
     AgentConnection::new(broker.clone(), "golden", Origin::Socket { peer })
 }
@@ -218,6 +219,7 @@ async fn an_id_whose_upstream_is_missing_refuses_and_check_names_the_socket() {
         uid: 0,
         gid: 0,
         pid: None,
+        client: crate::access::ClientId::Uid(0),
     };
     let mut conn = AgentConnection::new(b.clone(), "other", Origin::Socket { peer });
     assert_eq!(exchange(&mut conn, &captured("list").0).await, FAILURE);

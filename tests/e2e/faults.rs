@@ -306,7 +306,7 @@ fn the_engine_cut_mid_build_fails_that_build_clearly_and_the_next_one_works() {
     let broker = Broker::start(BrokerOptions {
         policy: TOK_POLICY,
         env: vec![("TOK", &value)],
-        upstream: Some(&upstream),
+        upstream: Some(upstream.clone()),
         ..Default::default()
     });
     read_tok().run(&broker).assert_ok();

@@ -76,10 +76,12 @@ pub struct BrokerOptions<'a> {
     pub rust_log: &'a str,
     /// A command the daemon runs under (`unshare --pid --fork …`); empty: run it directly.
     pub wrapper: Vec<&'a str>,
-    /// The upstream engine address; `None`: the test bed's engine.
-    pub upstream: Option<&'a str>,
     /// Where the audit log goes; `None`: `audit.jsonl` in the broker's directory.
     pub audit_log: Option<&'a Path>,
+    /// More `[server] listen` addresses beside the unix socket (`tcp://127.0.0.1:PORT`).
+    pub extra_listen: Vec<String>,
+    /// `[server] upstream` instead of the test bed's unix socket.
+    pub upstream: Option<String>,
 }
 
 impl Default for BrokerOptions<'_> {
@@ -91,22 +93,29 @@ impl Default for BrokerOptions<'_> {
             env: Vec::new(),
             rust_log: "debug",
             wrapper: Vec::new(),
-            upstream: None,
             audit_log: None,
+            extra_listen: Vec::new(),
+            upstream: None,
         }
     }
 }
 
 impl Broker {
     pub fn start(opts: BrokerOptions<'_>) -> Broker {
-        let engine = opts.upstream.unwrap_or_else(|| engine());
+        let engine = engine();
         let dir = tempfile::Builder::new()
             .prefix("bb-e2e-")
             .tempdir()
             .unwrap();
         let sock = dir.path().join("docker.sock");
+        let extra: String = opts
+            .extra_listen
+            .iter()
+            .map(|l| format!(", \"{l}\""))
+            .collect();
+        let engine = opts.upstream.as_deref().unwrap_or(engine);
         let policy = format!(
-            "{}\n[server]\nlisten = [\"unix://{}\"]\nupstream = \"{engine}\"\naudit_log = \"{}\"\n{}\n\n{}\n",
+            "{}\n[server]\nlisten = [\"unix://{}\"{extra}]\nupstream = \"{engine}\"\naudit_log = \"{}\"\n{}\n\n{}\n",
             opts.preamble,
             sock.display(),
             opts.audit_log

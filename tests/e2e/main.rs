@@ -23,3 +23,4 @@ mod sources;
 mod ssh;
 mod sshbed;
 mod templates;
+mod tls;

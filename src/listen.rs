@@ -1,0 +1,239 @@
+//! The listeners an endpoint serves, unix or tcp, and what turns an accepted connection into a
+//! byte stream with a known caller ([`Connected`]): unix peer credentials (SO_PEERCRED), or a
+//! mutual-TLS handshake ([`crate::tls::TlsAcceptor`]) whose verified certificate names the
+//! client. Any endpoint (the Docker API in [`crate::proxy`], the BuildKit API) takes the same
+//! [`Listener`] and calls [`Incoming::establish`] inside the connection's own task, so a slow
+//! or stalled handshake never holds the accept loop.
+//!
+//! This module never hands out a tcp connection on a TLS listener whose handshake did not
+//! complete with a verified certificate, and never gives a tcp client a unix uid.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream, UnixStream};
+
+use crate::access::{PeerInfo, supplementary_groups};
+use crate::server::BoundListener;
+use crate::tls::{AcceptError, HANDSHAKE_TIMEOUT, IdentityError, TlsAcceptor};
+
+/// A listening socket of an endpoint.
+pub enum Listener {
+    Unix(BoundListener),
+    Tcp(TcpEndpoint),
+}
+
+/// A bound tcp listener: mutual TLS with `tls`, or plain (`insecure_tcp`, loopback only).
+pub struct TcpEndpoint {
+    pub addr: SocketAddr,
+    listener: TcpListener,
+    tls: Option<Arc<TlsAcceptor>>,
+}
+
+impl TcpEndpoint {
+    /// Binds `addr`; every connection will be served through `tls` when it is set.
+    pub async fn bind(
+        addr: SocketAddr,
+        tls: Option<Arc<TlsAcceptor>>,
+    ) -> std::io::Result<TcpEndpoint> {
+        let listener = TcpListener::bind(addr).await?;
+        Ok(TcpEndpoint {
+            addr: listener.local_addr()?,
+            listener,
+            tls,
+        })
+    }
+}
+
+impl Listener {
+    /// Waits for the next connection; the handshake (if any) happens in [`Incoming::establish`].
+    pub async fn accept(&self) -> std::io::Result<Incoming> {
+        match self {
+            Listener::Unix(bound) => {
+                let (stream, _) = bound.listener.accept().await?;
+                Ok(Incoming::Unix(stream))
+            }
+            Listener::Tcp(tcp) => {
+                let (stream, remote) = tcp.listener.accept().await?;
+                let _ = stream.set_nodelay(true);
+                Ok(Incoming::Tcp {
+                    stream,
+                    remote,
+                    tls: tcp.tls.clone(),
+                })
+            }
+        }
+    }
+
+    /// The address as users write it (`unix:///…`, `tcp://…`), for logs and the ready line.
+    pub fn describe(&self) -> String {
+        match self {
+            Listener::Unix(bound) => format!("unix://{}", bound.path.display()),
+            Listener::Tcp(tcp) if tcp.tls.is_some() => format!("tcp://{} (mutual TLS)", tcp.addr),
+            Listener::Tcp(tcp) => format!("tcp://{} (plain, insecure_tcp)", tcp.addr),
+        }
+    }
+}
+
+/// An accepted connection whose caller is not known yet.
+pub enum Incoming {
+    Unix(UnixStream),
+    Tcp {
+        stream: TcpStream,
+        remote: SocketAddr,
+        tls: Option<Arc<TlsAcceptor>>,
+    },
+}
+
+/// A connection with its caller: ready for `[access]` and the endpoint's protocol.
+pub struct Connected {
+    pub io: ClientIo,
+    pub peer: PeerInfo,
+    /// The unix peer's supplementary groups (none for a tcp client).
+    pub groups: Vec<u32>,
+    /// Where a tcp client connected from (for logs only; never an identity).
+    pub remote: Option<SocketAddr>,
+}
+
+/// Why a connection was dropped before its endpoint saw it.
+#[derive(Debug, thiserror::Error)]
+pub enum EstablishError {
+    #[error("cannot read the unix peer's credentials: {0}")]
+    PeerCred(std::io::Error),
+    #[error("tcp client {remote}: {error}")]
+    Tls {
+        remote: SocketAddr,
+        error: AcceptError,
+    },
+}
+
+/// A verified TLS client whose certificate names no usable identity: the stream is up, so the
+/// endpoint can answer in its own protocol why it refuses.
+pub struct Unnamed {
+    pub io: ClientIo,
+    pub remote: SocketAddr,
+    pub error: IdentityError,
+}
+
+impl Incoming {
+    /// Reads the unix peer's credentials, or runs the TLS handshake (bounded by
+    /// [`HANDSHAKE_TIMEOUT`]) and names the client by its certificate.
+    pub async fn establish(self) -> Result<Result<Connected, Unnamed>, EstablishError> {
+        match self {
+            Incoming::Unix(stream) => {
+                let peer = PeerInfo::of(&stream).map_err(EstablishError::PeerCred)?;
+                let groups = supplementary_groups(&peer);
+                Ok(Ok(Connected {
+                    io: ClientIo::Unix(stream),
+                    peer,
+                    groups,
+                    remote: None,
+                }))
+            }
+            Incoming::Tcp {
+                stream,
+                remote,
+                tls: None,
+            } => Ok(Ok(Connected {
+                io: ClientIo::Tcp(stream),
+                peer: PeerInfo::tcp(None),
+                groups: Vec::new(),
+                remote: Some(remote),
+            })),
+            Incoming::Tcp {
+                stream,
+                remote,
+                tls: Some(acceptor),
+            } => {
+                let (tls, identity) = acceptor
+                    .handshake(stream, HANDSHAKE_TIMEOUT)
+                    .await
+                    .map_err(|error| EstablishError::Tls { remote, error })?;
+                let io = ClientIo::Tls(Box::new(tls));
+                Ok(match identity {
+                    Ok(name) => Ok(Connected {
+                        io,
+                        peer: PeerInfo::tcp(Some(&name)),
+                        groups: Vec::new(),
+                        remote: Some(remote),
+                    }),
+                    Err(error) => Err(Unnamed { io, remote, error }),
+                })
+            }
+        }
+    }
+}
+
+/// A client's byte stream, whatever it arrived on.
+pub enum ClientIo {
+    Unix(UnixStream),
+    Tcp(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for ClientIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            ClientIo::Unix(s) => Pin::new(s).poll_read(cx, buf),
+            ClientIo::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            ClientIo::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for ClientIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            ClientIo::Unix(s) => Pin::new(s).poll_write(cx, buf),
+            ClientIo::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            ClientIo::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            ClientIo::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            ClientIo::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            ClientIo::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            ClientIo::Unix(s) => s.is_write_vectored(),
+            ClientIo::Tcp(s) => s.is_write_vectored(),
+            ClientIo::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            ClientIo::Unix(s) => Pin::new(s).poll_flush(cx),
+            ClientIo::Tcp(s) => Pin::new(s).poll_flush(cx),
+            ClientIo::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            ClientIo::Unix(s) => Pin::new(s).poll_shutdown(cx),
+            ClientIo::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            ClientIo::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
