@@ -95,7 +95,7 @@ impl SecretsService {
         )?;
         match answer(&generation, id, Some(&self.client)).await {
             Answer::Denied => {
-                self.audit(id, None, "denied", None, None);
+                self.audit(id, None, "denied", None, None, None);
                 Err(Status::not_found(format!(
                     "buildbroker: secret {id:?} is not in the policy (unknown_secrets = \"deny\")"
                 )))
@@ -105,6 +105,7 @@ impl SecretsService {
                 source,
                 cache,
                 attempts,
+                minted,
                 ..
             } => {
                 let (decision, cache_note, error) = match cache {
@@ -126,11 +127,18 @@ impl SecretsService {
                         ("served_stale", Some("stale"), Some(note))
                     }
                 };
-                self.audit(id, Some(&source), decision, cache_note, error.as_deref());
+                self.audit(
+                    id,
+                    Some(&source),
+                    decision,
+                    cache_note,
+                    error.as_deref(),
+                    minted.as_ref(),
+                );
                 Ok(value)
             }
             Answer::NotFound { .. } => {
-                self.audit(id, None, "not_found", None, None);
+                self.audit(id, None, "not_found", None, None, None);
                 Err(Status::not_found(format!(
                     "buildbroker: no source has secret {id:?}"
                 )))
@@ -138,7 +146,7 @@ impl SecretsService {
             // The audit (and so the daemon log) keeps the whole message; the build's output
             // gets what `[server] build_errors` allows.
             Answer::RequiredMissing { message, attempts } => {
-                self.audit(id, None, "required_missing", None, Some(&message));
+                self.audit(id, None, "required_missing", None, Some(&message), None);
                 Err(Status::failed_precondition(secret_failure_for_build(
                     id,
                     true,
@@ -152,7 +160,7 @@ impl SecretsService {
                 message,
                 attempts,
             } => {
-                self.audit(id, None, "input_missing", None, Some(&message));
+                self.audit(id, None, "input_missing", None, Some(&message), None);
                 Err(Status::failed_precondition(template_failure_for_build(
                     id,
                     &input,
@@ -162,7 +170,7 @@ impl SecretsService {
                 )))
             }
             Answer::Failed { message, attempts } => {
-                self.audit(id, None, "error", None, Some(&message));
+                self.audit(id, None, "error", None, Some(&message), None);
                 Err(Status::unavailable(secret_failure_for_build(
                     id,
                     false,
@@ -182,6 +190,7 @@ impl SecretsService {
         decision: &'static str,
         cache: Option<&'static str>,
         error: Option<&str>,
+        minted: Option<&crate::source::Minted>,
     ) {
         self.broker.audit().secret(&SecretEvent {
             session: &self.session.uuid,
@@ -193,6 +202,7 @@ impl SecretsService {
             decision,
             cache,
             error,
+            minted: minted.map(Into::into),
         });
     }
 }
