@@ -142,11 +142,7 @@ impl AwsCredentialsSpec {
                 "region" => check_region(value).map(|()| spec.region = Some(value.into())),
                 "profile" => check_chars(value, 1, 64, ".-", "a profile name")
                     .map(|()| spec.profile = Some(value.into())),
-                "format" => match value {
-                    "env" => Ok(spec.format = CredentialsFormat::Env),
-                    "file" => Ok(spec.format = CredentialsFormat::SharedFile),
-                    _ => Err(format!("expected file or env; got {value:?}")),
-                },
+                "format" => check_format(value).map(|f| spec.format = f),
                 _ => {
                     return fail(format!(
                         "unknown option {key:?} (known: role_arn, session_name, duration, external_id, region, profile, format)"
@@ -241,6 +237,14 @@ fn check_chars(value: &str, min: usize, max: usize, extra: &str, what: &str) -> 
         Err(format!(
             "expected {what} of {min} to {max} letters, digits and _{extra} characters; got {value:?}"
         ))
+    }
+}
+
+fn check_format(value: &str) -> Result<CredentialsFormat, String> {
+    match value {
+        "env" => Ok(CredentialsFormat::Env),
+        "file" => Ok(CredentialsFormat::SharedFile),
+        _ => Err(format!("expected file or env; got {value:?}")),
     }
 }
 
