@@ -5,10 +5,17 @@
 //! [`SecretEvent`] can hold secret bytes, and [`SshEvent`] names keys and hosts only by
 //! fingerprint. The file is opened by [`crate::daemon_files::open_log`] (no symlink followed,
 //! append-only, owner and mode checked on every open, nothing truncated).
+//!
+//! **Fail closed.** A value is served, and a signature given, only once its record is written:
+//! [`AuditLog::secret`] and [`AuditLog::ssh`] return an error when the file cannot be written
+//! (disk full, I/O error), and the callers then refuse. A file removed under the daemon (by hand
+//! or by a log rotation without SIGHUP) is noticed on the next write (its link count is 0) and
+//! opened again at its path with the same checks, so records never go to an unlinked inode.
 
 use std::fs::File;
 use std::io::Write;
-use std::path::Path;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::SystemTime;
 
@@ -127,7 +134,22 @@ struct Line<'a, E: Serialize> {
 
 /// Where audit records go.
 pub struct AuditLog {
-    file: Option<Mutex<File>>,
+    file: Option<Mutex<AuditFile>>,
+}
+
+/// The audit file, with what is needed to open it again if it is removed.
+struct AuditFile {
+    path: PathBuf,
+    euid: u32,
+    file: File,
+}
+
+/// A record that could not be written: what was served depends on it, so the caller refuses.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot write the audit log {path}: {message}")]
+pub struct AuditError {
+    pub path: PathBuf,
+    pub message: String,
 }
 
 impl AuditLog {
@@ -141,7 +163,11 @@ impl AuditLog {
     pub fn open(path: &Path, euid: u32) -> Result<Self, crate::daemon_files::PathError> {
         let file = crate::daemon_files::open_log(path, euid)?;
         Ok(AuditLog {
-            file: Some(Mutex::new(file)),
+            file: Some(Mutex::new(AuditFile {
+                path: path.to_path_buf(),
+                euid,
+                file,
+            })),
         })
     }
 
@@ -154,10 +180,12 @@ impl AuditLog {
             decision = event.decision,
             "connection revoked: the reloaded [access] no longer allows this peer"
         );
-        self.write("revoke", event);
+        let _ = self.write("revoke", event);
     }
 
-    pub fn secret(&self, event: &SecretEvent<'_>) {
+    /// Records a GetSecret decision; an error means the record is not on disk, so a value
+    /// must not be served.
+    pub fn secret(&self, event: &SecretEvent<'_>) -> Result<(), AuditError> {
         crate::metrics::secret_decision(event);
         tracing::info!(
             target: "buildbroker::audit",
@@ -171,9 +199,11 @@ impl AuditLog {
             error = event.error,
             "secret request"
         );
-        self.write("secret", event);
+        self.write("secret", event)
     }
 
+    /// Records a mount decision. These are refusals or notes about a request served anyway
+    /// (`unseen_allowed`); a failure to record is logged by the write.
     pub fn mount(&self, event: &MountEvent<'_>) {
         tracing::info!(
             target: "buildbroker::audit",
@@ -188,10 +218,12 @@ impl AuditLog {
             reason = event.reason,
             "mount rule decision"
         );
-        self.write("mount", event);
+        let _ = self.write("mount", event);
     }
 
-    pub fn ssh(&self, event: &SshEvent<'_>) {
+    /// Records a sign decision; an error means the record is not on disk, so a signature
+    /// must not be given.
+    pub fn ssh(&self, event: &SshEvent<'_>) -> Result<(), AuditError> {
         crate::metrics::ssh_decision(event);
         tracing::info!(
             target: "buildbroker::audit",
@@ -205,23 +237,47 @@ impl AuditLog {
             reason = event.reason,
             "ssh sign request"
         );
-        self.write("ssh", event);
+        self.write("ssh", event)
     }
 
-    fn write<E: Serialize>(&self, event: &'static str, body: &E) {
-        let Some(file) = &self.file else { return };
+    fn write<E: Serialize>(&self, event: &'static str, body: &E) -> Result<(), AuditError> {
+        let Some(file) = &self.file else {
+            return Ok(());
+        };
         let line = Line {
             time: humantime::format_rfc3339_micros(SystemTime::now()).to_string(),
             event,
             body,
         };
-        let Ok(mut text) = serde_json::to_vec(&line) else {
-            return;
-        };
-        text.push(b'\n');
         let mut f = file.lock().unwrap_or_else(|p| p.into_inner());
-        if let Err(e) = f.write_all(&text) {
-            tracing::error!(error = %e, "cannot write the audit log");
+        let fail = |message: String, f: &AuditFile| {
+            tracing::error!(path = %f.path.display(), error = %message, "cannot write the audit log; refusing to serve secrets and signatures until it works");
+            crate::metrics::error_seen("audit_write");
+            AuditError {
+                path: f.path.clone(),
+                message,
+            }
+        };
+        let mut text = serde_json::to_vec(&line).map_err(|e| fail(e.to_string(), &f))?;
+        text.push(b'\n');
+        // Removed under us: open it again where it was, rather than append to a ghost.
+        if f.file.metadata().map(|m| m.nlink() == 0).unwrap_or(false) {
+            match crate::daemon_files::open_log(&f.path, f.euid) {
+                Ok(file) => {
+                    tracing::warn!(path = %f.path.display(), "the audit log was removed; writing to a new file at its path");
+                    f.file = file;
+                }
+                Err(e) => {
+                    return Err(fail(
+                        format!("it was removed and cannot be created again: {e}"),
+                        &f,
+                    ));
+                }
+            }
+        }
+        match f.file.write_all(&text) {
+            Ok(()) => Ok(()),
+            Err(e) => Err(fail(e.to_string(), &f)),
         }
     }
 }

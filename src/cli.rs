@@ -21,6 +21,7 @@ use crate::config::{HostEnv, Policy, PolicyOrigin};
 use crate::dockerfile::{self, Severity};
 use crate::policy::{secret_failure_for_build, template_failure_for_build};
 use crate::resolver::{Answer, answer};
+use crate::server::Api;
 use crate::source::{Attempt, AttemptOutcome};
 
 const ABOUT: &str = "Brokers build secrets and ssh keys for docker buildx: a Docker Engine API endpoint \
@@ -63,8 +64,12 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the daemon: serve the Docker Engine API on the policy's listen sockets, relay it to
-    /// the upstream engine, answer secret and ssh-agent requests, serve `[ssh.*] socket`s. SIGHUP reloads the policy (a bad file is
-    /// rejected and the old policy stays); SIGTERM/SIGINT drain and exit 0.
+    /// the upstream engine, answer secret and ssh-agent requests, serve `[ssh.*] socket`s.
+    /// With `[server] buildkit_listen`, also serve the BuildKit API for buildx's remote driver
+    /// (`docker buildx create --driver remote unix:///run/buildbroker/buildkitd.sock`), relayed
+    /// to `buildkit_upstream` (default: the engine's own BuildKit, docker+<upstream>).
+    /// SIGHUP reloads the policy (a bad file is rejected and the old policy stays);
+    /// SIGTERM/SIGINT drain and exit 0.
     Serve {
         /// Policy file (default: the lookup order below, then the embedded default).
         #[arg(long, short, value_name = "PATH")]
@@ -265,6 +270,8 @@ fn serve(config: Option<PathBuf>, env: HostEnv) -> ExitCode {
     runtime.block_on(async move {
         let listen = policy.server.listen.clone();
         let upstream = policy.server.upstream.clone();
+        let buildkit_listen = policy.server.buildkit_listen.clone();
+        let buildkit_upstream = policy.server.buildkit_upstream.clone();
         let origin = policy.origin.clone();
         let socket_group = policy.server.socket_group;
         let metrics_listen = policy.server.metrics_listen;
@@ -294,19 +301,24 @@ fn serve(config: Option<PathBuf>, env: HostEnv) -> ExitCode {
                 return ExitCode::from(2);
             }
         };
-        let listeners = if activated.docker.is_empty() {
-            crate::server::bind(&listen, euid, socket_group).map_err(|e| e.to_string())
-        } else {
-            tracing::info!("socket activation: serving the sockets systemd passed instead of [server] listen");
-            activated
-                .docker
-                .into_iter()
-                .map(|(name, l)| {
-                    crate::server::BoundListener::activated(&name, l)
-                        .map_err(|e| format!("socket activation: fd {name:?}: {e}"))
-                })
-                .collect()
-        };
+        let listeners = bind_or_take(
+            Api::DockerEngine,
+            &listen,
+            activated.docker,
+            euid,
+            socket_group,
+        )
+        .and_then(|mut docker| {
+            let buildkit = bind_or_take(
+                Api::BuildKit,
+                &buildkit_listen,
+                activated.buildkit,
+                euid,
+                socket_group,
+            )?;
+            docker.extend(buildkit);
+            Ok(docker)
+        });
         let listeners = match listeners {
             Ok(l) => l,
             Err(e) => {
@@ -336,9 +348,22 @@ fn serve(config: Option<PathBuf>, env: HostEnv) -> ExitCode {
         tokio::spawn(broker.clone().sweep_cache(std::time::Duration::from_secs(5)));
         let addrs = listeners
             .iter()
-            .map(|l| format!("unix://{}", l.path.display()))
+            .filter(|(api, _)| *api == Api::DockerEngine)
+            .map(|(_, l)| format!("unix://{}", l.path.display()))
             .collect::<Vec<_>>()
             .join(", ");
+        let buildkit = listeners
+            .iter()
+            .filter(|(api, _)| *api == Api::BuildKit)
+            .map(|(_, l)| format!("unix://{}", l.path.display()))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let buildkit = match &buildkit_upstream {
+            Some(up) if !buildkit.is_empty() => {
+                format!("; the BuildKit API on {buildkit}, upstream {up}")
+            }
+            _ => String::new(),
+        };
         let agents = agent_sockets
             .iter()
             .map(|l| format!("; ssh agent {} on {}", l.id, l.path().display()))
@@ -358,7 +383,7 @@ fn serve(config: Option<PathBuf>, env: HostEnv) -> ExitCode {
         if !shutdown.is_cancelled() {
             health.set_serving(true);
         }
-        tracing::info!(policy = %origin, "buildbroker ready: serving the Docker Engine API on {addrs}, upstream {upstream}{agents}{metrics}");
+        tracing::info!(policy = %origin, "buildbroker ready: serving the Docker Engine API on {addrs}, upstream {upstream}{buildkit}{agents}{metrics}");
         crate::systemd::ready(&format!("serving the Docker Engine API on {addrs}"));
         tokio::join!(
             crate::server::run(listeners, broker.clone(), shutdown.clone()),
@@ -367,6 +392,32 @@ fn serve(config: Option<PathBuf>, env: HostEnv) -> ExitCode {
         tracing::info!("buildbroker stopped");
         ExitCode::SUCCESS
     })
+}
+
+/// The listeners of one API: the sockets systemd passed under its name if any, else the
+/// policy's addresses bound as [`crate::server::bind`] does.
+fn bind_or_take(
+    api: Api,
+    endpoints: &[crate::config::Endpoint],
+    activated: Vec<(String, std::os::unix::net::UnixListener)>,
+    euid: u32,
+    socket_group: Option<u32>,
+) -> Result<Vec<(Api, crate::server::BoundListener)>, String> {
+    let bound = if activated.is_empty() {
+        crate::server::bind(endpoints, euid, socket_group).map_err(|e| e.to_string())?
+    } else {
+        tracing::info!(
+            "socket activation: serving the sockets systemd passed for {api} instead of the policy's addresses"
+        );
+        activated
+            .into_iter()
+            .map(|(name, l)| {
+                crate::server::BoundListener::activated(&name, l)
+                    .map_err(|e| format!("socket activation: fd {name:?}: {e}"))
+            })
+            .collect::<Result<_, _>>()?
+    };
+    Ok(bound.into_iter().map(|l| (api, l)).collect())
 }
 
 fn spawn_signal_handlers(

@@ -21,7 +21,10 @@ mod mounts;
 mod ssh;
 
 pub use mounts::{DockerfileUnseen, MountDefaults, MountRules};
-pub use ssh::{AgentSocket, HostRule, KeyMatch, SshKeys, SshRule, parse_host_rule};
+pub use ssh::{
+    AgentSocket, HostRule, KeyMatch, SshKeys, SshRule, parse_agent_socket, parse_host_rule,
+    parse_key_match,
+};
 
 /// The policy compiled into the binary; used when no policy file is found.
 pub const EMBEDDED_DEFAULT: &str = include_str!("../config/default.toml");
@@ -101,6 +104,52 @@ pub struct Server {
     pub dockerfile_unseen: DockerfileUnseen,
     /// Where `/healthz`, `/readyz` and `/metrics` are served over plain HTTP; off when absent.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// BuildKit Control API endpoints (for buildx's remote driver); empty: no BuildKit endpoint.
+    pub buildkit_listen: Vec<Endpoint>,
+    /// Where the BuildKit endpoint relays to; set whenever `buildkit_listen` is not empty.
+    pub buildkit_upstream: Option<BuildkitUpstream>,
+}
+
+/// The BuildKit behind the BuildKit endpoint (`[server] buildkit_upstream`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BuildkitUpstream {
+    /// `docker+unix:///path` (or `docker+tcp://host:port`): the engine's embedded BuildKit,
+    /// reached by `POST /grpc` upgraded to h2c on the Docker Engine API (design.md §4).
+    DockerGrpc(Endpoint),
+    /// `unix:///path` or `tcp://host:port`: a buildkitd speaking the Control API directly
+    /// (prior-knowledge HTTP/2).
+    Buildkitd(Endpoint),
+}
+
+impl BuildkitUpstream {
+    /// Parses `docker+unix://…`, `docker+tcp://…`, `unix://…` or `tcp://…`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        match text.strip_prefix("docker+") {
+            Some(rest) => Endpoint::parse(rest).map(BuildkitUpstream::DockerGrpc),
+            None => Endpoint::parse(text).map(BuildkitUpstream::Buildkitd),
+        }
+        .map_err(|m| {
+            format!(
+                "{m}; expected docker+unix:///var/run/docker.sock (the engine's BuildKit), unix:///run/buildkit/buildkitd.sock or tcp://HOST:PORT"
+            )
+        })
+    }
+
+    /// The socket or address dialled, whichever API runs on it.
+    pub fn endpoint(&self) -> &Endpoint {
+        match self {
+            BuildkitUpstream::DockerGrpc(e) | BuildkitUpstream::Buildkitd(e) => e,
+        }
+    }
+}
+
+impl fmt::Display for BuildkitUpstream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BuildkitUpstream::DockerGrpc(e) => write!(f, "docker+{e}"),
+            BuildkitUpstream::Buildkitd(e) => write!(f, "{e}"),
+        }
+    }
 }
 
 /// The default `[server] fetch_timeout`.
@@ -600,20 +649,8 @@ impl Policy {
             }
         };
 
-        if let Some(bl) = &raw.server.buildkit_listen
-            && !bl.get_ref().is_empty()
-        {
-            c.push(
-                    bl.span(),
-                    "[server] buildkit_listen: the BuildKit endpoint is not available yet; use the Docker Engine endpoint ([server] listen)",
-                );
-        }
-        if let Some(bu) = &raw.server.buildkit_upstream {
-            c.push(
-                bu.span(),
-                "[server] buildkit_upstream: the BuildKit endpoint is not available yet; use [server] upstream",
-            );
-        }
+        let (buildkit_listen, buildkit_upstream) =
+            check_buildkit_endpoint(&raw.server, &listen, upstream.as_ref(), &mut c);
 
         // An IP address and port only: a host name would be resolved once at start and could
         // silently bind somewhere else than the operator meant.
@@ -845,6 +882,8 @@ impl Policy {
                 socket_group,
                 dockerfile_unseen: raw.server.dockerfile_unseen.unwrap_or_default(),
                 metrics_listen,
+                buildkit_listen,
+                buildkit_upstream,
             },
             access: Access {
                 uids: raw.access.uids,
@@ -860,6 +899,64 @@ impl Policy {
 }
 
 /// The `[limits]` table: each cap a whole number from 1 to 65536.
+/// `[server] buildkit_listen` and `buildkit_upstream`: unix listeners for now (a tcp listener
+/// needs mutual TLS), and an upstream that defaults to the engine's own `/grpc` behind
+/// `[server] upstream`. Either address naming one of buildbroker's own sockets would loop.
+fn check_buildkit_endpoint(
+    raw: &RawServer,
+    listen: &[Endpoint],
+    upstream: Option<&Endpoint>,
+    c: &mut Collector<'_>,
+) -> (Vec<Endpoint>, Option<BuildkitUpstream>) {
+    let mut buildkit_listen = Vec::new();
+    for s in raw.buildkit_listen.iter().flat_map(|l| l.get_ref()) {
+        match Endpoint::parse(s.get_ref()) {
+            Ok(Endpoint::Tcp(_)) => c.push(
+                s.span(),
+                "[server] buildkit_listen: only unix:// sockets are served for now (a tcp:// BuildKit endpoint needs mutual TLS, not yet available)",
+            ),
+            Ok(e) if listen.contains(&e) || buildkit_listen.contains(&e) => c.push(
+                s.span(),
+                format!("[server] buildkit_listen: {e} is already one of buildbroker's listen addresses"),
+            ),
+            Ok(e) => buildkit_listen.push(e),
+            Err(m) => c.push(s.span(), format!("[server] buildkit_listen: {m}")),
+        }
+    }
+    let buildkit_upstream = match &raw.buildkit_upstream {
+        Some(s) if buildkit_listen.is_empty() => {
+            c.push(
+                s.span(),
+                "[server] buildkit_upstream is set but buildkit_listen is empty: nothing would use it; add buildkit_listen = [\"unix:///run/buildbroker/buildkitd.sock\"]",
+            );
+            None
+        }
+        Some(s) => match BuildkitUpstream::parse(s.get_ref()) {
+            Ok(u) => {
+                let ours = match &u {
+                    BuildkitUpstream::DockerGrpc(e) => listen.contains(e),
+                    BuildkitUpstream::Buildkitd(e) => buildkit_listen.contains(e),
+                };
+                if ours {
+                    c.push(
+                        s.span(),
+                        format!("[server] buildkit_upstream {u} is one of buildbroker's own listen addresses: that would loop; point it at the real engine or buildkitd"),
+                    );
+                }
+                Some(u)
+            }
+            Err(m) => {
+                c.push(s.span(), format!("[server] buildkit_upstream: {m}"));
+                None
+            }
+        },
+        // The engine the Docker endpoint relays to already runs a BuildKit behind `/grpc`.
+        None if !buildkit_listen.is_empty() => upstream.cloned().map(BuildkitUpstream::DockerGrpc),
+        None => None,
+    };
+    (buildkit_listen, buildkit_upstream)
+}
+
 fn check_limits(raw: &RawLimits, sources: &mut SourceSettings, c: &mut Collector<'_>) -> Limits {
     let mut limits = Limits::default();
     let mut cap = |value: &Option<Spanned<i64>>, key: &str, slot: &mut usize| {

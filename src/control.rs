@@ -1,6 +1,6 @@
 //! The BuildKit Control API relay, for transports that carry the Control API itself rather than
 //! `POST /session`: the exec stream of buildx's docker-container driver ([`crate::exec`]), and
-//! next the BuildKit endpoint of the remote driver.
+//! the BuildKit endpoint of the remote driver ([`crate::buildkit_endpoint`]).
 //!
 //! buildx is the HTTP/2 client of the Control API and BuildKit its server, so the relay is an
 //! h2 server towards the build client and an h2 client towards BuildKit. Every call is relayed
@@ -175,6 +175,15 @@ impl ControlRelay {
                 return Status::invalid_argument(e.to_string()).into_http();
             }
         };
+        // Counted like a `POST /session` on the Docker endpoint, before BuildKit hears of it.
+        let limit = self.broker.policy().limits.sessions_per_uid;
+        let session_slot = match self.broker.peers().open_session(self.peer.uid, limit) {
+            Ok(slot) => slot,
+            Err(full) => {
+                tracing::warn!(session = %uuid, uid = self.peer.uid, "refused session: {full}");
+                return Status::resource_exhausted(full.to_string()).into_http();
+            }
+        };
         let (mut parts, client_body) = req.into_parts();
         parts.headers = headers;
         let (to_daemon, to_daemon_body) = message_stream::channel();
@@ -223,6 +232,7 @@ impl ControlRelay {
         };
         let shutdown = self.shutdown.clone();
         tokio::spawn(async move {
+            let _session_slot = session_slot;
             session::run(
                 TokioIo::new(daemon_side),
                 TokioIo::new(client_side),

@@ -7,7 +7,7 @@
 //!
 //! A tour, in the order a request travels:
 //!
-//! - [`server`] binds the unix listeners and runs the accept loop; [`proxy`] relays the Docker
+//! - [`server`] binds the unix listeners and runs one accept loop for both APIs; [`proxy`] relays the Docker
 //!   Engine API to the real engine and checks each peer with [`access`]; [`peers`] counts live
 //!   connections and sessions per uid and closes them when a reload revokes a peer.
 //!   [`daemon_files`] makes every socket and file the daemon creates so that another user
@@ -21,9 +21,12 @@
 //! - The docker-container driver reaches BuildKit through a `buildctl dial-stdio` exec: [`exec`]
 //!   demultiplexes its stream and [`control`] relays the BuildKit Control API over it, handing
 //!   each `Control/Session` to the same [`session`] core.
-//! - Layers, one way: transports ([`proxy`], [`exec`], [`control`]) → session core
-//!   ([`session`]) → [`service`]s → decisions ([`resolver`], [`policy`], [`cache`]) →
-//!   [`source`]s → shared types ([`channel`], [`secret`]).
+//! - buildx's remote driver speaks the Control API to [`buildkit_endpoint`] (`[server]
+//!   buildkit_listen`), which checks the peer and dials `buildkit_upstream` (a buildkitd, or the
+//!   engine's own `/grpc`); the same [`control`] relay and [`session`] core take it from there.
+//! - Layers, one way: transports ([`proxy`], [`exec`], [`buildkit_endpoint`], [`control`]) →
+//!   session core ([`session`]) → [`service`]s → decisions ([`resolver`], [`policy`],
+//!   [`cache`]) → [`source`]s → shared types ([`channel`], [`secret`]).
 //! - [`resolver`] answers one secret request: [`policy`] decides (pure functions) what an id
 //!   means, [`cache`] may hold a value for slow sources, [`source`] resolves it from env, files,
 //!   the OS keyring, programs or the build client; [`secret::SecretBytes`] owns the value and
@@ -41,6 +44,7 @@
 pub mod access;
 pub mod audit;
 pub mod broker;
+pub mod buildkit_endpoint;
 pub mod cache;
 pub mod channel;
 pub mod cli;

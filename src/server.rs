@@ -1,4 +1,6 @@
-//! The daemon's life: bind the listeners, accept connections, drain on shutdown.
+//! The daemon's life: bind the listeners, accept connections, drain on shutdown. Each
+//! listener serves one [`Api`]: the Docker Engine API ([`proxy`]) or the BuildKit Control API
+//! ([`buildkit_endpoint`]); both kinds share the accept loop, the task tracker and the drain.
 //!
 //! [`run`] takes already-bound listeners and a shutdown token (as mini-redis does), so tests
 //! can run the real server in-process on temporary sockets.
@@ -14,10 +16,28 @@ use tokio_util::task::TaskTracker;
 use crate::broker::Broker;
 use crate::config::Endpoint;
 use crate::daemon_files::{self, PathError, SocketFile, SocketSpec};
-use crate::proxy;
+use crate::{buildkit_endpoint, proxy};
 
 /// How long open connections and sessions get to finish after SIGTERM/SIGINT.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Api {
+    /// The Docker Engine API (`[server] listen`, what `DOCKER_HOST` points at).
+    DockerEngine,
+    /// The BuildKit Control API (`[server] buildkit_listen`, buildx's remote driver).
+    BuildKit,
+}
+
+impl std::fmt::Display for Api {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Api::DockerEngine => "the Docker Engine API",
+            Api::BuildKit => "the BuildKit API",
+        })
+    }
+}
 
 /// A bound unix listener; its socket file is removed when it is dropped (if it is still ours).
 pub struct BoundListener {
@@ -112,10 +132,14 @@ pub(crate) fn bind_unix(
 
 /// Serves until `shutdown` is cancelled, then stops accepting and gives open connections and
 /// sessions up to [`DRAIN_TIMEOUT`] to finish.
-pub async fn run(listeners: Vec<BoundListener>, broker: Arc<Broker>, shutdown: CancellationToken) {
+pub async fn run(
+    listeners: Vec<(Api, BoundListener)>,
+    broker: Arc<Broker>,
+    shutdown: CancellationToken,
+) {
     let tasks = TaskTracker::new();
     let mut accept_loops = Vec::new();
-    for bound in listeners {
+    for (api, bound) in listeners {
         let broker = broker.clone();
         let tasks2 = tasks.clone();
         let shutdown = shutdown.clone();
@@ -125,8 +149,15 @@ pub async fn run(listeners: Vec<BoundListener>, broker: Arc<Broker>, shutdown: C
                     accepted = bound.listener.accept() => match accepted {
                         Ok((stream, _)) => {
                             crate::metrics::connection_accepted();
-                            let conn_tasks = tasks2.clone();
-                            tasks2.spawn(proxy::serve_connection(stream, broker.clone(), conn_tasks, shutdown.clone()));
+                            match api {
+                                Api::DockerEngine => {
+                                    let conn_tasks = tasks2.clone();
+                                    tasks2.spawn(proxy::serve_connection(stream, broker.clone(), conn_tasks, shutdown.clone()));
+                                }
+                                Api::BuildKit => {
+                                    tasks2.spawn(buildkit_endpoint::serve_unix(stream, broker.clone(), shutdown.clone()));
+                                }
+                            }
                         }
                         Err(e) => {
                             // EMFILE and friends: back off instead of spinning.

@@ -27,11 +27,10 @@ use tokio::sync::OnceCell;
 
 pub use agent::{AgentConnection, Origin};
 pub use held::{KeyLoadError, KeyParseError};
-pub use hosts::HostsError;
+pub use hosts::{AllowedHosts, HostsError};
 pub use upstream::UpstreamError;
 
 use held::HeldKeys;
-use hosts::AllowedHosts;
 
 use crate::config::{Policy, SshKeys, SshRule};
 use crate::policy::{SshDecision, decide_ssh};

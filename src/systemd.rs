@@ -16,6 +16,8 @@ use sd_notify::NotifyState;
 
 /// `FileDescriptorName=` of the Docker Engine API socket in the `.socket` unit.
 pub const DOCKER_FD_NAME: &str = "docker";
+/// `FileDescriptorName=` of a BuildKit API socket (replaces `[server] buildkit_listen`).
+pub const BUILDKIT_FD_NAME: &str = "buildkit";
 /// `FileDescriptorName=` of an (optional) TCP socket for the metrics endpoint.
 pub const METRICS_FD_NAME: &str = "metrics";
 
@@ -24,6 +26,8 @@ pub const METRICS_FD_NAME: &str = "metrics";
 pub struct Activated {
     /// Docker Engine API listeners (replace `[server] listen`), with their names.
     pub docker: Vec<(String, UnixListener)>,
+    /// BuildKit API listeners (replace `[server] buildkit_listen`), with their names.
+    pub buildkit: Vec<(String, UnixListener)>,
     /// The metrics endpoint's listener (replaces `[server] metrics_listen`).
     pub metrics: Option<TcpListener>,
 }
@@ -33,7 +37,7 @@ pub enum ActivationError {
     #[error("socket activation: {0}")]
     Environment(std::io::Error),
     #[error(
-        "socket activation: fd {fd} ({name:?}) is not a {expected}: {source}. Give the Docker Engine API socket ListenStream=/path FileDescriptorName=docker, and a metrics socket ListenStream=ADDR:PORT FileDescriptorName=metrics"
+        "socket activation: fd {fd} ({name:?}) is not a {expected}: {source}. Give the Docker Engine API socket ListenStream=/path FileDescriptorName=docker, a BuildKit API socket FileDescriptorName=buildkit, and a metrics socket ListenStream=ADDR:PORT FileDescriptorName=metrics"
     )]
     WrongKind {
         fd: i32,
@@ -43,7 +47,7 @@ pub enum ActivationError {
         source: std::io::Error,
     },
     #[error(
-        "socket activation: fd {fd} is named {name:?}; buildbroker serves FileDescriptorName=docker (Docker Engine API, unix) and FileDescriptorName=metrics (tcp)"
+        "socket activation: fd {fd} is named {name:?}; buildbroker serves FileDescriptorName=docker (Docker Engine API, unix), FileDescriptorName=buildkit (BuildKit API, unix) and FileDescriptorName=metrics (tcp)"
     )]
     UnknownName { fd: i32, name: String },
 }
@@ -75,6 +79,12 @@ pub fn take_activated() -> Result<Activated, ActivationError> {
                 .map_err(|e| wrong("TCP listening socket", e))?
                 .ok_or_else(|| wrong("TCP listening socket", missing()))?;
             activated.metrics = Some(listener);
+        } else if name == BUILDKIT_FD_NAME {
+            let listener = fds
+                .take_unix_listener(index)
+                .map_err(|e| wrong("unix stream listening socket", e))?
+                .ok_or_else(|| wrong("unix stream listening socket", missing()))?;
+            activated.buildkit.push((name, listener));
         } else if name == DOCKER_FD_NAME || name == "unknown" || name.ends_with(".socket") {
             let listener = fds
                 .take_unix_listener(index)

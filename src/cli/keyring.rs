@@ -2,8 +2,11 @@
 //! `keyring:` sources read them, so users never learn a backend's attribute names. Values come
 //! from stdin only (echo off on a terminal) and are never printed.
 
+mod crate_store;
+
 use std::io::{IsTerminal, Read, Write};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use super::fingerprint;
 use super::{
@@ -27,7 +30,7 @@ pub fn run(action: KeyringAction, env: &HostEnv) -> ExitCode {
         return ExitCode::from(2);
     };
     let sources = SourceRuntime::new(settings);
-    runtime.block_on(async {
+    let code = runtime.block_on(async {
         match action {
             KeyringAction::Set { raw, .. } => {
                 let value = match read_value(&spec, raw) {
@@ -37,12 +40,25 @@ pub fn run(action: KeyringAction, env: &HostEnv) -> ExitCode {
                         return ExitCode::from(2);
                     }
                 };
-                match sources
-                    .keyring
-                    .store(&spec, &value, &sources.settings)
-                    .await
-                {
-                    Ok(backend) => {
+                let stored = match on_secret_service(&sources).await {
+                    Ok(true) => {
+                        let spec2 = spec.clone();
+                        with_crate_store(&sources, move |store| {
+                            store.set(&spec2, &value).map(|()| value)
+                        })
+                        .await
+                        .map(|value| (KeyringBackend::SecretService, value))
+                    }
+                    Ok(false) => sources
+                        .keyring
+                        .store(&spec, &value, &sources.settings)
+                        .await
+                        .map(|backend| (backend, value))
+                        .map_err(|e| e.to_string()),
+                    Err(e) => Err(e),
+                };
+                match stored {
+                    Ok((backend, value)) => {
                         println!(
                             "stored keyring:{spec} in the {backend} ({} bytes, {})",
                             value.len(),
@@ -57,7 +73,19 @@ pub fn run(action: KeyringAction, env: &HostEnv) -> ExitCode {
                 }
             }
             KeyringAction::GetInfo { .. } => {
-                match sources.keyring.info(&spec, &sources.settings).await {
+                let info = match on_secret_service(&sources).await {
+                    Ok(true) => {
+                        let spec2 = spec.clone();
+                        with_crate_store(&sources, move |store| store.info(&spec2)).await
+                    }
+                    Ok(false) => sources
+                        .keyring
+                        .info(&spec, &sources.settings)
+                        .await
+                        .map_err(|e| e.to_string()),
+                    Err(e) => Err(e),
+                };
+                match info {
                     Ok(Some(info)) => {
                         println!("keyring:{spec}");
                         println!("  backend  {}", info.backend);
@@ -85,7 +113,19 @@ pub fn run(action: KeyringAction, env: &HostEnv) -> ExitCode {
                 }
             }
             KeyringAction::Delete { .. } => {
-                match sources.keyring.delete(&spec, &sources.settings).await {
+                let deleted = match on_secret_service(&sources).await {
+                    Ok(true) => {
+                        let spec2 = spec.clone();
+                        with_crate_store(&sources, move |store| store.delete(&spec2)).await
+                    }
+                    Ok(false) => sources
+                        .keyring
+                        .delete(&spec, &sources.settings)
+                        .await
+                        .map_err(|e| e.to_string()),
+                    Err(e) => Err(e),
+                };
+                match deleted {
                     Ok(0) => {
                         println!("keyring:{spec}: no such entry");
                         ExitCode::from(1)
@@ -104,7 +144,43 @@ pub fn run(action: KeyringAction, env: &HostEnv) -> ExitCode {
                 }
             }
         }
-    })
+    });
+    // A Secret Service call that timed out still holds a blocking thread: do not wait for it.
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    code
+}
+
+/// Whether the entry lives in the Secret Service (else the kernel keyring), as the daemon would
+/// choose for these settings.
+async fn on_secret_service(sources: &SourceRuntime) -> Result<bool, String> {
+    match sources.keyring.backend_for(&sources.settings).await {
+        Ok(KeyringBackend::Kernel) => Ok(false),
+        Ok(_) => Ok(true),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Runs `op` on the `keyring` crate's Secret Service store on a blocking thread. On a terminal
+/// the user may be answering an unlock prompt, so the wait is long; otherwise it is the
+/// policy's keyring timeout, so a stalled Secret Service cannot hang a script.
+async fn with_crate_store<T: Send + 'static>(
+    sources: &SourceRuntime,
+    op: impl FnOnce(&crate_store::Store) -> Result<T, String> + Send + 'static,
+) -> Result<T, String> {
+    let limit = if std::io::stdin().is_terminal() {
+        Duration::from_secs(300)
+    } else {
+        sources.settings.keyring_timeout
+    };
+    let work = tokio::task::spawn_blocking(move || op(&crate_store::Store::open()?));
+    match tokio::time::timeout(limit, work).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(e)) => Err(format!("the Secret Service call failed: {e}")),
+        Err(_) => Err(format!(
+            "the Secret Service did not answer within {}",
+            humantime::format_duration(limit)
+        )),
+    }
 }
 
 /// The entry and the keyring settings: the policy's, with --backend on top.

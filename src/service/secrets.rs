@@ -22,7 +22,7 @@ use prost::Message;
 use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint};
 use tonic::Status;
 
-use crate::audit::SecretEvent;
+use crate::audit::{AuditError, SecretEvent};
 use crate::broker::Broker;
 use crate::channel::{BoxError, RelayBody, SessionInfo};
 use crate::dockerfile::{MountKind, SessionDockerfiles};
@@ -95,7 +95,7 @@ impl SecretsService {
         )?;
         match answer(&generation, id, Some(&self.client)).await {
             Answer::Denied => {
-                self.audit(id, None, "denied", None, None, None);
+                let _ = self.audit(id, None, "denied", None, None, None);
                 Err(Status::not_found(format!(
                     "buildbroker: secret {id:?} is not in the policy (unknown_secrets = \"deny\")"
                 )))
@@ -127,18 +127,24 @@ impl SecretsService {
                         ("served_stale", Some("stale"), Some(note))
                     }
                 };
-                self.audit(
+                // Fail closed: a value whose record cannot be written is not served.
+                if let Err(e) = self.audit(
                     id,
                     Some(&source),
                     decision,
                     cache_note,
                     error.as_deref(),
                     minted.as_ref(),
-                );
+                ) {
+                    drop(value);
+                    return Err(Status::unavailable(format!(
+                        "buildbroker: secret {id:?} not served: {e}; buildbroker serves no secret it cannot record"
+                    )));
+                }
                 Ok(value)
             }
             Answer::NotFound { .. } => {
-                self.audit(id, None, "not_found", None, None, None);
+                let _ = self.audit(id, None, "not_found", None, None, None);
                 Err(Status::not_found(format!(
                     "buildbroker: no source has secret {id:?}"
                 )))
@@ -146,7 +152,7 @@ impl SecretsService {
             // The audit (and so the daemon log) keeps the whole message; the build's output
             // gets what `[server] build_errors` allows.
             Answer::RequiredMissing { message, attempts } => {
-                self.audit(id, None, "required_missing", None, Some(&message), None);
+                let _ = self.audit(id, None, "required_missing", None, Some(&message), None);
                 Err(Status::failed_precondition(secret_failure_for_build(
                     id,
                     true,
@@ -160,7 +166,7 @@ impl SecretsService {
                 message,
                 attempts,
             } => {
-                self.audit(id, None, "input_missing", None, Some(&message), None);
+                let _ = self.audit(id, None, "input_missing", None, Some(&message), None);
                 Err(Status::failed_precondition(template_failure_for_build(
                     id,
                     &input,
@@ -170,7 +176,7 @@ impl SecretsService {
                 )))
             }
             Answer::Failed { message, attempts } => {
-                self.audit(id, None, "error", None, Some(&message), None);
+                let _ = self.audit(id, None, "error", None, Some(&message), None);
                 Err(Status::unavailable(secret_failure_for_build(
                     id,
                     false,
@@ -191,7 +197,7 @@ impl SecretsService {
         cache: Option<&'static str>,
         error: Option<&str>,
         minted: Option<&crate::source::Minted>,
-    ) {
+    ) -> Result<(), AuditError> {
         self.broker.audit().secret(&SecretEvent {
             session: &self.session.uuid,
             peer_uid: self.session.peer.uid,
@@ -203,7 +209,7 @@ impl SecretsService {
             cache,
             error,
             minted: minted.map(Into::into),
-        });
+        })
     }
 }
 
@@ -218,6 +224,12 @@ async fn read_request(req: Request<Incoming>) -> Result<GetSecretRequest, Status
             ))
         })?
         .to_bytes();
+    decode_request(&body)
+}
+
+/// Decodes one GetSecret request body: a gRPC frame header (uncompressed only) and the
+/// message, whose length must match the header's. Public for the fuzz target.
+pub fn decode_request(body: &[u8]) -> Result<GetSecretRequest, Status> {
     let (header, message) = body.split_at_checked(5).ok_or_else(|| {
         Status::invalid_argument("buildbroker: GetSecret request shorter than a gRPC frame header")
     })?;

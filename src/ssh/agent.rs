@@ -246,7 +246,11 @@ impl AgentConnection {
         };
         match signed {
             Ok((answer, host)) => {
-                self.audit(&fingerprint, host.as_deref(), "signed", None);
+                // Fail closed: no signature whose record cannot be written.
+                if let Err(e) = self.audit(&fingerprint, host.as_deref(), "signed", None) {
+                    tracing::warn!(id = %self.id, request = "sign", reason = %e, "ssh agent request refused");
+                    return wire::encode_response(&Response::Failure);
+                }
                 answer
             }
             Err(e) => {
@@ -254,7 +258,7 @@ impl AgentConnection {
                     .bindings
                     .last_host()
                     .map(|k| k.fingerprint(HashAlg::Sha256).to_string());
-                self.audit(
+                let _ = self.audit(
                     &fingerprint,
                     host.as_deref(),
                     "refused",
@@ -286,7 +290,13 @@ impl AgentConnection {
         Ok((answer, host))
     }
 
-    fn audit(&self, key: &str, host: Option<&str>, decision: &'static str, reason: Option<&str>) {
+    fn audit(
+        &self,
+        key: &str,
+        host: Option<&str>,
+        decision: &'static str,
+        reason: Option<&str>,
+    ) -> Result<(), crate::audit::AuditError> {
         let (via, session, peer) = match &self.origin {
             Origin::Session { uuid, peer } => ("session", Some(uuid.as_str()), peer),
             Origin::Socket { peer } => ("socket", None, peer),
@@ -301,7 +311,7 @@ impl AgentConnection {
             host,
             decision,
             reason,
-        });
+        })
     }
 }
 
@@ -352,7 +362,9 @@ impl Session for AgentConnection {
             .to_string();
         match self.sign_checked(&managed, request).await {
             Ok((signature, host)) => {
-                self.audit(&fingerprint, host.as_deref(), "signed", None);
+                // Fail closed: no signature whose record cannot be written.
+                self.audit(&fingerprint, host.as_deref(), "signed", None)
+                    .map_err(AgentError::other)?;
                 Ok(signature)
             }
             Err(e) => {
@@ -360,7 +372,7 @@ impl Session for AgentConnection {
                     .bindings
                     .last_host()
                     .map(|k| k.fingerprint(HashAlg::Sha256).to_string());
-                self.audit(
+                let _ = self.audit(
                     &fingerprint,
                     host.as_deref(),
                     "refused",

@@ -508,7 +508,7 @@ async fn control_session_with(broker: &Broker, container: &str, body: Vec<u8>) -
 }
 
 /// grpc-message is percent-encoded (gRPC over HTTP/2, "Responses").
-fn percent_decode(s: &str) -> String {
+pub fn percent_decode(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::new();
     let mut i = 0;

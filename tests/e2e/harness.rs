@@ -76,6 +76,10 @@ pub struct BrokerOptions<'a> {
     pub rust_log: &'a str,
     /// A command the daemon runs under (`unshare --pid --fork …`); empty: run it directly.
     pub wrapper: Vec<&'a str>,
+    /// The upstream engine address; `None`: the test bed's engine.
+    pub upstream: Option<&'a str>,
+    /// Where the audit log goes; `None`: `audit.jsonl` in the broker's directory.
+    pub audit_log: Option<&'a Path>,
 }
 
 impl Default for BrokerOptions<'_> {
@@ -87,13 +91,15 @@ impl Default for BrokerOptions<'_> {
             env: Vec::new(),
             rust_log: "debug",
             wrapper: Vec::new(),
+            upstream: None,
+            audit_log: None,
         }
     }
 }
 
 impl Broker {
     pub fn start(opts: BrokerOptions<'_>) -> Broker {
-        let engine = engine();
+        let engine = opts.upstream.unwrap_or_else(|| engine());
         let dir = tempfile::Builder::new()
             .prefix("bb-e2e-")
             .tempdir()
@@ -103,7 +109,10 @@ impl Broker {
             "{}\n[server]\nlisten = [\"unix://{}\"]\nupstream = \"{engine}\"\naudit_log = \"{}\"\n{}\n\n{}\n",
             opts.preamble,
             sock.display(),
-            dir.path().join("audit.jsonl").display(),
+            opts.audit_log
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| dir.path().join("audit.jsonl"))
+                .display(),
             opts.server,
             opts.policy
         );

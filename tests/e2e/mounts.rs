@@ -371,3 +371,54 @@ fn a_big_context_streams_while_the_dockerfile_is_inspected() {
         "buildbroker peaked at {peak} MiB relaying a {SIZE_MIB} MiB context"
     );
 }
+
+/// The same rules on a docker-container builder (buildx's CI default): the Dockerfile and the
+/// GetSecret travel inside `Control/Session` over the exec stream, not over `POST /session`.
+#[test]
+fn the_mount_policy_holds_on_a_docker_container_builder() {
+    if skip() {
+        return;
+    }
+    let value = unique_secret("pypi");
+    let broker = Broker::start(BrokerOptions {
+        policy: PYPI_POLICY,
+        env: vec![("PYPI_TOKEN", &value)],
+        ..Default::default()
+    });
+    let builder = crate::container::ContainerBuilder::create(&broker);
+    let ok = builder.build(Build::new(one_run(
+        "--mount=type=secret,id=pypi_token,required=true,mode=0400,uid=1000",
+    )));
+    ok.assert_ok();
+    assert_eq!(ok.text("meta"), "400 1000\n");
+    assert_eq!(ok.text("value"), value);
+
+    let wide = builder.build(Build::new(one_run(
+        "--mount=type=secret,id=pypi_token,required=true,mode=0444,uid=1000",
+    )));
+    assert_refused(
+        &wide,
+        "buildbroker: secret \"pypi_token\" refused: Dockerfile line 3 mounts it with mode=0444, wider than 0400, against the policy rule [secrets.pypi_token] mode = 0o400",
+    );
+    let other = builder.build(
+        Build::new(one_run(
+            "--mount=type=secret,id=pypi_token,required=true,mode=0400,uid=0",
+        ))
+        .dockerfile_at("sub/Build.dockerfile"),
+    );
+    assert_refused(
+        &other,
+        "refused: Build.dockerfile line 3 mounts it for uid 0, against the policy rule [secrets.pypi_token] uid = 1000",
+    );
+    for build in [&wide, &other] {
+        assert!(
+            !build.log().contains(&value),
+            "the value reached the output"
+        );
+    }
+    let audit = broker.audit();
+    assert!(
+        audit.contains("\"event\":\"mount\"") && audit.contains("\"decision\":\"refused\""),
+        "audit: {audit}"
+    );
+}

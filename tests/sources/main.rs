@@ -597,6 +597,58 @@ fn keyring_cli_stores_where_secret_tool_reads() {
         .output()
         .unwrap();
     assert_eq!(lookup.stdout, b"stored-by-buildbroker");
+
+    // Storing again replaces the one item's value (the keyring crate updates a unique match).
+    let again = bed
+        .command(env!("CARGO_BIN_EXE_buildbroker"))
+        .args(["keyring", "set", "cli/acct"])
+        .stdin(std::process::Stdio::piped())
+        .output_with_stdin(b"replaced-value\n");
+    assert!(again.status.success(), "{}", output_text(&again));
+    let info = bed
+        .command(env!("CARGO_BIN_EXE_buildbroker"))
+        .args(["keyring", "get-info", "cli/acct"])
+        .output()
+        .unwrap();
+    let info_text = output_text(&info);
+    assert!(info.status.success(), "{info_text}");
+    assert!(
+        info_text.contains("backend  Secret Service")
+            && info_text.contains("service=cli")
+            && info_text.contains("username=acct")
+            && info_text.contains("value    14 bytes"),
+        "{info_text}"
+    );
+    assert!(
+        !info_text.contains("replaced-value"),
+        "get-info printed the value"
+    );
+    let items = bed
+        .command("secret-tool")
+        .args(["search", "--all", "service", "cli", "username", "acct"])
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&items.stdout).to_string()
+        + &String::from_utf8_lossy(&items.stderr);
+    assert_eq!(
+        listing.matches("secret = replaced-value").count(),
+        1,
+        "one item, with the new value: {listing}"
+    );
+    let removed = bed
+        .command(env!("CARGO_BIN_EXE_buildbroker"))
+        .args(["keyring", "delete", "cli/acct"])
+        .output()
+        .unwrap();
+    assert!(removed.status.success(), "{}", output_text(&removed));
+    assert!(output_text(&removed).contains("removed keyring:cli/acct (1 entry)"));
+    let gone = bed
+        .command(env!("CARGO_BIN_EXE_buildbroker"))
+        .args(["keyring", "get-info", "cli/acct"])
+        .output()
+        .unwrap();
+    assert_eq!(gone.status.code(), Some(1), "{}", output_text(&gone));
+
     let empty = bed
         .command(env!("CARGO_BIN_EXE_buildbroker"))
         .args(["keyring", "set", "cli/empty"])
@@ -896,4 +948,78 @@ fn concurrent_lookups_against_a_stopped_keyring(pid: &str) {
             "the keyring answers again after SIGCONT"
         );
     });
+}
+
+/// The CLI, unlike the daemon's reader, goes through the keyring crate, which asks the Secret
+/// Service to unlock a locked collection (a prompt on a desktop). Headless, no prompter can be
+/// shown: the CLI fails with the store's reason instead of hanging, and never prints a value.
+/// A Secret Service that stops answering is bounded by the policy's keyring timeout.
+#[test]
+fn keyring_cli_asks_to_unlock_and_is_bounded_when_the_service_hangs() {
+    let bed = SecretServiceBed::start();
+    bed.secret_tool_store("locked", "acct", b"locked-value");
+    bed.lock_login_collection();
+    let started = std::time::Instant::now();
+    let out = bed
+        .command(env!("CARGO_BIN_EXE_buildbroker"))
+        .args([
+            "keyring",
+            "get-info",
+            "--backend",
+            "secret-service",
+            "locked/acct",
+        ])
+        .output()
+        .unwrap();
+    let text = output_text(&out);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    // gnome-keyring answered the unlock request with a prompt that nobody can show here.
+    assert!(
+        text.contains("the Secret Service refused access") && text.contains("prompt dismissed"),
+        "{text}"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "{text}"
+    );
+    assert!(!text.contains("locked-value"), "{text}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let policy = policy_file(&dir, "[keyring]\ntimeout = \"500ms\"\n");
+    let pid = bed.keyring_pid();
+    assert!(
+        Command::new("kill")
+            .args(["-STOP", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let started = std::time::Instant::now();
+    let out = bed
+        .command(env!("CARGO_BIN_EXE_buildbroker"))
+        .args([
+            "keyring",
+            "get-info",
+            "--backend",
+            "secret-service",
+            "--config",
+        ])
+        .arg(&policy)
+        .arg("locked/acct")
+        .output()
+        .unwrap();
+    let elapsed = started.elapsed();
+    let _ = Command::new("kill")
+        .args(["-CONT", &pid.to_string()])
+        .status();
+    let text = output_text(&out);
+    assert!(
+        elapsed < std::time::Duration::from_secs(3),
+        "took {elapsed:?}: {text}"
+    );
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(
+        text.contains("the Secret Service did not answer within 500ms"),
+        "{text}"
+    );
 }
