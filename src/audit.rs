@@ -44,6 +44,31 @@ pub struct SecretEvent<'a> {
     pub cache: Option<&'static str>,
     /// What went wrong, for `required_missing` and `error`.
     pub error: Option<&'a str>,
+    /// For credentials an `aws-credentials:` source minted: whose they are, when they expire
+    /// and the access key id's last four characters.
+    pub minted: Option<MintedRecord>,
+}
+
+/// A minted credential as the audit log records it: never the secret key or the token.
+#[derive(Debug, Serialize)]
+pub struct MintedRecord {
+    /// The role assumed; `null` for the daemon's own identity.
+    pub role: Option<String>,
+    /// RFC 3339, UTC; `null` when not known.
+    pub expires: Option<String>,
+    pub key_id_last4: String,
+}
+
+impl From<&crate::source::Minted> for MintedRecord {
+    fn from(m: &crate::source::Minted) -> Self {
+        MintedRecord {
+            role: m.role.clone(),
+            expires: m
+                .expires
+                .map(|e| humantime::format_rfc3339_seconds(e).to_string()),
+            key_id_last4: m.key_id_last4.clone(),
+        }
+    }
 }
 
 /// One sign request to an ssh id buildbroker manages.

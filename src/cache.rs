@@ -14,6 +14,10 @@
 //! them. With `stale_on_error`, an expired value is kept that much longer and served only when
 //! every source failed *transiently* (timeouts, network) — never when a source says "not found"
 //! or "access denied".
+//!
+//! A minted credential (`aws-credentials:`) bounds its own entry: it is reused only while at
+//! least `min_remaining` of its lifetime is left, so a build never gets credentials that expire
+//! under it because the cache held them, and a stale answer never outlives the credential.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -23,7 +27,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::secret::SecretBytes;
-use crate::source::{Attempt, ChainResult};
+use crate::source::{Attempt, ChainResult, Minted};
 
 /// How one id may be cached (from its policy rule).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,13 +35,21 @@ pub struct CachePolicy {
     pub ttl: Duration,
     /// How long past expiry a value may still answer when the sources fail transiently.
     pub stale_on_error: Option<Duration>,
+    /// A minted credential is served from the cache only while at least this much of its
+    /// lifetime is left (`min_remaining`).
+    pub min_remaining: Duration,
 }
+
+/// `min_remaining` when the policy does not say.
+pub const DEFAULT_MIN_REMAINING: Duration = Duration::from_secs(300);
 
 /// A value the cache holds, with where it came from.
 struct Entry {
     value: Arc<SecretBytes>,
     /// Index of the source in the chain that produced it.
     source: usize,
+    /// What it is, when it is a minted credential.
+    minted: Option<Minted>,
     expires: Instant,
     /// After this the entry is dropped even for stale-on-error.
     keep_until: Instant,
@@ -54,17 +66,20 @@ pub enum Cached {
     Hit {
         value: Arc<SecretBytes>,
         source: usize,
+        minted: Option<Minted>,
     },
     /// The sources were asked; what they said, and the value (now cached) if one was found.
     Fetched {
         attempts: Vec<Attempt>,
         served: Option<(usize, Arc<SecretBytes>)>,
+        minted: Option<Minted>,
     },
     /// The sources failed transiently and an expired value answered instead.
     Stale {
         attempts: Vec<Attempt>,
         value: Arc<SecretBytes>,
         source: usize,
+        minted: Option<Minted>,
         past_expiry: Duration,
     },
     /// Another request held the slot (fetching) until this request's deadline.
@@ -117,6 +132,7 @@ impl SecretCache {
                 return Cached::Hit {
                     value: e.value.clone(),
                     source: e.source,
+                    minted: e.minted.clone(),
                 };
             }
             if now >= e.keep_until {
@@ -126,19 +142,18 @@ impl SecretCache {
         let chain = fetch().await;
         let now = Instant::now();
         let transient = chain.failed_transiently();
-        let ChainResult { value, attempts } = chain;
+        let ChainResult {
+            value,
+            attempts,
+            minted,
+        } = chain;
         if let Some((source, value)) = value {
             let value = Arc::new(value);
-            let expires = now + policy.ttl;
-            slot.entry = Some(Entry {
-                value: value.clone(),
-                source,
-                expires,
-                keep_until: expires + policy.stale_on_error.unwrap_or_default(),
-            });
+            slot.entry = entry_for(&value, source, &minted, policy, now);
             return Cached::Fetched {
                 attempts,
                 served: Some((source, value)),
+                minted,
             };
         }
         if let Some(e) = &slot.entry
@@ -149,6 +164,7 @@ impl SecretCache {
             return Cached::Stale {
                 value: e.value.clone(),
                 source: e.source,
+                minted: e.minted.clone(),
                 past_expiry: now.saturating_duration_since(e.expires),
                 attempts,
             };
@@ -158,6 +174,7 @@ impl SecretCache {
         Cached::Fetched {
             attempts,
             served: None,
+            minted: None,
         }
     }
 
@@ -194,6 +211,44 @@ impl SecretCache {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// The entry for a fetched value, or `None` when a minted credential has too little of its
+/// lifetime left to be reused at all.
+fn entry_for(
+    value: &Arc<SecretBytes>,
+    source: usize,
+    minted: &Option<Minted>,
+    policy: CachePolicy,
+    now: Instant,
+) -> Option<Entry> {
+    let stale = policy.stale_on_error.unwrap_or_default();
+    // Credentials of unknown expiry (the daemon's own, from its environment) are what the SDK
+    // would hand out again: only cache_ttl bounds them.
+    let lifetime = minted
+        .as_ref()
+        .and_then(|m| m.remaining(std::time::SystemTime::now()));
+    let (expires, keep_until) = match lifetime {
+        None => (now + policy.ttl, now + policy.ttl + stale),
+        Some(lifetime) => {
+            // The wall clock says how long the credential lives; from here on the cache's own
+            // clock counts it down.
+            let reusable = lifetime.saturating_sub(policy.min_remaining);
+            if reusable.is_zero() {
+                return None;
+            }
+            let expires = now + policy.ttl.min(reusable);
+            // Never served stale past the point where the credential itself has expired.
+            (expires, (expires + stale).min(now + lifetime))
+        }
+    };
+    Some(Entry {
+        value: value.clone(),
+        source,
+        minted: minted.clone(),
+        expires,
+        keep_until,
+    })
 }
 
 #[cfg(test)]

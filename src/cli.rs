@@ -710,6 +710,7 @@ fn resolve(config: Option<PathBuf>, id: &str, env: &HostEnv) -> ExitCode {
             source,
             attempts,
             listed,
+            minted,
             ..
         } => {
             if !listed {
@@ -723,6 +724,12 @@ fn resolve(config: Option<PathBuf>, id: &str, env: &HostEnv) -> ExitCode {
                 value.len(),
                 fingerprint::describe(env, value.expose())
             );
+            if let Some(m) = minted {
+                println!(
+                    "{id}: {}",
+                    describe_minted(&m, std::time::SystemTime::now())
+                );
+            }
             ExitCode::SUCCESS
         }
         Answer::NotFound { attempts } => {
@@ -747,4 +754,22 @@ fn resolve(config: Option<PathBuf>, id: &str, env: &HostEnv) -> ExitCode {
             not_resolved(&attempts, &message, shown)
         }
     }
+}
+
+/// One line about a minted credential: whose it is, the access key id's last four characters
+/// and when it expires. Never the secret key or the session token (they are only in the value).
+pub fn describe_minted(m: &crate::source::Minted, now: std::time::SystemTime) -> String {
+    let expiry = match (m.expires, m.remaining(now)) {
+        (Some(at), Some(left)) => format!(
+            "expires {} (in {})",
+            humantime::format_rfc3339_seconds(at),
+            humantime::format_duration(std::time::Duration::from_secs(left.as_secs()))
+        ),
+        _ => "expiry not known (temporary credentials from the daemon's environment)".into(),
+    };
+    format!(
+        "credentials of {}: access key id ending {}, {expiry}",
+        m.identity(),
+        m.key_id_last4,
+    )
 }

@@ -232,6 +232,9 @@ pub struct SecretRule {
     /// Only these callers may get the id (`None`: every caller `[access]` allows); others get
     /// NotFound, audited as denied.
     pub clients: Option<Vec<crate::access::ClientMatch>>,
+    /// With `cache_ttl`: a minted credential (`aws-credentials:`) is reused only while at least
+    /// this much of its lifetime is left (`min_remaining`, default 5 minutes).
+    pub min_remaining: std::time::Duration,
 }
 
 /// The staleness window `stale_on_error = true` means.
@@ -516,6 +519,7 @@ struct RawSecret {
     cache_ttl: Option<Spanned<String>>,
     stale_on_error: Option<Spanned<StaleSetting>>,
     clients: Option<Spanned<Vec<Spanned<String>>>>,
+    min_remaining: Option<Spanned<String>>,
 }
 
 /// `stale_on_error = true | false | "30m"`.
@@ -815,12 +819,33 @@ impl Policy {
                 .clients
                 .as_ref()
                 .map(|l| tls::check_clients(l, &format!("[secrets.{}]", id.get_ref()), &mut c));
+            let mints = sources
+                .iter()
+                .any(|s| matches!(s, SourceSpec::AwsCredentials(_)));
+            let min_remaining = match &rule.min_remaining {
+                None => crate::cache::DEFAULT_MIN_REMAINING,
+                Some(m) => {
+                    if !mints {
+                        c.push(m.span(), format!("[secrets.{}] min_remaining: only credentials minted by an aws-credentials: source have a lifetime; this id has none", id.get_ref()));
+                    } else if rule.cache_ttl.is_none() {
+                        c.push(m.span(), format!("[secrets.{}] min_remaining needs cache_ttl: it says when a cached credential is too close to its expiry to reuse", id.get_ref()));
+                    }
+                    parse_duration(m.get_ref()).unwrap_or_else(|e| {
+                        c.push(
+                            m.span(),
+                            format!("[secrets.{}] min_remaining: {e}", id.get_ref()),
+                        );
+                        crate::cache::DEFAULT_MIN_REMAINING
+                    })
+                }
+            };
             secrets.insert(
                 id.get_ref().clone(),
                 SecretRule {
                     clients,
                     cache_ttl,
                     stale_on_error,
+                    min_remaining,
                     sources,
                     template,
                     required: rule.required,

@@ -20,8 +20,8 @@ use crate::cache::{CachePolicy, Cached};
 use crate::policy::{SecretDecision, SecretOutcome, conclude_secret, decide_secret};
 use crate::secret::SecretBytes;
 use crate::source::{
-    Attempt, AttemptOutcome, BuildClient, ResolveContext, SourceError, SourceSpec, ValueScope,
-    failed_transiently, resolve_chain,
+    Attempt, AttemptOutcome, BuildClient, Minted, ResolveContext, SourceError, SourceSpec,
+    ValueScope, failed_transiently, resolve_chain,
 };
 use crate::template::Template;
 
@@ -101,6 +101,8 @@ pub enum Answer {
         attempts: Vec<Attempt>,
         /// Whether the id is listed in the policy (false: the implicit `client` chain).
         listed: bool,
+        /// What the value is, when a source minted it (`aws-credentials:`); never a secret.
+        minted: Option<Minted>,
     },
     NotFound {
         attempts: Vec<Attempt>,
@@ -189,15 +191,17 @@ async fn answer_until(
         rule.cache_ttl.map(|ttl| CachePolicy {
             ttl,
             stale_on_error: rule.stale_on_error,
+            min_remaining: rule.min_remaining,
         })
     });
 
     let mut attempts = Vec::with_capacity(sources.len());
     let mut served: Option<(usize, Arc<SecretBytes>)> = None;
+    let mut minted: Option<Minted> = None;
     let mut cache = CacheUse::Off;
     // An expired value a cached run offered after failing transiently; served only if nothing
     // later in the chain has a value and every failure was transient.
-    let mut stale: Option<(usize, Arc<SecretBytes>, Duration)> = None;
+    let mut stale: Option<(usize, Arc<SecretBytes>, Duration, Option<Minted>)> = None;
     for run in runs(sources, cache_policy.is_some()) {
         match (run, cache_policy) {
             (Run::Direct(range), _) | (Run::Cached(range), None) => {
@@ -206,6 +210,7 @@ async fn answer_until(
                 attempts.extend(chain.attempts);
                 if let Some((i, value)) = chain.value {
                     served = Some((start + i, Arc::new(value)));
+                    minted = chain.minted;
                     cache = CacheUse::Off;
                 }
             }
@@ -218,26 +223,34 @@ async fn answer_until(
                     .resolve((id, start), cp, deadline, fetch)
                     .await
                 {
-                    Cached::Hit { value, source } => {
+                    Cached::Hit {
+                        value,
+                        source,
+                        minted: m,
+                    } => {
                         served = Some((start + source, value));
+                        minted = m;
                         cache = CacheUse::Hit;
                     }
                     Cached::Fetched {
                         attempts: a,
                         served: s,
+                        minted: m,
                     } => {
                         attempts.extend(a);
                         cache = CacheUse::Miss;
                         served = s.map(|(i, v)| (start + i, v));
+                        minted = m;
                     }
                     Cached::Stale {
                         attempts: a,
                         value,
                         source,
+                        minted: m,
                         past_expiry,
                     } => {
                         attempts.extend(a);
-                        stale.get_or_insert((start + source, value, past_expiry));
+                        stale.get_or_insert((start + source, value, past_expiry, m));
                     }
                     Cached::Busy => attempts.push(Attempt {
                         source: run_sources[0].clone(),
@@ -253,7 +266,7 @@ async fn answer_until(
         }
     }
     if served.is_none()
-        && let Some((source, value, past_expiry)) = stale
+        && let Some((source, value, past_expiry, minted)) = stale
         && failed_transiently(&attempts)
     {
         return Answer::Value {
@@ -262,6 +275,7 @@ async fn answer_until(
             cache: CacheUse::Stale { past_expiry },
             attempts,
             listed,
+            minted,
         };
     }
     match conclude_secret(id, required, served.as_ref().map(|(i, _)| *i), &attempts) {
@@ -273,6 +287,7 @@ async fn answer_until(
                 cache,
                 attempts,
                 listed,
+                minted,
             }
         }
         SecretOutcome::NotFound => Answer::NotFound { attempts },
@@ -345,6 +360,7 @@ async fn render(
         cache: CacheUse::Off,
         attempts: Vec::new(),
         listed: true,
+        minted: None,
     }
 }
 

@@ -5,6 +5,7 @@
 //! share between requests (backend choices, timeouts, SDK clients). Nothing here may put a value
 //! into a message: [`Attempt`]s record *why* a source did not answer, never *what* it answered.
 
+mod aws_credentials;
 mod aws_sm;
 mod client;
 mod client_env;
@@ -18,6 +19,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use aws_credentials::{AwsCredentialsSpec, CredentialsFormat, Minted};
 pub use aws_sm::{AwsSettings, AwsSmSpec, check_endpoint_url, check_region};
 pub use client::ClientSecrets;
 pub use client_env::{AcceptedAt, ClientProcess};
@@ -39,6 +41,8 @@ pub enum SourceSpec {
     Exec(ExecSpec),
     /// `aws-sm:NAME_OR_ARN[?options][#key.path]`: a secret from AWS Secrets Manager.
     AwsSm(AwsSmSpec),
+    /// `aws-credentials:[?role_arn=…]`: short-lived AWS credentials minted per request.
+    AwsCredentials(AwsCredentialsSpec),
     /// `client`: the build client's own provider (`docker buildx build --secret id=…`).
     Client,
     /// `client-env:NAME`: the build client's environment variable NAME.
@@ -80,9 +84,10 @@ impl SourceSpec {
             "keyring" => KeyringSpec::parse(rest).map(SourceSpec::Keyring),
             "exec" => ExecSpec::parse(rest, home).map(SourceSpec::Exec),
             "aws-sm" => AwsSmSpec::parse(rest).map(SourceSpec::AwsSm),
+            "aws-credentials" => AwsCredentialsSpec::parse(rest).map(SourceSpec::AwsCredentials),
             "client" if rest.is_empty() => Ok(SourceSpec::Client),
             _ => Err(format!(
-                "unknown source {text:?}; expected env:NAME, client-env:NAME, file:PATH, keyring:SERVICE/ACCOUNT, aws-sm:NAME_OR_ARN, exec:PROGRAM ARG… or client"
+                "unknown source {text:?}; expected env:NAME, client-env:NAME, file:PATH, keyring:SERVICE/ACCOUNT, aws-sm:NAME_OR_ARN, aws-credentials:[?options], exec:PROGRAM ARG… or client"
             )),
         }
     }
@@ -104,6 +109,7 @@ impl SourceSpec {
             SourceSpec::Keyring(_) => "keyring",
             SourceSpec::Exec(_) => "exec",
             SourceSpec::AwsSm(_) => "aws-sm",
+            SourceSpec::AwsCredentials(_) => "aws-credentials",
             SourceSpec::Client => "client",
             SourceSpec::ClientEnv(_) => "client-env",
         }
@@ -118,6 +124,7 @@ impl fmt::Display for SourceSpec {
             SourceSpec::Keyring(k) => write!(f, "keyring:{k}"),
             SourceSpec::Exec(e) => write!(f, "exec:{e}"),
             SourceSpec::AwsSm(a) => write!(f, "aws-sm:{a}"),
+            SourceSpec::AwsCredentials(a) => write!(f, "aws-credentials:{a}"),
             SourceSpec::Client => f.write_str("client"),
             SourceSpec::ClientEnv(n) => write!(f, "client-env:{n}"),
         }
@@ -230,6 +237,8 @@ pub struct SourceRuntime {
     pub keyring: keyring::KeyringRuntime,
     /// The AWS SDK configuration and one Secrets Manager client per region, made on first use.
     aws: aws_sm::AwsClients,
+    /// One STS client per region for `aws-credentials:`, from the same SDK configuration.
+    aws_sts: aws_credentials::StsClients,
     /// `[limits] source_fetches`: concurrent fetches per slow kind.
     fetch_slots: slots::FetchSlots,
 }
@@ -241,6 +250,7 @@ impl SourceRuntime {
             settings,
             keyring: keyring::KeyringRuntime::default(),
             aws: aws_sm::AwsClients::default(),
+            aws_sts: aws_credentials::StsClients::default(),
         }
     }
 }
@@ -294,7 +304,17 @@ pub async fn lookup(
     id: &str,
     ctx: ResolveContext<'_>,
 ) -> Result<Lookup, SourceError> {
+    lookup_minted(spec, id, ctx).await.map(|(lookup, _)| lookup)
+}
+
+/// [`lookup`], with what the value is when the source minted it (`aws-credentials:`).
+async fn lookup_minted(
+    spec: &SourceSpec,
+    id: &str,
+    ctx: ResolveContext<'_>,
+) -> Result<(Lookup, Option<Minted>), SourceError> {
     let settings = &ctx.runtime.settings;
+    let mut minted = None;
     let _slot = ctx.runtime.fetch_slots.acquire(spec).await;
     let started = std::time::Instant::now();
     let result = match spec {
@@ -303,6 +323,14 @@ pub async fn lookup(
         SourceSpec::Keyring(k) => ctx.runtime.keyring.lookup(k, settings).await,
         SourceSpec::Exec(e) => exec::lookup(e, id, settings.exec_timeout).await,
         SourceSpec::AwsSm(a) => aws_sm::lookup(a, &settings.aws, &ctx.runtime.aws).await,
+        SourceSpec::AwsCredentials(a) => {
+            aws_credentials::lookup(a, &settings.aws, &ctx.runtime.aws, &ctx.runtime.aws_sts)
+                .await
+                .map(|(value, m)| {
+                    minted = Some(m);
+                    Lookup::Found(value)
+                })
+        }
         SourceSpec::Client => match ctx.client {
             Some(client) => client.secrets.lookup(id).await,
             None => Ok(Lookup::Missing(
@@ -315,8 +343,8 @@ pub async fn lookup(
     };
     crate::metrics::source_lookup(spec.kind(), started, &result);
     match result? {
-        Lookup::Found(v) => within_cap(v),
-        missing => Ok(missing),
+        Lookup::Found(v) => within_cap(v).map(|found| (found, minted)),
+        missing => Ok((missing, None)),
     }
 }
 
@@ -363,6 +391,8 @@ impl Attempt {
 pub struct ChainResult {
     pub value: Option<(usize, SecretBytes)>,
     pub attempts: Vec<Attempt>,
+    /// What the value is, when a source minted it (its expiry bounds any cache entry).
+    pub minted: Option<Minted>,
 }
 
 impl ChainResult {
@@ -392,7 +422,8 @@ pub async fn resolve_chain(
 ) -> ChainResult {
     let mut attempts = Vec::with_capacity(sources.len());
     for (i, spec) in sources.iter().enumerate() {
-        let Ok(result) = tokio::time::timeout_at(ctx.deadline, lookup(spec, id, ctx)).await else {
+        let Ok(result) = tokio::time::timeout_at(ctx.deadline, lookup_minted(spec, id, ctx)).await
+        else {
             attempts.push(Attempt {
                 source: spec.clone(),
                 outcome: AttemptOutcome::Failed(SourceError::transient(
@@ -401,31 +432,38 @@ pub async fn resolve_chain(
             });
             break;
         };
-        let outcome = match result {
-            Ok(Lookup::Found(value)) => {
+        let (value, minted) = match result {
+            Ok((Lookup::Found(value), minted)) => (value, minted),
+            Ok((Lookup::Missing(why), _)) => {
+                tracing::debug!(id, source = %spec, %why, "source has no value");
                 attempts.push(Attempt {
                     source: spec.clone(),
-                    outcome: AttemptOutcome::Found,
+                    outcome: AttemptOutcome::Missing(why),
                 });
-                return ChainResult {
-                    value: Some((i, value)),
-                    attempts,
-                };
+                continue;
             }
-            Ok(Lookup::Missing(why)) => {
-                tracing::debug!(id, source = %spec, %why, "source has no value");
-                AttemptOutcome::Missing(why)
+            Err(e) => {
+                attempts.push(Attempt {
+                    source: spec.clone(),
+                    outcome: AttemptOutcome::Failed(e),
+                });
+                continue;
             }
-            Err(e) => AttemptOutcome::Failed(e),
         };
         attempts.push(Attempt {
             source: spec.clone(),
-            outcome,
+            outcome: AttemptOutcome::Found,
         });
+        return ChainResult {
+            value: Some((i, value)),
+            attempts,
+            minted,
+        };
     }
     ChainResult {
         value: None,
         attempts,
+        minted: None,
     }
 }
 

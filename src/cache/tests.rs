@@ -17,6 +17,7 @@ fn found(v: &str) -> ChainResult {
             source: SourceSpec::Env("X".into()),
             outcome: AttemptOutcome::Found,
         }],
+        minted: None,
     }
 }
 
@@ -32,6 +33,7 @@ fn failing(transient: bool) -> ChainResult {
             source: SourceSpec::Env("X".into()),
             outcome: AttemptOutcome::Failed(e),
         }],
+        minted: None,
     }
 }
 
@@ -42,6 +44,7 @@ fn missing() -> ChainResult {
             source: SourceSpec::Env("X".into()),
             outcome: AttemptOutcome::Missing("not set".into()),
         }],
+        minted: None,
     }
 }
 
@@ -62,6 +65,7 @@ fn value_of(c: &Cached) -> Option<Vec<u8>> {
 async fn fresh_entries_answer_without_fetching_until_the_ttl() {
     let cache = SecretCache::default();
     let policy = CachePolicy {
+        min_remaining: DEFAULT_MIN_REMAINING,
         ttl: TTL,
         stale_on_error: None,
     };
@@ -96,6 +100,7 @@ async fn fresh_entries_answer_without_fetching_until_the_ttl() {
 async fn expired_entries_release_their_value() {
     let cache = SecretCache::default();
     let policy = CachePolicy {
+        min_remaining: DEFAULT_MIN_REMAINING,
         ttl: TTL,
         stale_on_error: None,
     };
@@ -126,6 +131,7 @@ async fn expired_entries_release_their_value() {
 async fn dropping_the_cache_releases_every_value() {
     let cache = SecretCache::default();
     let policy = CachePolicy {
+        min_remaining: DEFAULT_MIN_REMAINING,
         ttl: TTL,
         stale_on_error: Some(TTL),
     };
@@ -150,6 +156,7 @@ async fn dropping_the_cache_releases_every_value() {
 async fn stale_value_answers_only_transient_failures_within_the_window() {
     let cache = SecretCache::default();
     let policy = CachePolicy {
+        min_remaining: DEFAULT_MIN_REMAINING,
         ttl: TTL,
         stale_on_error: Some(Duration::from_secs(300)),
     };
@@ -193,6 +200,7 @@ async fn stale_value_answers_only_transient_failures_within_the_window() {
 async fn not_found_drops_a_stale_value() {
     let cache = SecretCache::default();
     let policy = CachePolicy {
+        min_remaining: DEFAULT_MIN_REMAINING,
         ttl: TTL,
         stale_on_error: Some(Duration::from_secs(300)),
     };
@@ -223,6 +231,7 @@ async fn not_found_drops_a_stale_value() {
 async fn stale_window_ends() {
     let cache = SecretCache::default();
     let policy = CachePolicy {
+        min_remaining: DEFAULT_MIN_REMAINING,
         ttl: TTL,
         stale_on_error: Some(Duration::from_secs(300)),
     };
@@ -244,6 +253,7 @@ async fn stale_window_ends() {
 async fn concurrent_requests_share_one_fetch() {
     let cache = Arc::new(SecretCache::default());
     let policy = CachePolicy {
+        min_remaining: DEFAULT_MIN_REMAINING,
         ttl: TTL,
         stale_on_error: None,
     };
@@ -278,6 +288,7 @@ async fn concurrent_requests_share_one_fetch() {
 async fn different_ids_do_not_wait_for_each_other() {
     let cache = Arc::new(SecretCache::default());
     let policy = CachePolicy {
+        min_remaining: DEFAULT_MIN_REMAINING,
         ttl: TTL,
         stale_on_error: None,
     };
@@ -305,6 +316,7 @@ async fn different_ids_do_not_wait_for_each_other() {
 async fn a_waiter_gives_up_at_its_deadline_while_a_fetch_holds_the_slot() {
     let cache = Arc::new(SecretCache::default());
     let policy = CachePolicy {
+        min_remaining: DEFAULT_MIN_REMAINING,
         ttl: TTL,
         stale_on_error: None,
     };
@@ -337,4 +349,87 @@ async fn a_waiter_gives_up_at_its_deadline_while_a_fetch_holds_the_slot() {
         .await;
     assert_eq!(value_of(&other).unwrap(), b"other run");
     assert_eq!(value_of(&slow.await.unwrap()).unwrap(), b"late");
+}
+
+fn minted(v: &str, lifetime: Duration) -> ChainResult {
+    let mut chain = found(v);
+    chain.minted = Some(Minted {
+        role: None,
+        expires: Some(std::time::SystemTime::now() + lifetime),
+        key_id_last4: "ABCD".into(),
+    });
+    chain
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_minted_credential_is_reused_only_while_min_remaining_is_left() {
+    let cache = SecretCache::default();
+    let policy = CachePolicy {
+        ttl: Duration::from_secs(3600),
+        stale_on_error: Some(Duration::from_secs(3600)),
+        min_remaining: Duration::from_secs(300),
+    };
+    // Lives 15 minutes: reusable for 10 of them although cache_ttl says an hour.
+    let first = cache
+        .resolve(("aws", 0), policy, far(), || async {
+            minted("one", Duration::from_secs(900))
+        })
+        .await;
+    assert!(matches!(
+        first,
+        Cached::Fetched {
+            minted: Some(_),
+            ..
+        }
+    ));
+    tokio::time::advance(Duration::from_secs(599)).await;
+    let second = cache
+        .resolve(("aws", 0), policy, far(), || async {
+            minted("two", Duration::from_secs(900))
+        })
+        .await;
+    assert!(matches!(&second, Cached::Hit { minted: Some(m), .. } if m.key_id_last4 == "ABCD"));
+    assert_eq!(value_of(&second).unwrap(), b"one");
+    tokio::time::advance(Duration::from_secs(1)).await;
+    let third = cache
+        .resolve(("aws", 0), policy, far(), || async {
+            minted("three", Duration::from_secs(900))
+        })
+        .await;
+    assert_eq!(
+        value_of(&third).unwrap(),
+        b"three",
+        "10 minutes in: minted anew"
+    );
+    // Past the credential's own expiry, a transient failure gets no stale answer.
+    tokio::time::advance(Duration::from_secs(901)).await;
+    let fourth = cache
+        .resolve(("aws", 0), policy, far(), || async { failing(true) })
+        .await;
+    assert!(
+        matches!(fourth, Cached::Fetched { served: None, .. }),
+        "an expired credential is never served stale"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_credential_with_less_than_min_remaining_left_is_not_cached() {
+    let cache = SecretCache::default();
+    let policy = CachePolicy {
+        ttl: Duration::from_secs(3600),
+        stale_on_error: None,
+        min_remaining: Duration::from_secs(1200),
+    };
+    let fetches = AtomicUsize::new(0);
+    for _ in 0..2 {
+        let got = cache
+            .resolve(("aws", 0), policy, far(), || {
+                fetches.fetch_add(1, Ordering::SeqCst);
+                async { minted("v", Duration::from_secs(900)) }
+            })
+            .await;
+        assert_eq!(value_of(&got).unwrap(), b"v", "still served");
+    }
+    assert_eq!(fetches.load(Ordering::SeqCst), 2, "never reused");
+    assert!(cache.is_empty());
 }

@@ -27,6 +27,7 @@ fn secret<'a>(
         decision,
         cache: Some("hit"),
         error: Some("the whole message, with /a/path"),
+        minted: None,
     }
 }
 

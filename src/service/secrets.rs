@@ -95,6 +95,7 @@ impl SecretsService {
                 "denied",
                 None,
                 Some("the client is not in this id's clients"),
+                None,
             );
             return Err(Status::not_found(format!(
                 "buildbroker: secret {id:?} is not available to client \"{client}\" (not in [secrets.{id}] clients)"
@@ -110,7 +111,7 @@ impl SecretsService {
         )?;
         match answer(&generation, id, Some(&self.client)).await {
             Answer::Denied => {
-                let _ = self.audit(id, None, "denied", None, None);
+                let _ = self.audit(id, None, "denied", None, None, None);
                 Err(Status::not_found(format!(
                     "buildbroker: secret {id:?} is not in the policy (unknown_secrets = \"deny\")"
                 )))
@@ -120,6 +121,7 @@ impl SecretsService {
                 source,
                 cache,
                 attempts,
+                minted,
                 ..
             } => {
                 let (decision, cache_note, error) = match cache {
@@ -142,9 +144,14 @@ impl SecretsService {
                     }
                 };
                 // Fail closed: a value whose record cannot be written is not served.
-                if let Err(e) =
-                    self.audit(id, Some(&source), decision, cache_note, error.as_deref())
-                {
+                if let Err(e) = self.audit(
+                    id,
+                    Some(&source),
+                    decision,
+                    cache_note,
+                    error.as_deref(),
+                    minted.as_ref(),
+                ) {
                     drop(value);
                     return Err(Status::unavailable(format!(
                         "buildbroker: secret {id:?} not served: {e}; buildbroker serves no secret it cannot record"
@@ -153,7 +160,7 @@ impl SecretsService {
                 Ok(value)
             }
             Answer::NotFound { .. } => {
-                let _ = self.audit(id, None, "not_found", None, None);
+                let _ = self.audit(id, None, "not_found", None, None, None);
                 Err(Status::not_found(format!(
                     "buildbroker: no source has secret {id:?}"
                 )))
@@ -161,7 +168,7 @@ impl SecretsService {
             // The audit (and so the daemon log) keeps the whole message; the build's output
             // gets what `[server] build_errors` allows.
             Answer::RequiredMissing { message, attempts } => {
-                let _ = self.audit(id, None, "required_missing", None, Some(&message));
+                let _ = self.audit(id, None, "required_missing", None, Some(&message), None);
                 Err(Status::failed_precondition(secret_failure_for_build(
                     id,
                     true,
@@ -175,7 +182,7 @@ impl SecretsService {
                 message,
                 attempts,
             } => {
-                let _ = self.audit(id, None, "input_missing", None, Some(&message));
+                let _ = self.audit(id, None, "input_missing", None, Some(&message), None);
                 Err(Status::failed_precondition(template_failure_for_build(
                     id,
                     &input,
@@ -185,7 +192,7 @@ impl SecretsService {
                 )))
             }
             Answer::Failed { message, attempts } => {
-                let _ = self.audit(id, None, "error", None, Some(&message));
+                let _ = self.audit(id, None, "error", None, Some(&message), None);
                 Err(Status::unavailable(secret_failure_for_build(
                     id,
                     false,
@@ -205,6 +212,7 @@ impl SecretsService {
         decision: &'static str,
         cache: Option<&'static str>,
         error: Option<&str>,
+        minted: Option<&crate::source::Minted>,
     ) -> Result<(), AuditError> {
         let client = self.session.peer.client.to_string();
         self.broker.audit().secret(&SecretEvent {
@@ -218,6 +226,7 @@ impl SecretsService {
             decision,
             cache,
             error,
+            minted: minted.map(Into::into),
         })
     }
 }

@@ -307,12 +307,10 @@ struct RegionClient {
 }
 
 impl AwsClients {
-    async fn client_for(
-        &self,
-        spec: &AwsSmSpec,
-        settings: &AwsSettings,
-    ) -> Result<RegionClient, SourceError> {
-        let shared = tokio::time::timeout(
+    /// The SDK configuration every AWS source of this policy shares (`aws-sm:` and
+    /// `aws-credentials:`), loaded on first use within `[aws] timeout`.
+    pub(super) async fn shared(&self, settings: &AwsSettings) -> Result<&SdkConfig, SourceError> {
+        tokio::time::timeout(
             settings.timeout,
             self.shared.get_or_init(|| load_shared_config(settings)),
         )
@@ -322,7 +320,15 @@ impl AwsClients {
                 "loading the AWS configuration (profile, region) took longer than {:?}",
                 settings.timeout
             ))
-        })?;
+        })
+    }
+
+    async fn client_for(
+        &self,
+        spec: &AwsSmSpec,
+        settings: &AwsSettings,
+    ) -> Result<RegionClient, SourceError> {
+        let shared = self.shared(settings).await?;
         let region = spec
             .own_region()
             .or(settings.region.as_deref())
@@ -442,9 +448,9 @@ fn take_value(output: GetSecretValueOutput) -> Option<SecretBytes> {
 }
 
 /// AWS error codes that mean "these credentials may not read this secret".
-const ACCESS_DENIED: &[&str] = &["AccessDeniedException", "AccessDenied"];
+pub(super) const ACCESS_DENIED: &[&str] = &["AccessDeniedException", "AccessDenied"];
 /// AWS error codes that mean "these credentials are not valid at all".
-const BAD_CREDENTIALS: &[&str] = &[
+pub(super) const BAD_CREDENTIALS: &[&str] = &[
     "UnrecognizedClientException",
     "InvalidClientTokenId",
     "InvalidSignatureException",
@@ -455,7 +461,7 @@ const BAD_CREDENTIALS: &[&str] = &[
     "MissingAuthenticationToken",
 ];
 /// AWS error codes for overload: the SDK has already retried these.
-const THROTTLED: &[&str] = &[
+pub(super) const THROTTLED: &[&str] = &[
     "ThrottlingException",
     "Throttling",
     "TooManyRequestsException",
@@ -528,7 +534,10 @@ fn describe_failure(
         ))),
         SdkError::DispatchFailure(failure) => {
             if let Some(credentials) = find_source::<CredentialsError>(err) {
-                return Err(describe_credentials_failure(credentials, secret));
+                return Err(describe_credentials_failure(
+                    credentials,
+                    &format!("to read secret {secret}"),
+                ));
             }
             // Only the request path, the SDK's own words and the socket error: no response body
             // exists at this stage.
@@ -577,10 +586,12 @@ fn describe_failure(
     }
 }
 
-fn describe_credentials_failure(err: &CredentialsError, secret: &str) -> SourceError {
+/// A failure of the SDK's credentials chain; `purpose` says what they were for ("to read
+/// secret X").
+pub(super) fn describe_credentials_failure(err: &CredentialsError, purpose: &str) -> SourceError {
     match err {
         CredentialsError::CredentialsNotLoaded(_) => SourceError::permanent(format!(
-            "no AWS credentials to read secret {secret}: the SDK looked for AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, \
+            "no AWS credentials {purpose}: the SDK looked for AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, \
              the profile (AWS_PROFILE or [aws] profile) in ~/.aws/credentials and ~/.aws/config, a web identity token \
              (AWS_WEB_IDENTITY_TOKEN_FILE with AWS_ROLE_ARN), container credentials (AWS_CONTAINER_CREDENTIALS_*) and \
              EC2 instance metadata, and found none ({})",
@@ -588,12 +599,12 @@ fn describe_credentials_failure(err: &CredentialsError, secret: &str) -> SourceE
         )),
         CredentialsError::ProviderTimedOut(_) | CredentialsError::ProviderError(_) => {
             SourceError::transient(format!(
-                "loading AWS credentials to read secret {secret} failed: {}",
+                "loading AWS credentials {purpose} failed: {}",
                 error_chain(err)
             ))
         }
         _ => SourceError::permanent(format!(
-            "the AWS credentials configuration is unusable (reading secret {secret}): {}",
+            "the AWS credentials configuration is unusable ({purpose}): {}",
             error_chain(err)
         )),
     }
@@ -601,7 +612,7 @@ fn describe_credentials_failure(err: &CredentialsError, secret: &str) -> SourceE
 
 /// An error and its sources on one line, "a: b: c": the SDK's own words without the `Debug`
 /// dump that its `DisplayErrorContext` appends.
-fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+pub(super) fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
     let mut parts: Vec<String> = Vec::new();
     let mut current = Some(err);
     while let Some(e) = current {
@@ -622,7 +633,7 @@ fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
 }
 
 /// The first error of type `T` in `err`'s source chain.
-fn find_source<'e, T: std::error::Error + 'static>(
+pub(super) fn find_source<'e, T: std::error::Error + 'static>(
     err: &'e (dyn std::error::Error + 'static),
 ) -> Option<&'e T> {
     let mut current = Some(err);

@@ -1,7 +1,7 @@
 //! A cap on concurrent fetches per slow source kind (`[limits] source_fetches`): a build that
 //! asks for hundreds of `exec:` ids at once, or a burst of sessions on a slow Secrets Manager,
 //! must not fork hundreds of programs or open hundreds of calls. Fetches over the cap wait for
-//! a slot; each slow kind has its own budget, so a hung keyring never delays `aws-sm:`. Fast
+//! a slot; each slow kind has its own budget, so a hung keyring never delays `aws-sm:` (and `aws-credentials:` has its own budget for STS). Fast
 //! local kinds (`env`, `file`, `client`) take no slot.
 
 use tokio::sync::{Semaphore, SemaphorePermit};
@@ -12,6 +12,7 @@ use super::SourceSpec;
 pub struct FetchSlots {
     exec: Semaphore,
     aws_sm: Semaphore,
+    aws_sts: Semaphore,
     keyring: Semaphore,
 }
 
@@ -21,6 +22,7 @@ impl FetchSlots {
         FetchSlots {
             exec: Semaphore::new(per_kind),
             aws_sm: Semaphore::new(per_kind),
+            aws_sts: Semaphore::new(per_kind),
             keyring: Semaphore::new(per_kind),
         }
     }
@@ -31,6 +33,7 @@ impl FetchSlots {
         let semaphore = match spec {
             SourceSpec::Exec(_) => &self.exec,
             SourceSpec::AwsSm(_) => &self.aws_sm,
+            SourceSpec::AwsCredentials(_) => &self.aws_sts,
             SourceSpec::Keyring(_) => &self.keyring,
             SourceSpec::Env(_)
             | SourceSpec::File(_)

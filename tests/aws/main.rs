@@ -1,4 +1,4 @@
-//! `aws-sm:` sources against a real moto_server (design.md §10): the real `buildbroker` binary
+//! `aws-sm:` and `aws-credentials:` sources against a real moto_server (design.md §10): the real `buildbroker` binary
 //! resolves secrets that the tests seed through the AWS SDK, and real builds get them through
 //! the daemon. Tests fail, never skip, when moto or the Docker test bed is missing
 //! (`bash tests/testbed/setup.sh` installs both); `BUILDBROKER_SKIP_E2E=1` is the explicit
@@ -9,6 +9,7 @@
 #[path = "../e2e/harness.rs"]
 mod harness;
 
+mod credentials;
 mod daemon;
 mod moto;
 mod resolve;

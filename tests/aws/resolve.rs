@@ -13,17 +13,17 @@ const FAKE_CREDENTIALS: [(&str, &str); 2] = [
     ("AWS_SECRET_ACCESS_KEY", "testing"),
 ];
 
-struct Resolved {
-    output: Output,
+pub(crate) struct Resolved {
+    pub(crate) output: Output,
     elapsed: Duration,
 }
 
 impl Resolved {
-    fn stdout(&self) -> String {
+    pub(crate) fn stdout(&self) -> String {
         String::from_utf8_lossy(&self.output.stdout).into_owned()
     }
 
-    fn text(&self) -> String {
+    pub(crate) fn text(&self) -> String {
         format!(
             "{}{}",
             self.stdout(),
@@ -60,7 +60,7 @@ impl Resolved {
 
 /// Runs `buildbroker resolve ID` with a policy and an environment of exactly `env` (plus PATH,
 /// a HOME without ~/.aws, and instance metadata turned off so nothing leaves loopback).
-fn resolve(policy: &str, id: &str, env: &[(&str, &str)]) -> Resolved {
+pub(crate) fn resolve(policy: &str, id: &str, env: &[(&str, &str)]) -> Resolved {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("policy.toml");
     std::fs::write(&path, policy).unwrap();
@@ -85,13 +85,13 @@ fn resolve(policy: &str, id: &str, env: &[(&str, &str)]) -> Resolved {
 }
 
 /// The state directory of every `resolve` here, so the fingerprint key is known.
-fn state_dir() -> &'static std::path::Path {
+pub(crate) fn state_dir() -> &'static std::path::Path {
     static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
     DIR.get_or_init(|| tempfile::tempdir().unwrap()).path()
 }
 
 /// An `[aws]` table pointing at `moto`, then `secrets`.
-fn policy(moto: &Moto, secrets: &str) -> String {
+pub(crate) fn policy(moto: &Moto, secrets: &str) -> String {
     format!(
         "[aws]\nendpoint_url = \"{}\"\nregion = \"{REGION}\"\n\n{secrets}",
         moto.endpoint()
