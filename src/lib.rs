@@ -37,6 +37,8 @@
 //!   daemon is ready, reloading or stopping; [`health`] serves `/healthz`, `/readyz` and the
 //!   Prometheus [`metrics`] on `[server] metrics_listen`.
 //! - [`cli`] is the command line: `serve`, `check`, `resolve`, `keyring`.
+//! - [`zeroize_alloc`] is the daemon's global allocator: every freed heap block is zeroed, so
+//!   copies of a value inside dependencies (h2, the AWS SDK) do not outlive their buffers.
 
 pub mod access;
 pub mod audit;
@@ -63,6 +65,7 @@ pub mod source;
 pub mod ssh;
 pub mod systemd;
 pub mod template;
+pub mod zeroize_alloc;
 
 /// Code generated from `proto/` at build time.
 #[allow(clippy::all, clippy::pedantic, missing_docs)]

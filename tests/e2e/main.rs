@@ -2,6 +2,9 @@
 //! bed's real dockerd (BuildKit 0.13). See harness.rs for how each piece is started.
 
 mod harness;
+#[path = "../aws/moto.rs"]
+#[allow(dead_code)]
+mod moto;
 #[path = "../support/kernel_keyring.rs"]
 mod kernel_keyring;
 #[path = "../support/secret_service.rs"]
