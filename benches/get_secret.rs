@@ -239,7 +239,10 @@ fn main() {
     if !clearing {
         buildbroker::zeroize_alloc::ZeroizeOnFree::disable_for_benchmark();
     }
-    println!("zeroize-on-free allocator: {}", if clearing { "on" } else { "off" });
+    println!(
+        "zeroize-on-free allocator: {}",
+        if clearing { "on" } else { "off" }
+    );
     benches();
     Criterion::default().configure_from_args().final_summary();
     summary();

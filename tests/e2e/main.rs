@@ -2,11 +2,11 @@
 //! bed's real dockerd (BuildKit 0.13). See harness.rs for how each piece is started.
 
 mod harness;
+#[path = "../support/kernel_keyring.rs"]
+mod kernel_keyring;
 #[path = "../aws/moto.rs"]
 #[allow(dead_code)]
 mod moto;
-#[path = "../support/kernel_keyring.rs"]
-mod kernel_keyring;
 #[path = "../support/secret_service.rs"]
 mod secret_service;
 

@@ -122,11 +122,7 @@ fn secret_bytes_are_not_in_image_history_cache_or_logs() {
 /// core image says where it came from even before the report does.
 fn random_value(kind: &str) -> String {
     let mut raw = [0u8; 18];
-    std::io::Read::read_exact(
-        &mut std::fs::File::open("/dev/urandom").unwrap(),
-        &mut raw,
-    )
-    .unwrap();
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom").unwrap(), &mut raw).unwrap();
     let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
     format!("{kind}-{hex}")
 }
@@ -251,10 +247,12 @@ fn search_core(
         // Copies where an expected one may sit (after its prefix, or anywhere when no prefix
         // is known); any beyond the allowed count, and every copy elsewhere, is a leak.
         let (candidates, elsewhere): (Vec<usize>, Vec<usize>) =
-            found.iter().partition(|&&at| match &needle.expected_prefix {
-                Some(prefix) => core[..at].ends_with(prefix),
-                None => true,
-            });
+            found
+                .iter()
+                .partition(|&&at| match &needle.expected_prefix {
+                    Some(prefix) => core[..at].ends_with(prefix),
+                    None => true,
+                });
         let mut unexpected = elsewhere;
         if candidates.len() > allowed {
             unexpected.extend(&candidates);
@@ -527,12 +525,18 @@ fn no_source_leaves_a_secret_byte_in_a_core_image_of_the_broker() {
         "secret-service broker",
         &core,
         &core_path,
-        &[Needle::secret("keyring: Secret Service (ss_tok)", &ss_value)],
+        &[Needle::secret(
+            "keyring: Secret Service (ss_tok)",
+            &ss_value,
+        )],
     );
     report.extend(lines);
     leaked |= any;
 
     let report = report.join("\n");
     eprintln!("core-image report:\n{report}");
-    assert!(!leaked, "secret bytes found in a core image of the broker:\n{report}");
+    assert!(
+        !leaked,
+        "secret bytes found in a core image of the broker:\n{report}"
+    );
 }
