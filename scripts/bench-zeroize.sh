@@ -3,13 +3,14 @@
 # build context relayed through two brokers, the current release build and a BASELINE binary
 # built without the allocator, and directly against the engine; interleaved, cache pruned
 # before every run. Needs the test bed (bash tests/testbed/setup.sh).
-#   scripts/bench-zeroize.sh BASELINE_BINARY [RUNS=3] [CONTEXT_MIB=256]
+#   scripts/bench-zeroize.sh BASELINE_BINARY [RUNS=3] [CONTEXT_MIB=256]   (CURRENT_BINARY= overrides
+#   the release build under test)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 baseline=$1; runs=${2:-3}; ctx_mib=${3:-256}
 . /run/buildbroker-testbed/env
 engine=$TESTBED_DOCKER_HOST
-current=${CARGO_TARGET_DIR:-target}/release/buildbroker
+current=${CURRENT_BINARY:-${CARGO_TARGET_DIR:-target}/release/buildbroker}
 work=$(mktemp -d)
 pids=()
 cleanup() {
