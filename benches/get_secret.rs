@@ -46,6 +46,12 @@ impl Secrets for FakeBuildx {
 
 type Client = SecretsClient<ClientChannel>;
 
+/// The daemon's allocator (src/main.rs), so the numbers include its cost;
+/// `BENCH_ZEROIZE_ON_FREE=0` turns its clearing off to measure that cost.
+#[global_allocator]
+static ALLOCATOR: buildbroker::zeroize_alloc::ZeroizeOnFree =
+    buildbroker::zeroize_alloc::ZeroizeOnFree;
+
 /// `from_cache` is an exec: source (a real program, ~1 ms) behind `cache_ttl`: after the
 /// first call every answer is a cache hit. `from_client_env` reads PATH from the environment
 /// of `client_pid`, a real process standing in for buildx, as `from_env` reads the daemon's.
@@ -230,6 +236,14 @@ fn summary() {
 criterion_group!(benches, bench_get_secret);
 
 fn main() {
+    let clearing = std::env::var("BENCH_ZEROIZE_ON_FREE").map_or(true, |v| v != "0");
+    if !clearing {
+        buildbroker::zeroize_alloc::ZeroizeOnFree::disable_for_benchmark();
+    }
+    println!(
+        "zeroize-on-free allocator: {}",
+        if clearing { "on" } else { "off" }
+    );
     benches();
     Criterion::default().configure_from_args().final_summary();
     summary();

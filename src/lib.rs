@@ -40,6 +40,8 @@
 //!   daemon is ready, reloading or stopping; [`health`] serves `/healthz`, `/readyz` and the
 //!   Prometheus [`metrics`] on `[server] metrics_listen`.
 //! - [`cli`] is the command line: `serve`, `check`, `resolve`, `keyring`.
+//! - [`zeroize_alloc`] is the daemon's global allocator: every freed heap block is zeroed, so
+//!   copies of a value inside dependencies (h2, the AWS SDK) do not outlive their buffers.
 
 pub mod access;
 pub mod audit;
@@ -69,6 +71,7 @@ pub mod ssh;
 pub mod systemd;
 pub mod template;
 pub mod tls;
+pub mod zeroize_alloc;
 
 /// Code generated from `proto/` at build time.
 #[allow(clippy::all, clippy::pedantic, missing_docs)]

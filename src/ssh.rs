@@ -132,9 +132,13 @@ impl ManagedId {
         };
         self.held
             .get_or_try_init(|| async {
-                HeldKeys::load(&self.id, private_keys, passphrase.as_ref(), &self.sources)
-                    .await
-                    .map(Arc::new)
+                let keys =
+                    HeldKeys::load(&self.id, private_keys, passphrase.as_ref(), &self.sources)
+                        .await;
+                // `load`'s own frame (below this one now) still holds the bytes of each key
+                // it moved into the list: a move leaves its source behind on the stack.
+                crate::secret::scrub_stack();
+                keys.map(Arc::new)
             })
             .await
             .cloned()

@@ -26,7 +26,7 @@ use zeroize::Zeroizing;
 
 use pkcs8::DecodePrivateKey;
 
-use crate::secret::SecretBytes;
+use crate::secret::{SecretBytes, scrub_stack};
 use crate::source::{ResolveContext, SourceRuntime, SourceSpec, resolve_chain};
 
 /// The keys of one ssh id, loaded once and held until the policy is reloaded.
@@ -161,10 +161,12 @@ impl HeldKeys {
             } else {
                 comment
             };
-            keys.push(
-                HeldKey::new(&keypair, comment)
-                    .map_err(|error| KeyLoadError::Parse { source_uri, error })?,
-            );
+            let key = HeldKey::new(&keypair, comment);
+            drop(keypair);
+            // The parse and the key's construction left copies of the private key in their
+            // (returned) stack frames.
+            scrub_stack();
+            keys.push(key.map_err(|error| KeyLoadError::Parse { source_uri, error })?);
         }
         Ok(HeldKeys { keys })
     }
@@ -258,6 +260,13 @@ impl HeldKey {
     /// SHA-2 variant the flags ask for (draft-miller-ssh-agent §3.6.1); SHA-1 is
     /// [`HeldKey::sign_rsa_sha1`].
     pub fn sign(&self, data: &[u8], flags: u32) -> Result<Signature, HeldSignError> {
+        let signature = self.sign_unscrubbed(data, flags);
+        // Signing copies the key (and ed25519's expanded secret) into its stack frames.
+        scrub_stack();
+        signature
+    }
+
+    fn sign_unscrubbed(&self, data: &[u8], flags: u32) -> Result<Signature, HeldSignError> {
         // The `signature` crate's Signer, for ed25519-dalek and ssh-key's ECDSA alike.
         use ed25519_dalek::Signer as _;
         let signature = match &self.signer {
@@ -295,14 +304,16 @@ impl HeldKey {
     /// `allow_sha1 = true`; the caller checks that. ssh-key 0.6 cannot hold it as a
     /// `Signature`, so it is returned as bytes.
     pub fn sign_rsa_sha1(&self, data: &[u8]) -> Result<Vec<u8>, HeldSignError> {
-        match &self.signer {
+        let signature = match &self.signer {
             KeySigner::Rsa(rsa) => rsa
                 .sha1
                 .try_sign_with_rng(&mut OsRng, data)
                 .map(|s| s.to_vec())
                 .map_err(|_| HeldSignError::Failed),
             _ => Err(HeldSignError::Failed),
-        }
+        };
+        scrub_stack();
+        signature
     }
 }
 

@@ -4,6 +4,9 @@
 mod harness;
 #[path = "../support/kernel_keyring.rs"]
 mod kernel_keyring;
+#[path = "../aws/moto.rs"]
+#[allow(dead_code)]
+mod moto;
 #[path = "../support/secret_service.rs"]
 mod secret_service;
 
