@@ -15,6 +15,7 @@
 //! This module never looks inside relayed calls and never logs bodies.
 
 mod dockerfile_watch;
+mod read_ahead;
 mod router;
 
 use std::sync::Arc;
@@ -50,6 +51,31 @@ pub const SERVED_METHODS: &[&str] = &[
 /// stack: with adaptive windows `-o type=local` failed with "too_many_data_frames".
 pub(crate) const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
 pub(crate) const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
+
+/// EXPERIMENT (issue 14): relay knobs read from the environment, to A/B them in one binary.
+struct Tuning {
+    read_ahead: usize,
+    write_coalesce: usize,
+    max_frame: Option<u32>,
+    conn_window: u32,
+    stream_window: u32,
+    send_buf: Option<usize>,
+}
+
+fn tuning() -> &'static Tuning {
+    static T: std::sync::OnceLock<Tuning> = std::sync::OnceLock::new();
+    T.get_or_init(|| {
+        let var = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<usize>().ok());
+        Tuning {
+            read_ahead: var("BB_EXP_READ_AHEAD").unwrap_or(256 * 1024),
+            write_coalesce: var("BB_EXP_WRITE_COALESCE").unwrap_or(256 * 1024),
+            max_frame: var("BB_EXP_MAX_FRAME").map(|v| v as u32),
+            conn_window: var("BB_EXP_CONN_WINDOW").map_or(CONNECTION_WINDOW, |v| v as u32),
+            stream_window: var("BB_EXP_STREAM_WINDOW").map_or(STREAM_WINDOW, |v| v as u32),
+            send_buf: var("BB_EXP_SEND_BUF"),
+        }
+    })
+}
 
 /// How long a closing side may take to finish its streams before it is dropped.
 const TEARDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -147,12 +173,21 @@ pub async fn run<D, C>(
     C: Read + Write + Unpin + Send + 'static,
 {
     let uuid = info.uuid.clone();
-    let handshake = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+    let t = tuning();
+    let daemon_side = read_ahead::ReadAhead::with_write(daemon_side, t.read_ahead, t.write_coalesce);
+    let client_side = read_ahead::ReadAhead::with_write(client_side, t.read_ahead, t.write_coalesce);
+    let mut client_builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
+    client_builder
         .timer(TokioTimer::new())
-        .initial_connection_window_size(CONNECTION_WINDOW)
-        .initial_stream_window_size(STREAM_WINDOW)
-        .handshake(client_side)
-        .await;
+        .initial_connection_window_size(t.conn_window)
+        .initial_stream_window_size(t.stream_window);
+    if let Some(f) = t.max_frame {
+        client_builder.max_frame_size(f);
+    }
+    if let Some(b) = t.send_buf {
+        client_builder.max_send_buf_size(b);
+    }
+    let handshake = client_builder.handshake(client_side).await;
     let (send, client_conn) = match handshake {
         Ok(pair) => pair,
         Err(e) => {
@@ -166,11 +201,18 @@ pub async fn run<D, C>(
         Arc::new(info),
     ));
     let service = hyper::service::service_fn(move |req| router.clone().route(req));
-    let server_conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+    let mut server_builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    server_builder
         .timer(TokioTimer::new())
-        .initial_connection_window_size(CONNECTION_WINDOW)
-        .initial_stream_window_size(STREAM_WINDOW)
-        .serve_connection(daemon_side, service);
+        .initial_connection_window_size(t.conn_window)
+        .initial_stream_window_size(t.stream_window);
+    if let Some(f) = t.max_frame {
+        server_builder.max_frame_size(f);
+    }
+    if let Some(b) = t.send_buf {
+        server_builder.max_send_buf_size(b);
+    }
+    let server_conn = server_builder.serve_connection(daemon_side, service);
     tokio::pin!(server_conn);
     tokio::pin!(client_conn);
     tracing::debug!(session = %uuid, "session started");
