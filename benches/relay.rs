@@ -6,8 +6,9 @@
 //! all of them, socket reads (`recvfrom`), writes (`write`/`writev`), `epoll_wait` and `futex`.
 //! Those counts do not move with the machine's load, unlike wall time, which is also shown.
 //!
-//! Variants are sets of environment variables for the daemon (the `BB_EXP_*` knobs, while they
-//! exist), run interleaved: `RELAY_VARIANTS="base;READ_AHEAD=262144;WORKERS=1"`.
+//! Variants are sets of environment variables for the daemon, run interleaved:
+//! `RELAY_VARIANTS="base;NAME=VALUE,NAME2=VALUE2"` (`base`: none). A daemon binary other than
+//! this build's can be given as `RELAY_BIN=PATH`.
 //! Run: `cargo bench --bench relay` (`RELAY_ROUNDS=5`, `RELAY_MIB=256`).
 
 use std::convert::Infallible;
@@ -45,7 +46,11 @@ async fn read_head(s: &mut UnixStream) -> String {
     String::from_utf8_lossy(&head).into_owned()
 }
 
-fn start_broker(dir: &Path, engine: &Path, env: &[(String, String)]) -> (Daemon, std::path::PathBuf) {
+fn start_broker(
+    dir: &Path,
+    engine: &Path,
+    env: &[(String, String)],
+) -> (Daemon, std::path::PathBuf) {
     let sock = dir.join("broker.sock");
     let policy = dir.join("policy.toml");
     std::fs::write(
@@ -58,7 +63,9 @@ fn start_broker(dir: &Path, engine: &Path, env: &[(String, String)]) -> (Daemon,
     )
     .unwrap();
     let log = std::fs::File::create(dir.join("broker.log")).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_buildbroker"))
+    let bin =
+        std::env::var("RELAY_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_buildbroker").into());
+    let child = Command::new(bin)
         .args(["serve", "--config"])
         .arg(&policy)
         .env_clear()
@@ -117,7 +124,14 @@ fn spent(pid: u32) -> Spent {
 }
 
 const PERF_EVENTS: &str = "raw_syscalls:sys_enter,syscalls:sys_enter_recvfrom,syscalls:sys_enter_write,syscalls:sys_enter_writev,syscalls:sys_enter_epoll_wait,syscalls:sys_enter_futex";
-const PERF_NAMES: [&str; 6] = ["syscalls", "recvfrom", "write", "writev", "epoll_wait", "futex"];
+const PERF_NAMES: [&str; 6] = [
+    "syscalls",
+    "recvfrom",
+    "write",
+    "writev",
+    "epoll_wait",
+    "futex",
+];
 
 /// Relays `mib` MiB through a fresh broker started with `env`; returns (seconds, perf
 /// counts in PERF_EVENTS order, spent).
@@ -143,7 +157,9 @@ async fn one_run(env: &[(String, String)], mib: u64) -> (f64, Vec<f64>, Spent) {
     let (mut upstream, _) = engine.accept().await.unwrap();
     read_head(&mut upstream).await;
     upstream
-        .write_all(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n")
+        .write_all(
+            b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n",
+        )
         .await
         .unwrap();
     read_head(&mut client).await;
@@ -210,9 +226,14 @@ async fn one_run(env: &[(String, String)], mib: u64) -> (f64, Vec<f64>, Spent) {
     let after = spent(pid);
     let mut counts = Vec::new();
     if let Some(mut perf) = perf {
-        let _ = Command::new("kill").args(["-INT", &perf.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-INT", &perf.id().to_string()])
+            .status();
         let _ = perf.wait();
-        for line in std::fs::read_to_string(&perf_out).unwrap_or_default().lines() {
+        for line in std::fs::read_to_string(&perf_out)
+            .unwrap_or_default()
+            .lines()
+        {
             let f: Vec<&str> = line.split(',').collect();
             if f.len() > 2 && !line.starts_with('#') {
                 if let Ok(v) = f[0].parse::<f64>() {
@@ -238,8 +259,14 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() {
-    let rounds: usize = std::env::var("RELAY_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
-    let mib: u64 = std::env::var("RELAY_MIB").ok().and_then(|v| v.parse().ok()).unwrap_or(256);
+    let rounds: usize = std::env::var("RELAY_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    let mib: u64 = std::env::var("RELAY_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(256);
     let variants: Vec<(String, Vec<(String, String)>)> = std::env::var("RELAY_VARIANTS")
         .unwrap_or_else(|_| "base".into())
         .split(';')
@@ -247,7 +274,7 @@ fn main() {
             let env = v
                 .split(',')
                 .filter_map(|kv| kv.split_once('='))
-                .map(|(k, val)| (format!("BB_EXP_{k}"), val.to_string()))
+                .map(|(k, val)| (k.to_string(), val.to_string()))
                 .collect();
             (v.to_string(), env)
         })
@@ -267,7 +294,9 @@ fn main() {
     }
     println!(
         "session relay, {mib} MiB per run, {rounds} interleaved rounds; load average {}",
-        std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim()
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .trim()
     );
     println!("per MiB relayed, medians (broker process only):");
     for (v, (name, _)) in variants.iter().enumerate() {

@@ -34,10 +34,9 @@ fn main() -> std::io::Result<()> {
             tokio::spawn(async move {
                 match UnixStream::connect(&upstream).await {
                     Ok(mut up) => {
-                        let _ = tokio::io::copy_bidirectional_with_sizes(
-                            &mut down, &mut up, BUF, BUF,
-                        )
-                        .await;
+                        let _ =
+                            tokio::io::copy_bidirectional_with_sizes(&mut down, &mut up, BUF, BUF)
+                                .await;
                     }
                     Err(e) => eprintln!("splice_proxy: upstream {}: {e}", upstream.display()),
                 }

@@ -12,6 +12,8 @@
 #   PERF=1              also count, with `perf stat -p`, the syscalls, context switches and CPU
 #                       time of the splice proxy and of the broker during each big build
 #                       (perf: Debian's linux-perf)
+#   PROFILE=release     which build to measure (debug: indicative only, for counts)
+#   BIN_DIR=DIR         take buildbroker and examples/splice_proxy from DIR, built beforehand
 #   BROKER_B=PATH       a second buildbroker binary, run as one more interleaved side
 #                       ("broker_b"), to A/B a change in one run
 # DRIVER=docker-container runs every side on buildx's docker-container driver with the test
@@ -28,7 +30,15 @@ seed_runs=${SEED_RUNS:-$runs}
 engine=$TESTBED_DOCKER_HOST
 engine_sock=${engine#unix://}
 
-cargo build --release --quiet --bin buildbroker --example splice_proxy
+profile=${PROFILE:-release}
+bin_dir=${BIN_DIR:-target/$profile}
+if [ -n "${BIN_DIR:-}" ]; then
+  : # built beforehand
+elif [ "$profile" = release ]; then
+  cargo build --release --quiet --bin buildbroker --example splice_proxy
+else
+  cargo build --quiet --bin buildbroker --example splice_proxy
+fi
 work=$(mktemp -d)
 pids=()
 sides=(direct splice broker)
@@ -75,9 +85,9 @@ start_broker() { # BINARY SIDE
   pids+=($!); pid_of[$2]=$!
   wait_ready "$work/$2.log" "buildbroker ready"
 }
-start_broker target/release/buildbroker broker
+start_broker "$bin_dir/buildbroker" broker
 if [ -n "${BROKER_B:-}" ]; then start_broker "$BROKER_B" broker_b; fi
-target/release/examples/splice_proxy "$work/splice.sock" "$engine_sock" 2> "$work/splice.log" &
+"$bin_dir/examples/splice_proxy" "$work/splice.sock" "$engine_sock" 2> "$work/splice.log" &
 pids+=($!); pid_of[splice]=$!
 wait_ready "$work/splice.log" "splice_proxy ready"
 
@@ -105,7 +115,7 @@ seed() { # SIDE [flags]
   # shellcheck disable=SC2046
   DOCKER_HOST=$(host_of "$side") docker buildx build $(builder_of "$side") --network=none --no-cache -q -o type=cacheonly "$@" "$work/seed" >/dev/null
 }
-perf_events=raw_syscalls:sys_enter,syscalls:sys_enter_read,syscalls:sys_enter_recvfrom,syscalls:sys_enter_write,syscalls:sys_enter_writev,syscalls:sys_enter_sendmsg,syscalls:sys_enter_epoll_wait,syscalls:sys_enter_futex,context-switches,task-clock
+perf_events=raw_syscalls:sys_enter,syscalls:sys_enter_read,syscalls:sys_enter_recvfrom,syscalls:sys_enter_write,syscalls:sys_enter_writev,syscalls:sys_enter_sendto,syscalls:sys_enter_sendmsg,syscalls:sys_enter_epoll_wait,syscalls:sys_enter_futex,context-switches,task-clock
 big() { # SIDE MIB RUN
   local side=$1 perf_pid=""
   DOCKER_HOST=$engine docker buildx prune -af >/dev/null  # drop the cached context: full transfer
@@ -120,7 +130,7 @@ big() { # SIDE MIB RUN
   if [ -n "$perf_pid" ]; then kill -INT "$perf_pid"; wait "$perf_pid" || true; fi
 }
 
-echo "driver: $driver   load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "driver: $driver   build: $profile   load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 # Warm up every path once.
 seed direct --secret id=pypi_token,env=PYPI_TOKEN
 for side in "${sides[@]}"; do if [ "$side" != direct ]; then seed "$side" --secret id=pypi_token,env=PYPI_TOKEN; fi; done

@@ -252,13 +252,10 @@ fn serve(config: Option<PathBuf>, env: HostEnv) -> ExitCode {
     if policy.server.metrics_listen.is_some() || activated.metrics.is_some() {
         crate::metrics::enable();
     }
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    builder.enable_all();
-    // EXPERIMENT (issue 14): runtime knobs from the environment, to A/B them in one binary.
-    if let Some(n) = std::env::var("BB_EXP_WORKERS").ok().and_then(|v| v.parse().ok()) {
-        builder.worker_threads(n);
-    }
-    let runtime = match builder.build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("buildbroker: cannot start the async runtime: {e}");

@@ -14,8 +14,8 @@
 //!
 //! This module never looks inside relayed calls and never logs bodies.
 
+mod buffered_io;
 mod dockerfile_watch;
-mod read_ahead;
 mod router;
 
 use std::sync::Arc;
@@ -52,30 +52,10 @@ pub const SERVED_METHODS: &[&str] = &[
 pub(crate) const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
 pub(crate) const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
 
-/// EXPERIMENT (issue 14): relay knobs read from the environment, to A/B them in one binary.
-struct Tuning {
-    read_ahead: usize,
-    write_coalesce: usize,
-    max_frame: Option<u32>,
-    conn_window: u32,
-    stream_window: u32,
-    send_buf: Option<usize>,
-}
-
-fn tuning() -> &'static Tuning {
-    static T: std::sync::OnceLock<Tuning> = std::sync::OnceLock::new();
-    T.get_or_init(|| {
-        let var = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<usize>().ok());
-        Tuning {
-            read_ahead: var("BB_EXP_READ_AHEAD").unwrap_or(256 * 1024),
-            write_coalesce: var("BB_EXP_WRITE_COALESCE").unwrap_or(256 * 1024),
-            max_frame: var("BB_EXP_MAX_FRAME").map(|v| v as u32),
-            conn_window: var("BB_EXP_CONN_WINDOW").map_or(CONNECTION_WINDOW, |v| v as u32),
-            stream_window: var("BB_EXP_STREAM_WINDOW").map_or(STREAM_WINDOW, |v| v as u32),
-            send_buf: var("BB_EXP_SEND_BUF"),
-        }
-    })
-}
+/// Read-ahead and write buffers under each h2 half (see [`buffered_io`]): 256 KiB is what a
+/// busy unix socket holds queued; 64 KiB measured 2x the syscalls per MiB (docs/benchmarks.md).
+const READ_AHEAD: usize = 256 * 1024;
+const WRITE_COALESCE: usize = 256 * 1024;
 
 /// How long a closing side may take to finish its streams before it is dropped.
 const TEARDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -173,21 +153,14 @@ pub async fn run<D, C>(
     C: Read + Write + Unpin + Send + 'static,
 {
     let uuid = info.uuid.clone();
-    let t = tuning();
-    let daemon_side = read_ahead::ReadAhead::with_write(daemon_side, t.read_ahead, t.write_coalesce);
-    let client_side = read_ahead::ReadAhead::with_write(client_side, t.read_ahead, t.write_coalesce);
-    let mut client_builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
-    client_builder
+    let daemon_side = buffered_io::BufferedIo::new(daemon_side, READ_AHEAD, WRITE_COALESCE);
+    let client_side = buffered_io::BufferedIo::new(client_side, READ_AHEAD, WRITE_COALESCE);
+    let handshake = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
-        .initial_connection_window_size(t.conn_window)
-        .initial_stream_window_size(t.stream_window);
-    if let Some(f) = t.max_frame {
-        client_builder.max_frame_size(f);
-    }
-    if let Some(b) = t.send_buf {
-        client_builder.max_send_buf_size(b);
-    }
-    let handshake = client_builder.handshake(client_side).await;
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .initial_stream_window_size(STREAM_WINDOW)
+        .handshake(client_side)
+        .await;
     let (send, client_conn) = match handshake {
         Ok(pair) => pair,
         Err(e) => {
@@ -201,18 +174,11 @@ pub async fn run<D, C>(
         Arc::new(info),
     ));
     let service = hyper::service::service_fn(move |req| router.clone().route(req));
-    let mut server_builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-    server_builder
+    let server_conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
-        .initial_connection_window_size(t.conn_window)
-        .initial_stream_window_size(t.stream_window);
-    if let Some(f) = t.max_frame {
-        server_builder.max_frame_size(f);
-    }
-    if let Some(b) = t.send_buf {
-        server_builder.max_send_buf_size(b);
-    }
-    let server_conn = server_builder.serve_connection(daemon_side, service);
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .initial_stream_window_size(STREAM_WINDOW)
+        .serve_connection(daemon_side, service);
     tokio::pin!(server_conn);
     tokio::pin!(client_conn);
     tracing::debug!(session = %uuid, "session started");

@@ -148,9 +148,14 @@ async fn a_stalled_receiver_holds_the_sender_back_and_memory_stays_bounded() {
         .expect("the broker opens the upstream session")
         .unwrap();
     let head = read_head(&mut upstream).await;
-    assert!(head.starts_with("POST /session"), "upstream request: {head}");
+    assert!(
+        head.starts_with("POST /session"),
+        "upstream request: {head}"
+    );
     upstream
-        .write_all(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n")
+        .write_all(
+            b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n",
+        )
         .await
         .unwrap();
     let head = read_head(&mut client).await;

@@ -1,47 +1,51 @@
-//! A read-ahead buffer under a session's HTTP/2 connection, so one `read(2)` drains what the
-//! kernel has queued instead of the 8–32 KiB h2's own frame reader asks for at a time.
+//! The buffer under each h2 half of a session: one `read(2)` drains what the kernel has
+//! queued, and the DATA frames h2 writes between two flushes leave in one `write(2)`.
 //!
-//! It only buffers bytes already received (at most its fixed capacity per connection); it
-//! never holds bytes back from the reader, never delays a write, and never looks at what it
-//! carries.
+//! Why (issue 14, docs/benchmarks.md): h2 reads into an 8 KiB buffer and writes each 16 KiB
+//! DATA frame with its own `writev` and flush, so relaying a build context cost ~280 syscalls
+//! per MiB; through this buffer it costs ~60, about what a plain byte splice costs.
+//!
+//! It never holds bytes back: reads hand over what arrived, and a flush that it defers wakes
+//! the writer at once, whose next poll writes everything out if nothing more was queued. It
+//! holds at most its two fixed capacities per connection and never looks at what it carries.
 
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use hyper::rt::{Read, ReadBuf, ReadBufCursor, Write};
 
-/// A connection with a fixed-size read-ahead buffer; writes pass straight through.
-pub struct ReadAhead<T> {
+/// A connection with a fixed-size read-ahead buffer and a write buffer drained on flush.
+pub struct BufferedIo<T> {
     inner: T,
     buf: Box<[u8]>,
     /// `buf[start..end]` holds received bytes the reader has not taken yet.
     start: usize,
     end: usize,
-    /// EXPERIMENT: write coalescing; `wcap` 0 = writes pass through.
+    /// Bytes written but not yet handed to the kernel, at most `wcap`; `wcap` 0 = writes
+    /// pass straight through.
     wbuf: Vec<u8>,
     wcap: usize,
+    /// The last flush was deferred and nothing was written since: the next one writes.
     deferred: bool,
 }
 
-impl<T> ReadAhead<T> {
-    pub fn new(inner: T, capacity: usize) -> Self {
-        Self::with_write(inner, capacity, 0)
-    }
-
-    pub fn with_write(inner: T, capacity: usize, wcap: usize) -> Self {
-        ReadAhead {
+impl<T> BufferedIo<T> {
+    /// `read_capacity` 0 reads straight through; `write_capacity` 0 writes straight through.
+    pub fn new(inner: T, read_capacity: usize, write_capacity: usize) -> Self {
+        BufferedIo {
             inner,
-            buf: vec![0; capacity].into_boxed_slice(),
+            // Zeroed pages are mapped lazily: an idle session touches only the first of them.
+            buf: vec![0; read_capacity].into_boxed_slice(),
             start: 0,
             end: 0,
-            wbuf: Vec::with_capacity(wcap),
-            wcap,
+            wbuf: Vec::new(),
+            wcap: write_capacity,
             deferred: false,
         }
     }
 }
 
-impl<T: Write + Unpin> ReadAhead<T> {
+impl<T: Write + Unpin> BufferedIo<T> {
     fn drain(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         while !self.wbuf.is_empty() {
             let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &self.wbuf))?;
@@ -54,7 +58,7 @@ impl<T: Write + Unpin> ReadAhead<T> {
     }
 }
 
-impl<T: Read + Unpin> Read for ReadAhead<T> {
+impl<T: Read + Unpin> Read for BufferedIo<T> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -78,7 +82,7 @@ impl<T: Read + Unpin> Read for ReadAhead<T> {
     }
 }
 
-impl<T: Write + Unpin> Write for ReadAhead<T> {
+impl<T: Write + Unpin> Write for BufferedIo<T> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -133,7 +137,9 @@ impl<T: Write + Unpin> Write for ReadAhead<T> {
             && !this.deferred
             && this.wbuf.len() < this.wcap / 2
         {
-            // Let the writer queue more before the syscall: it polls again right away.
+            // h2 flushes after every frame; let it queue the frames it has ready first. It is
+            // polled again at once, and that flush writes unless more was written meanwhile
+            // (then the half-full mark bounds how long this can go on).
             this.deferred = true;
             cx.waker().wake_by_ref();
             return Poll::Ready(Ok(()));
