@@ -123,7 +123,10 @@ fn spent(pid: u32) -> Spent {
     }
 }
 
-const PERF_EVENTS: &str = "raw_syscalls:sys_enter,syscalls:sys_enter_recvfrom,syscalls:sys_enter_write,syscalls:sys_enter_writev,syscalls:sys_enter_epoll_wait,syscalls:sys_enter_futex";
+/// One run: wall seconds, the perf counts in PERF_EVENTS order (empty without perf), spent.
+type Run = (f64, Vec<f64>, Spent);
+
+const PERF_EVENTS: &str = "raw_syscalls:sys_enter,syscalls:sys_enter_recvfrom,syscalls:sys_enter_write,syscalls:sys_enter_writev,syscalls:sys_enter_sendto,syscalls:sys_enter_epoll_wait,syscalls:sys_enter_futex";
 const PERF_NAMES: [&str; 6] = [
     "syscalls",
     "recvfrom",
@@ -135,7 +138,7 @@ const PERF_NAMES: [&str; 6] = [
 
 /// Relays `mib` MiB through a fresh broker started with `env`; returns (seconds, perf
 /// counts in PERF_EVENTS order, spent).
-async fn one_run(env: &[(String, String)], mib: u64) -> (f64, Vec<f64>, Spent) {
+async fn one_run(env: &[(String, String)], mib: u64) -> Run {
     let total = mib * 1024 * 1024;
     let dir = tempfile::tempdir().unwrap();
     let engine_path = dir.path().join("engine.sock");
@@ -235,10 +238,8 @@ async fn one_run(env: &[(String, String)], mib: u64) -> (f64, Vec<f64>, Spent) {
             .lines()
         {
             let f: Vec<&str> = line.split(',').collect();
-            if f.len() > 2 && !line.starts_with('#') {
-                if let Ok(v) = f[0].parse::<f64>() {
-                    counts.push(v);
-                }
+            if let (true, Ok(v)) = (f.len() > 2 && !line.starts_with('#'), f[0].parse::<f64>()) {
+                counts.push(v);
             }
         }
     }
@@ -285,7 +286,7 @@ fn main() {
         .build()
         .unwrap();
     let ticks = 100.0; // USER_HZ
-    let mut results: Vec<Vec<(f64, Vec<f64>, Spent)>> = vec![Vec::new(); variants.len()];
+    let mut results: Vec<Vec<Run>> = vec![Vec::new(); variants.len()];
     for round in 0..rounds {
         for k in 0..variants.len() {
             let v = (k + round) % variants.len();
@@ -302,7 +303,7 @@ fn main() {
     for (v, (name, _)) in variants.iter().enumerate() {
         let r = &results[v];
         let m = mib as f64;
-        let col = |f: &dyn Fn(&(f64, Vec<f64>, Spent)) -> f64| median(r.iter().map(f).collect());
+        let col = |f: &dyn Fn(&Run) -> f64| median(r.iter().map(f).collect());
         let mut line = format!(
             "  {name:<28} {:6.1} MiB/s  cpu {:5.2} ms  switches {:6.1}",
             col(&|x| m / x.0),
