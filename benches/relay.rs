@@ -127,11 +127,12 @@ fn spent(pid: u32) -> Spent {
 type Run = (f64, Vec<f64>, Spent);
 
 const PERF_EVENTS: &str = "raw_syscalls:sys_enter,syscalls:sys_enter_recvfrom,syscalls:sys_enter_write,syscalls:sys_enter_writev,syscalls:sys_enter_sendto,syscalls:sys_enter_epoll_wait,syscalls:sys_enter_futex";
-const PERF_NAMES: [&str; 6] = [
+const PERF_NAMES: [&str; 7] = [
     "syscalls",
     "recvfrom",
     "write",
     "writev",
+    "sendto",
     "epoll_wait",
     "futex",
 ];
