@@ -75,21 +75,7 @@ async fn start_session(token_file: &std::path::Path, client_pid: u32) -> Client 
     let (daemon_io, broker_daemon_side) = tokio::io::duplex(1 << 20);
     let (broker_client_side, buildx_io) = tokio::io::duplex(1 << 20);
 
-    tokio::spawn(async move {
-        let server = SecretsServer::new(FakeBuildx);
-        let svc = hyper::service::service_fn(move |req| {
-            let mut server = server.clone();
-            async move {
-                let resp = server.call(req).await?;
-                Ok::<_, Infallible>(
-                    resp.map(|b| b.map_err(Into::into).boxed_unsync()) as http::Response<RelayBody>
-                )
-            }
-        });
-        let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-            .serve_connection(TokioIo::new(buildx_io), svc)
-            .await;
-    });
+    tokio::spawn(serve_fake_buildx(buildx_io));
     let peer = PeerInfo {
         uid: rustix::process::geteuid().as_raw(),
         gid: rustix::process::getegid().as_raw(),
@@ -117,6 +103,40 @@ async fn start_session(token_file: &std::path::Path, client_pid: u32) -> Client 
         ClientChannel::new(send),
         http::Uri::from_static("http://daemon"),
     )
+}
+
+/// The baseline (issue 14): the same stand-in daemon calling GetSecret on a session served by
+/// buildx's own kind of provider (the stand-in buildx, answering from memory), with no broker
+/// in between: what a build pays for `--secret` without buildbroker.
+async fn start_provider_session() -> Client {
+    let (daemon_io, buildx_io) = tokio::io::duplex(1 << 20);
+    tokio::spawn(serve_fake_buildx(buildx_io));
+    let (send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .handshake::<_, RelayBody>(TokioIo::new(daemon_io))
+        .await
+        .expect("h2 handshake with the provider");
+    tokio::spawn(conn);
+    SecretsClient::with_origin(
+        ClientChannel::new(send),
+        http::Uri::from_static("http://daemon"),
+    )
+}
+
+/// Serves the stand-in buildx's Secrets provider on one h2 connection.
+async fn serve_fake_buildx(io: tokio::io::DuplexStream) {
+    let server = SecretsServer::new(FakeBuildx);
+    let svc = hyper::service::service_fn(move |req| {
+        let mut server = server.clone();
+        async move {
+            let resp = server.call(req).await?;
+            Ok::<_, Infallible>(
+                resp.map(|b| b.map_err(Into::into).boxed_unsync()) as http::Response<RelayBody>
+            )
+        }
+    });
+    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .serve_connection(TokioIo::new(io), svc)
+        .await;
 }
 
 async fn get(client: &Client, id: &str) {
@@ -167,68 +187,111 @@ fn bench_get_secret(c: &mut Criterion) {
     ] {
         group.bench_function(id, |b| b.to_async(&rt).iter(|| get(&client, id)));
     }
+    let provider = rt.block_on(start_provider_session());
+    group.bench_function("provider", |b| {
+        b.to_async(&rt).iter(|| get(&provider, "any"))
+    });
     group.finish();
     let _ = buildx.kill();
     let _ = buildx.wait();
 }
 
 /// p50/p99 of sequential calls and calls/s with 64 concurrent callers, printed for
-/// docs/benchmarks.md.
+/// docs/benchmarks.md. Every row, the provider baseline included, is measured in interleaved
+/// rounds, so the machine's drift falls on all of them alike; ratios are broker/provider.
 fn summary() {
+    const ROUNDS: usize = 10;
+    const CALLS: usize = 2_000;
+    const CONCURRENT_CALLS: usize = 6_400;
+    const TASKS: usize = 64;
     let dir = tempfile::tempdir().unwrap();
     let token = dir.path().join("token");
     std::fs::write(&token, b"file-token-value").unwrap();
     let rt = runtime();
     let mut buildx = stand_in_client();
-    let client = rt.block_on(start_session(&token, buildx.id()));
-    println!("\nGetSecret inside a session (2 tokio workers):");
-    for id in [
-        "from_env",
-        "from_client_env",
-        "from_file",
-        "from_client",
-        "from_cache",
-    ] {
-        let mut samples: Vec<Duration> = rt.block_on(async {
-            for _ in 0..2_000 {
-                get(&client, id).await;
+    let broker = rt.block_on(start_session(&token, buildx.id()));
+    let provider = rt.block_on(start_provider_session());
+    // (label, session, id): the provider answers any id; the others are answered by the broker.
+    let rows: Vec<(&str, &Client, &str)> = vec![
+        ("provider", &provider, "any"),
+        ("from_env", &broker, "from_env"),
+        ("from_cache", &broker, "from_cache"),
+        ("from_file", &broker, "from_file"),
+        ("from_client_env", &broker, "from_client_env"),
+        ("from_client", &broker, "from_client"),
+    ];
+    let load = || std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let load_before = load();
+    let mut samples: Vec<Vec<Duration>> = vec![Vec::new(); rows.len()];
+    let mut rates: Vec<Vec<f64>> = vec![Vec::new(); rows.len()];
+    rt.block_on(async {
+        for (_, client, id) in &rows {
+            for _ in 0..CALLS {
+                get(client, id).await;
             }
-            let mut s = Vec::with_capacity(20_000);
-            for _ in 0..20_000 {
-                let t = Instant::now();
-                get(&client, id).await;
-                s.push(t.elapsed());
-            }
-            s
-        });
-        samples.sort();
-        let p = |q: f64| samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)];
-        let throughput = rt.block_on(async {
-            let total = 40_000usize;
-            let tasks = 64usize;
-            let start = Instant::now();
-            let handles: Vec<_> = (0..tasks)
-                .map(|_| {
-                    let client = client.clone();
-                    tokio::spawn(async move {
-                        for _ in 0..total / tasks {
-                            get(&client, id).await;
-                        }
+        }
+    });
+    for round in 0..ROUNDS {
+        // Rotate the order each round so no row always runs right after the same one.
+        for k in 0..rows.len() {
+            let r = (k + round) % rows.len();
+            let (_, client, id) = rows[r];
+            rt.block_on(async {
+                for _ in 0..CALLS {
+                    let t = Instant::now();
+                    get(client, id).await;
+                    samples[r].push(t.elapsed());
+                }
+            });
+            let rate = rt.block_on(async {
+                let start = Instant::now();
+                let handles: Vec<_> = (0..TASKS)
+                    .map(|_| {
+                        let client = client.clone();
+                        let id = id.to_string();
+                        tokio::spawn(async move {
+                            for _ in 0..CONCURRENT_CALLS / TASKS {
+                                get(&client, &id).await;
+                            }
+                        })
                     })
-                })
-                .collect();
-            for h in handles {
-                h.await.unwrap();
-            }
-            (total / tasks * tasks) as f64 / start.elapsed().as_secs_f64()
-        });
+                    .collect();
+                for h in handles {
+                    h.await.unwrap();
+                }
+                (CONCURRENT_CALLS / TASKS * TASKS) as f64 / start.elapsed().as_secs_f64()
+            });
+            rates[r].push(rate);
+        }
+    }
+    let pct = |s: &mut Vec<Duration>, q: f64| {
+        s.sort();
+        s[((s.len() as f64 * q) as usize).min(s.len() - 1)].as_secs_f64() * 1e6
+    };
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        v[v.len() / 2]
+    };
+    println!(
+        "\nGetSecret inside a session (2 tokio workers), {ROUNDS} interleaved rounds of {CALLS} sequential calls and {CONCURRENT_CALLS} calls from {TASKS} tasks per row"
+    );
+    println!("load average before: {}", load_before.trim());
+    let (p50_base, p99_base, rate_base) = {
+        let s = &mut samples[0];
+        (pct(s, 0.50), pct(s, 0.99), median(&mut rates[0]))
+    };
+    for (r, (label, _, _)) in rows.iter().enumerate() {
+        let p50 = pct(&mut samples[r], 0.50);
+        let p99 = pct(&mut samples[r], 0.99);
+        let rate = median(&mut rates[r]);
         println!(
-            "  {id:<16} p50 {:>6.1} µs   p99 {:>6.1} µs   {:>8.0} calls/s (64 concurrent)",
-            p(0.50).as_secs_f64() * 1e6,
-            p(0.99).as_secs_f64() * 1e6,
-            throughput
+            "  {label:<16} p50 {p50:>6.1} µs   p99 {p99:>6.1} µs   {rate:>8.0} calls/s   vs provider: p50 {:.2}x  p99 {:.2}x  calls/s {:.2}x",
+            p50 / p50_base,
+            p99 / p99_base,
+            rate / rate_base
         );
     }
+    println!("load average after:  {}", load().trim());
     let _ = buildx.kill();
     let _ = buildx.wait();
 }
@@ -244,7 +307,10 @@ fn main() {
         "zeroize-on-free allocator: {}",
         if clearing { "on" } else { "off" }
     );
-    benches();
-    Criterion::default().configure_from_args().final_summary();
+    // `GET_SECRET_SUMMARY_ONLY=1` skips criterion and prints the interleaved summary only.
+    if std::env::var_os("GET_SECRET_SUMMARY_ONLY").is_none() {
+        benches();
+        Criterion::default().configure_from_args().final_summary();
+    }
     summary();
 }

@@ -14,6 +14,7 @@
 //!
 //! This module never looks inside relayed calls and never logs bodies.
 
+mod buffered_io;
 mod dockerfile_watch;
 mod router;
 
@@ -50,6 +51,11 @@ pub const SERVED_METHODS: &[&str] = &[
 /// stack: with adaptive windows `-o type=local` failed with "too_many_data_frames".
 pub(crate) const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
 pub(crate) const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
+
+/// Read-ahead and write buffers under each h2 half (see [`buffered_io`]): 256 KiB is what a
+/// busy unix socket holds queued; 64 KiB measured 2x the syscalls per MiB (docs/benchmarks.md).
+const READ_AHEAD: usize = 256 * 1024;
+const WRITE_COALESCE: usize = 256 * 1024;
 
 /// How long a closing side may take to finish its streams before it is dropped.
 const TEARDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -147,6 +153,8 @@ pub async fn run<D, C>(
     C: Read + Write + Unpin + Send + 'static,
 {
     let uuid = info.uuid.clone();
+    let daemon_side = buffered_io::BufferedIo::new(daemon_side, READ_AHEAD, WRITE_COALESCE);
+    let client_side = buffered_io::BufferedIo::new(client_side, READ_AHEAD, WRITE_COALESCE);
     let handshake = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .initial_connection_window_size(CONNECTION_WINDOW)

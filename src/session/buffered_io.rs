@@ -1,0 +1,157 @@
+//! The buffer under each h2 half of a session: one `read(2)` drains what the kernel has
+//! queued, and the DATA frames h2 writes between two flushes leave in one `write(2)`.
+//!
+//! Why (issue 14, docs/benchmarks.md): h2 reads into an 8 KiB buffer and writes each 16 KiB
+//! DATA frame with its own `writev` and flush, so relaying a build context cost ~280 syscalls
+//! per MiB; through this buffer it costs ~60, about what a plain byte splice costs.
+//!
+//! It never holds bytes back: reads hand over what arrived, and a flush that it defers wakes
+//! the writer at once, whose next poll writes everything out if nothing more was queued. It
+//! holds at most its two fixed capacities per connection and never looks at what it carries.
+
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use hyper::rt::{Read, ReadBuf, ReadBufCursor, Write};
+
+/// A connection with a fixed-size read-ahead buffer and a write buffer drained on flush.
+pub struct BufferedIo<T> {
+    inner: T,
+    buf: Box<[u8]>,
+    /// `buf[start..end]` holds received bytes the reader has not taken yet.
+    start: usize,
+    end: usize,
+    /// Bytes written but not yet handed to the kernel, at most `wcap`; `wcap` 0 = writes
+    /// pass straight through.
+    wbuf: Vec<u8>,
+    wcap: usize,
+    /// The last flush was deferred and nothing was written since: the next one writes.
+    deferred: bool,
+}
+
+impl<T> BufferedIo<T> {
+    /// `read_capacity` 0 reads straight through; `write_capacity` 0 writes straight through.
+    pub fn new(inner: T, read_capacity: usize, write_capacity: usize) -> Self {
+        BufferedIo {
+            inner,
+            // Zeroed pages are mapped lazily: an idle session touches only the first of them.
+            buf: vec![0; read_capacity].into_boxed_slice(),
+            start: 0,
+            end: 0,
+            wbuf: Vec::new(),
+            wcap: write_capacity,
+            deferred: false,
+        }
+    }
+}
+
+impl<T: Write + Unpin> BufferedIo<T> {
+    fn drain(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        while !self.wbuf.is_empty() {
+            let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &self.wbuf))?;
+            if n == 0 {
+                return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+            }
+            self.wbuf.drain(..n);
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<T: Read + Unpin> Read for BufferedIo<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        mut out: ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if this.start == this.end {
+            // A reader asking for at least our capacity gains nothing from a second copy.
+            if out.remaining() >= this.buf.len() {
+                return Pin::new(&mut this.inner).poll_read(cx, out);
+            }
+            let mut fill = ReadBuf::new(&mut this.buf);
+            ready!(Pin::new(&mut this.inner).poll_read(cx, fill.unfilled()))?;
+            this.start = 0;
+            this.end = fill.filled().len();
+        }
+        let n = out.remaining().min(this.end - this.start);
+        out.put_slice(&this.buf[this.start..this.start + n]);
+        this.start += n;
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<T: Write + Unpin> Write for BufferedIo<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        if this.wcap == 0 {
+            return Pin::new(&mut this.inner).poll_write(cx, buf);
+        }
+        if this.wbuf.len() + buf.len() > this.wcap {
+            ready!(this.drain(cx))?;
+        }
+        if buf.len() >= this.wcap {
+            return Pin::new(&mut this.inner).poll_write(cx, buf);
+        }
+        this.wbuf.extend_from_slice(buf);
+        this.deferred = false;
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        if this.wcap == 0 {
+            return Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        }
+        let total: usize = bufs.iter().map(|b| b.len()).sum();
+        if this.wbuf.len() + total > this.wcap {
+            ready!(this.drain(cx))?;
+        }
+        if total >= this.wcap {
+            return Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        }
+        for b in bufs {
+            this.wbuf.extend_from_slice(b);
+        }
+        this.deferred = false;
+        Poll::Ready(Ok(total))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.wcap > 0 || self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if this.wcap > 0
+            && !this.wbuf.is_empty()
+            && !this.deferred
+            && this.wbuf.len() < this.wcap / 2
+        {
+            // h2 flushes after every frame; let it queue the frames it has ready first. It is
+            // polled again at once, and that flush writes unless more was written meanwhile
+            // (then the half-full mark bounds how long this can go on).
+            this.deferred = true;
+            cx.waker().wake_by_ref();
+            return Poll::Ready(Ok(()));
+        }
+        ready!(this.drain(cx))?;
+        this.deferred = false;
+        Pin::new(&mut this.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.drain(cx))?;
+        Pin::new(&mut this.inner).poll_shutdown(cx)
+    }
+}
