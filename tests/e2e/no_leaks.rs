@@ -361,6 +361,7 @@ fn no_source_leaves_a_secret_byte_in_a_core_image_of_the_broker() {
          [secrets.aws_binary]\nsources = [\"aws-sm:core/binary\"]\nrequired = true\n\
          [secrets.tmpl_input]\nsources = [\"file:{tmpl}\"]\n\
          [secrets.rendered]\ntemplate = \"machine h password {{{{tmpl_input}}}}\\n\"\nrequired = true\n\
+         [secrets.minted]\nsources = [\"aws-credentials:?role_arn=arn:aws:iam::123456789012:role/core&duration=900\"]\nrequired = true\n\
          [ssh.deploy]\nprivate_keys = [\"file:{key}\"]\n",
         file = file.display(),
         file_cached = file_cached.display(),
@@ -419,13 +420,16 @@ fn no_source_leaves_a_secret_byte_in_a_core_image_of_the_broker() {
     let mounts: String = served
         .iter()
         .map(|(id, _)| format!("--mount=type=secret,id={id},required=true "))
-        .collect();
+        .collect::<String>()
+        // The minted credential is not known in advance: the build exports it, so the
+        // search can look for its secret key and token.
+        + "--mount=type=secret,id=minted,required=true ";
     let hashes: String = served
         .iter()
         .map(|(id, _)| format!("sha256sum /run/secrets/{id} | cut -d' ' -f1 > /o/{id} && "))
         .collect();
     let build = Build::new(format!(
-        "FROM {BASE_IMAGE}\nRUN {mounts}mkdir /o && {hashes}true\nFROM scratch\nCOPY --from=0 /o /\n"
+        "FROM {BASE_IMAGE}\nRUN {mounts}mkdir /o && {hashes}cp /run/secrets/minted /o/minted\nFROM scratch\nCOPY --from=0 /o /\n"
     ))
     .arg(format!("--secret=id=client_tok,src={}", client_file.display()))
     .run(&broker);
@@ -438,6 +442,16 @@ fn no_source_leaves_a_secret_byte_in_a_core_image_of_the_broker() {
         );
     }
     eprintln!("{:?}: secrets build done", t0.elapsed());
+    let minted = build.text("minted");
+    let minted_field = |name: &str| {
+        minted
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim_start_matches([' ', '=']).to_string())
+            .unwrap_or_else(|| panic!("the minted credentials file has no {name}"))
+    };
+    let minted_secret = minted_field("aws_secret_access_key");
+    let minted_token = minted_field("aws_session_token");
     for f in [
         &file,
         &file_cached,
@@ -476,6 +490,11 @@ fn no_source_leaves_a_secret_byte_in_a_core_image_of_the_broker() {
         Needle::secret("client (client_tok)", &client_value),
         Needle::secret("template: rendered (rendered)", &rendered),
         Needle::secret("template: its input (tmpl_input)", &template_input),
+        Needle::secret(
+            "aws-credentials: secret access key (minted)",
+            &minted_secret,
+        ),
+        Needle::secret("aws-credentials: session token (minted)", &minted_token),
         Needle {
             kind: "ssh held key: ed25519 private scalar".into(),
             bytes: seed.clone(),

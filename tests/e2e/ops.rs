@@ -1287,3 +1287,87 @@ fn deploy_files_name_only_what_exists() {
         }
     }
 }
+
+/// deploy/kubernetes/remote-builder.yaml: its policy passes `buildbroker check`, the BuildKit
+/// endpoint's port is the container's and the Service's, and the TLS files the policy names are
+/// on the Secret's mount.
+#[test]
+fn the_remote_builder_manifest_matches_its_policy() {
+    if skip() {
+        return;
+    }
+    let docs = yaml_documents(&repo().join("deploy/kubernetes/remote-builder.yaml"));
+    let find = |kind: &str| {
+        docs.iter()
+            .find(|d| d["kind"] == kind)
+            .unwrap_or_else(|| panic!("no {kind} in remote-builder.yaml"))
+    };
+    let (config_map, deployment, service) =
+        (find("ConfigMap"), find("Deployment"), find("Service"));
+    let pod = &deployment["spec"]["template"]["spec"];
+    let bb = pod["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "buildbroker")
+        .unwrap();
+    let args: Vec<&str> = bb["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    let config_path = args[args.iter().position(|a| *a == "--config").unwrap() + 1];
+    let policy_text = config_map["data"][Path::new(config_path)
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()]
+    .as_str()
+    .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let policy = write_policy(tmp.path(), policy_text);
+    let checked = Command::new(env!("CARGO_BIN_EXE_buildbroker"))
+        .args(["check", "--config"])
+        .arg(&policy)
+        .output()
+        .unwrap();
+    assert!(checked.status.success(), "the remote policy: {checked:?}");
+
+    let parsed: toml::Table = policy_text.parse().unwrap();
+    let server = &parsed["server"];
+    let listen = server["buildkit_listen"][0].as_str().unwrap();
+    let port: u64 = listen.rsplit(':').next().unwrap().parse().unwrap();
+    let ports = bb["ports"].as_array().unwrap();
+    let buildkit = ports.iter().find(|p| p["name"] == "buildkit").unwrap();
+    assert_eq!(buildkit["containerPort"], port);
+    let service_port = &service["spec"]["ports"][0];
+    assert_eq!(service_port["targetPort"], "buildkit");
+    assert_eq!(service_port["port"], port);
+    assert_eq!(
+        service["spec"]["selector"],
+        deployment["spec"]["template"]["metadata"]["labels"]
+    );
+    let tls_mount = bb["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "tls")
+        .unwrap()["mountPath"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for key in ["cert", "key", "client_ca"] {
+        let file = server["tls"][key].as_str().unwrap();
+        assert!(
+            file.starts_with(&format!("{tls_mount}/")),
+            "[server.tls] {key} = {file} is not on the Secret's mount {tls_mount}"
+        );
+        let name = Path::new(file).file_name().unwrap().to_str().unwrap();
+        assert!(
+            read(repo().join("deploy/kubernetes/remote-builder.yaml"))
+                .contains(&format!("--from-file={name}")),
+            "the Secret's creation command does not name {name}"
+        );
+    }
+}
