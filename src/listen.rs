@@ -180,11 +180,16 @@ impl AsyncRead for ClientIo {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
+        let before = buf.filled().len();
+        let polled = match self.get_mut() {
             ClientIo::Unix(s) => Pin::new(s).poll_read(cx, buf),
             ClientIo::Tcp(s) => Pin::new(s).poll_read(cx, buf),
             ClientIo::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        };
+        if let Poll::Ready(Ok(())) = polled {
+            crate::metrics::client_bytes_received(buf.filled().len() - before);
         }
+        polled
     }
 }
 
@@ -194,11 +199,15 @@ impl AsyncWrite for ClientIo {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        match self.get_mut() {
+        let polled = match self.get_mut() {
             ClientIo::Unix(s) => Pin::new(s).poll_write(cx, buf),
             ClientIo::Tcp(s) => Pin::new(s).poll_write(cx, buf),
             ClientIo::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        };
+        if let Poll::Ready(Ok(n)) = polled {
+            crate::metrics::client_bytes_sent(n);
         }
+        polled
     }
 
     fn poll_write_vectored(
@@ -206,11 +215,15 @@ impl AsyncWrite for ClientIo {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        match self.get_mut() {
+        let polled = match self.get_mut() {
             ClientIo::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             ClientIo::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             ClientIo::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        };
+        if let Poll::Ready(Ok(n)) = polled {
+            crate::metrics::client_bytes_sent(n);
         }
+        polled
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -78,6 +78,8 @@ pub struct Metrics {
     source_lookups: HistogramFamily<SourceLabels>,
     errors: Family<KindLabels, Counter>,
     reloads: Family<ResultLabels, Counter>,
+    client_bytes_received: Counter,
+    client_bytes_sent: Counter,
     /// The secret and ssh ids of the policy in force (and of earlier ones: a series, once
     /// made, stays until restart, so the set of series stays bounded by what policies listed).
     listed: RwLock<ListedIds>,
@@ -107,6 +109,8 @@ impl Metrics {
             source_lookups: Family::new_with_constructor(source_histogram),
             errors: Family::default(),
             reloads: Family::default(),
+            client_bytes_received: Counter::default(),
+            client_bytes_sent: Counter::default(),
             listed: RwLock::new(ListedIds::default()),
             registry: Registry::default(),
         };
@@ -154,6 +158,16 @@ impl Metrics {
             "policy_reloads",
             "Policy reloads (SIGHUP) by result",
             m.reloads.clone(),
+        );
+        registry.register(
+            "client_bytes_received",
+            "Bytes read from build clients on every listener (requests, build contexts, session traffic), before TLS is removed for tcp clients",
+            m.client_bytes_received.clone(),
+        );
+        registry.register(
+            "client_bytes_sent",
+            "Bytes written to build clients on every listener (responses, exports, session traffic)",
+            m.client_bytes_sent.clone(),
         );
         Metrics { registry, ..m }
     }
@@ -286,6 +300,20 @@ pub fn reload(ok: bool) {
         if !ok {
             error_seen("reload_rejected");
         }
+    }
+}
+
+/// Counts bytes read from a client connection (one atomic add per read).
+pub fn client_bytes_received(n: usize) {
+    if let Some(m) = get() {
+        m.client_bytes_received.inc_by(n as u64);
+    }
+}
+
+/// Counts bytes written to a client connection.
+pub fn client_bytes_sent(n: usize) {
+    if let Some(m) = get() {
+        m.client_bytes_sent.inc_by(n as u64);
     }
 }
 

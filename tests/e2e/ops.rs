@@ -625,11 +625,14 @@ fn metrics_scraped_during_a_build_show_its_requests_with_bounded_labels() {
     let build = std::thread::spawn(move || {
         Build::new(
             "FROM buildbroker-test/busybox\n\
+             COPY blob /blob\n\
              RUN --mount=type=secret,id=tok,required=true \
                  --mount=type=secret,id=an_unlisted_id_7f3a \
                  cat /run/secrets/tok > /value && sleep 4\n\
              FROM scratch\nCOPY --from=0 /value /\n",
         )
+        // 2 MiB of context: the relay's byte counters must see at least that much.
+        .file("blob", crate::container::noise(2 << 20, 7))
         .run_against(&host)
     });
     // During the build: the session is open and the secret was served from env.
@@ -665,6 +668,12 @@ fn metrics_scraped_during_a_build_show_its_requests_with_bounded_labels() {
     );
     assert!(
         sample(&text, "buildbroker_connections_total").unwrap_or(0.0) >= 1.0,
+        "{text}"
+    );
+    let received = sample(&text, "buildbroker_client_bytes_received_total").unwrap_or(0.0);
+    assert!(received >= f64::from(2u32 << 20), "{received}: {text}");
+    assert!(
+        sample(&text, "buildbroker_client_bytes_sent_total").unwrap_or(0.0) > 0.0,
         "{text}"
     );
     // The id the policy does not list is counted, under the one shared label.
