@@ -52,7 +52,7 @@ APT_PKGS=(
   containerd runc tini busybox-static util-linux
   openssh-client openssh-server keyutils gnome-keyring libsecret-tools
   dbus dbus-daemon dbus-bin ca-certificates socat gdb
-  systemd binutils
+  systemd binutils openssl mount python3
 )
 
 export DEBIAN_FRONTEND=noninteractive
@@ -141,7 +141,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   [ -z "$added_policy" ] || rm -f /usr/sbin/policy-rc.d
   [ $apt_ok = 1 ] || die "apt-get update/install of bookworm packages failed: ${missing[*]}"
 fi
-for b in containerd containerd-shim-runc-v2 runc busybox setpriv ssh ssh-add ssh-keygen socat gcore dbus-send keyctl secret-tool gnome-keyring-daemon dbus-run-session \
+for b in containerd containerd-shim-runc-v2 runc busybox setpriv ssh ssh-add ssh-keygen socat gcore dbus-send keyctl secret-tool gnome-keyring-daemon dbus-run-session openssl \
          systemd-analyze systemd-socket-activate strip; do
   have "$b" || die "'$b' is still missing after installing packages"
 done
