@@ -188,3 +188,61 @@ fn an_npmrc_rendered_from_a_json_field_and_an_env_value_reaches_the_build() {
         format!("//registry.example.com/:_authToken={token}\nalways-auth=true\n")
     );
 }
+
+/// An AWS endpoint that accepts connections and never answers: the lookup is bounded by
+/// `[aws] timeout`, the build fails naming the source, and the daemon serves the next build.
+#[test]
+fn an_endpoint_that_accepts_and_never_answers_is_bounded_by_the_aws_timeout() {
+    if skip() {
+        return;
+    }
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    {
+        let held = held.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                // Keep every connection open and silent.
+                held.lock().unwrap().push(stream);
+            }
+        });
+    }
+    let value = unique_secret("after-stall");
+    let mut env = moto_env(&endpoint);
+    env.push(("LOCAL_TOK", &value));
+    let broker = Broker::start(BrokerOptions {
+        policy: "[aws]\ntimeout = \"2s\"\n\
+                 [secrets.stalled]\nsources = [\"aws-sm:ci/stalled\"]\nrequired = true\n\
+                 [secrets.local]\nsources = [\"env:LOCAL_TOK\"]\nrequired = true\n",
+        env,
+        ..Default::default()
+    });
+    let label = unique_secret("label");
+    let stalled = Build::new(format!(
+        "FROM {BASE_IMAGE}\nRUN --mount=type=secret,id=stalled,required=true echo {label}\n"
+    ))
+    .run(&broker);
+    assert!(!stalled.success(), "{}", stalled.log());
+    assert!(
+        stalled.log().contains("tried aws-sm (unavailable)"),
+        "{}",
+        stalled.log()
+    );
+    assert!(
+        broker.log().contains("aws-sm:ci/stalled (error:"),
+        "{}",
+        broker.log()
+    );
+    assert!(
+        !held.lock().unwrap().is_empty(),
+        "the SDK never reached the silent endpoint"
+    );
+    let next = Build::new(format!(
+        "FROM {BASE_IMAGE}\nRUN --mount=type=secret,id=local,required=true cat /run/secrets/local > /v\n\
+         FROM scratch\nCOPY --from=0 /v /\n"
+    ))
+    .run(&broker);
+    next.assert_ok();
+    assert_eq!(next.text("v"), value);
+}

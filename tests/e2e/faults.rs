@@ -450,3 +450,109 @@ time.sleep(300)
     );
     kill_group(&mut idle);
 }
+
+/// An upstream ssh-agent (OpenSSH's, in debug mode so the test sees each request) that dies
+/// after the build listed its keys and before it asks for a signature: that signature fails and
+/// the broker says why, the broker lives on, and with the agent back the next build signs.
+#[test]
+fn an_upstream_agent_that_dies_mid_build_fails_that_signature_and_the_next_build_signs() {
+    if skip() {
+        return;
+    }
+    crate::sshbed::require_ssh_bed();
+    let dir = tempfile::tempdir().unwrap();
+    let key = crate::sshbed::Key::new(dir.path(), "up", "");
+    let socket = dir.path().join("agent.sock");
+    let agent_log = dir.path().join("agent.log");
+    let start_agent = || {
+        let _ = std::fs::remove_file(&socket);
+        let child = Command::new("ssh-agent")
+            .arg("-d")
+            .arg("-a")
+            .arg(&socket)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&agent_log).unwrap())
+            .spawn()
+            .unwrap();
+        wait_for("the agent socket", Duration::from_secs(10), || {
+            socket.exists()
+        });
+        let added = Command::new("ssh-add")
+            .arg("-q")
+            .arg(&key.path)
+            .env("SSH_AUTH_SOCK", &socket)
+            .status()
+            .unwrap();
+        assert!(added.success());
+        child
+    };
+    let mut agent = start_agent();
+    let broker = Broker::start(BrokerOptions {
+        policy: &format!(
+            "[ssh.up]\nagent = \"{}\"\nkeys = [\"{}\"]\n",
+            socket.display(),
+            key.fingerprint
+        ),
+        ..Default::default()
+    });
+    let fds = open_fds(broker.pid());
+    let dockerfile = |label: &str| {
+        format!(
+            "FROM {SSH_IMAGE}\nCOPY up.pub /k.pub\n\
+             RUN --mount=type=ssh,id=up,required=true mkdir /o && echo {label} && \
+                 ssh-add -l > /o/list 2>&1; sleep 4; ssh-add -T /k.pub > /o/t 2>&1; echo $? > /o/rc\n\
+             FROM scratch\nCOPY --from=0 /o /\n"
+        )
+    };
+    let lists_before = std::fs::read_to_string(&agent_log)
+        .unwrap_or_default()
+        .matches("type 11")
+        .count();
+    let build = std::thread::scope(|scope| {
+        let build = scope.spawn(|| {
+            Build::new(dockerfile(&unique_secret("dies")))
+                .file("up.pub", key.public.clone())
+                .run(&broker)
+        });
+        // Once the agent has answered the build's listing, it dies.
+        wait_for("the build's key listing", Duration::from_secs(90), || {
+            std::fs::read_to_string(&agent_log)
+                .unwrap_or_default()
+                .matches("type 11")
+                .count()
+                > lists_before
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        let _ = agent.kill();
+        let _ = agent.wait();
+        build.join().unwrap()
+    });
+    build.assert_ok();
+    assert!(
+        build.text("list").contains(&key.fingerprint),
+        "{}",
+        build.text("list")
+    );
+    assert_ne!(
+        build.text("rc").trim(),
+        "0",
+        "the signature succeeded without its agent: {}",
+        build.text("t")
+    );
+    let audit = broker.audit();
+    assert!(
+        audit.contains("\"decision\":\"refused\"") && audit.contains("agent"),
+        "the refusal names the upstream agent: {audit}"
+    );
+    assert_alive(&broker);
+
+    agent = start_agent();
+    let next = Build::new(dockerfile(&unique_secret("back")))
+        .file("up.pub", key.public.clone())
+        .run(&broker);
+    next.assert_ok();
+    assert_eq!(next.text("rc").trim(), "0", "{}", next.text("t"));
+    let _ = agent.kill();
+    let _ = agent.wait();
+    assert_fds_back(&broker, fds);
+}
