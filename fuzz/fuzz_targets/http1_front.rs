@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use buildbroker::broker::Broker;
 use buildbroker::config::{HostEnv, Policy, PolicyOrigin};
+use buildbroker::listen::Incoming;
 use buildbroker::proxy::serve_connection;
 use libfuzzer_sys::fuzz_target;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -50,7 +51,7 @@ fuzz_target!(|data: &[u8]| {
         let tasks = TaskTracker::new();
         let shutdown = CancellationToken::new();
         let conn = tokio::spawn(serve_connection(
-            server,
+            Incoming::Unix(server),
             front.broker.clone(),
             tasks.clone(),
             shutdown.clone(),
