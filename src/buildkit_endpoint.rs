@@ -24,12 +24,12 @@ use tokio::net::{TcpStream, UnixStream};
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
-use crate::access::{PeerInfo, check_peer};
+use crate::access::PeerInfo;
 use crate::broker::Broker;
 use crate::channel::RelayBody;
 use crate::config::{BuildkitUpstream, Endpoint};
 use crate::control;
-use crate::listen::{Connected, Incoming as Accepted};
+use crate::listen::{Admitted, Incoming as Accepted, Refusal, admit};
 use crate::source::{AcceptedAt, ClientProcess};
 use crate::tls::TlsConnector;
 
@@ -83,50 +83,19 @@ pub enum DialError {
 /// then relays it.
 pub async fn serve_incoming(incoming: Accepted, broker: Arc<Broker>, shutdown: CancellationToken) {
     let accepted = AcceptedAt::now();
-    let Connected {
-        io, peer, groups, ..
-    } = match incoming.establish().await {
-        Ok(Ok(connected)) => connected,
-        Ok(Err(unnamed)) => {
-            tracing::warn!(remote = %unnamed.remote, "refused a TLS client (BuildKit endpoint): {}", unnamed.error);
-            let status = Status::permission_denied(format!("buildbroker: {}", unnamed.error));
-            answer_every_call(unnamed.io, status, &shutdown).await;
-            return;
-        }
-        Err(e) => {
-            crate::metrics::error_seen("handshake");
-            tracing::warn!("closing a connection (BuildKit endpoint): {e}");
-            return;
-        }
-    };
-    let client = peer.client.to_string();
-    let generation = broker.current();
-    if let Err(refused) = check_peer(
-        &generation.policy.access,
-        broker.daemon_uid(),
-        &peer,
-        &groups,
-    ) {
-        tracing::warn!(%client, uid = peer.uid, gid = peer.gid, pid = ?peer.pid, "refused connection (BuildKit endpoint): {refused}");
-        answer_every_call(
-            io,
-            Status::permission_denied(refused.to_string()),
-            &shutdown,
-        )
-        .await;
-        return;
-    }
-    let limit = generation.policy.limits.connections_per_uid;
-    let slot = match broker.peers().admit(peer.clone(), groups, limit, &shutdown) {
-        Ok(slot) => slot,
-        Err(full) => {
-            tracing::warn!(%client, uid = peer.uid, pid = ?peer.pid, "refused connection (BuildKit endpoint): {full}");
-            answer_every_call(io, Status::resource_exhausted(full.to_string()), &shutdown).await;
-            return;
-        }
-    };
-    drop(generation);
-    tracing::debug!(%client, uid = peer.uid, pid = ?peer.pid, "accepted connection (BuildKit endpoint)");
+    let Admitted { io, peer, slot, .. } =
+        match admit(incoming, &broker, &shutdown, "BuildKit endpoint").await {
+            Ok(admitted) => admitted,
+            Err(Refusal::Forbidden(io, message)) => {
+                let status = Status::permission_denied(message);
+                return answer_every_call(io, status, &shutdown).await;
+            }
+            Err(Refusal::Busy(io, message)) => {
+                let status = Status::resource_exhausted(message);
+                return answer_every_call(io, status, &shutdown).await;
+            }
+            Err(Refusal::Gone) => return,
+        };
     let process = Arc::new(ClientProcess::pin(&peer, accepted));
     // The slot's token ends the relay when the daemon drains or a reload revokes the caller.
     serve_connection(io, peer, process, broker, slot.token.clone()).await;

@@ -16,7 +16,11 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream, UnixStream};
 
-use crate::access::{PeerInfo, supplementary_groups};
+use tokio_util::sync::CancellationToken;
+
+use crate::access::{PeerInfo, check_peer, supplementary_groups};
+use crate::broker::Broker;
+use crate::peers::ConnectionSlot;
 use crate::server::BoundListener;
 use crate::tls::{AcceptError, HANDSHAKE_TIMEOUT, IdentityError, TlsAcceptor};
 
@@ -247,6 +251,85 @@ impl AsyncWrite for ClientIo {
             ClientIo::Unix(s) => Pin::new(s).poll_shutdown(cx),
             ClientIo::Tcp(s) => Pin::new(s).poll_shutdown(cx),
             ClientIo::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// A caller that passed `[access]` and holds a connection slot.
+pub struct Admitted {
+    pub io: ClientIo,
+    pub peer: PeerInfo,
+    pub remote: Option<SocketAddr>,
+    /// Counts the connection against its uid; its token ends the connection when the daemon
+    /// drains or a reload revokes the caller.
+    pub slot: ConnectionSlot,
+}
+
+/// A caller turned away, with the stream to answer it on (in the endpoint's own protocol).
+pub enum Refusal {
+    /// Not allowed (`[access]`, or a TLS certificate naming no usable identity).
+    Forbidden(ClientIo, String),
+    /// Over `[limits] connections_per_uid`.
+    Busy(ClientIo, String),
+    /// Nothing to answer on: the handshake or the peer-credential read failed (logged).
+    Gone,
+}
+
+/// The admission every endpoint shares: learn who is calling ([`Incoming::establish`]), check
+/// them against `[access]`, take a connection slot. Logs each refusal, naming `endpoint`.
+pub async fn admit(
+    incoming: Incoming,
+    broker: &Broker,
+    shutdown: &CancellationToken,
+    endpoint: &str,
+) -> Result<Admitted, Refusal> {
+    let Connected {
+        io,
+        peer,
+        groups,
+        remote,
+    } = match incoming.establish().await {
+        Ok(Ok(connected)) => connected,
+        Ok(Err(unnamed)) => {
+            tracing::warn!(remote = %unnamed.remote, "refused a TLS client ({endpoint}): {}", unnamed.error);
+            return Err(Refusal::Forbidden(
+                unnamed.io,
+                format!("buildbroker: {}", unnamed.error),
+            ));
+        }
+        Err(e) => {
+            // A TLS client the verifier refused sees the TLS alert (unknown CA, expired, no
+            // certificate); the daemon log says which.
+            crate::metrics::error_seen("handshake");
+            tracing::warn!("closing a connection ({endpoint}): {e}");
+            return Err(Refusal::Gone);
+        }
+    };
+    let client = peer.client.to_string();
+    let generation = broker.current();
+    if let Err(refused) = check_peer(
+        &generation.policy.access,
+        broker.daemon_uid(),
+        &peer,
+        &groups,
+    ) {
+        tracing::warn!(%client, uid = peer.uid, gid = peer.gid, pid = ?peer.pid, remote = ?remote, "refused connection ({endpoint}): {refused}");
+        return Err(Refusal::Forbidden(io, refused.to_string()));
+    }
+    let limit = generation.policy.limits.connections_per_uid;
+    match broker.peers().admit(peer.clone(), groups, limit, shutdown) {
+        Ok(slot) => {
+            tracing::debug!(%client, uid = peer.uid, pid = ?peer.pid, remote = ?remote, "accepted connection ({endpoint})");
+            Ok(Admitted {
+                io,
+                peer,
+                remote,
+                slot,
+            })
+        }
+        Err(full) => {
+            tracing::warn!(%client, uid = peer.uid, pid = ?peer.pid, "refused connection ({endpoint}): {full}");
+            Err(Refusal::Busy(io, full.to_string()))
         }
     }
 }

@@ -26,12 +26,12 @@ use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::access::{PeerInfo, check_peer};
+use crate::access::PeerInfo;
 use crate::broker::Broker;
 use crate::channel::{BoxError, SessionInfo};
 use crate::config::Endpoint;
 use crate::exec::{self, DialStdioExecs, ExecKind};
-use crate::listen::{ClientIo, Connected, Incoming as Accepted};
+use crate::listen::{Admitted, ClientIo, Incoming as Accepted, Refusal, admit};
 use crate::peers::ConnectionSlot;
 use crate::session;
 use crate::source::{AcceptedAt, ClientProcess};
@@ -54,50 +54,22 @@ pub async fn serve_connection(
     shutdown: CancellationToken,
 ) {
     let accepted = AcceptedAt::now();
-    let Connected {
+    let Admitted {
         io,
         peer,
-        groups,
-        remote,
-    } = match incoming.establish().await {
-        Ok(Ok(connected)) => connected,
-        Ok(Err(unnamed)) => {
-            tracing::warn!(remote = %unnamed.remote, "refused a TLS client: {}", unnamed.error);
-            let message = format!("buildbroker: {}", unnamed.error);
-            refuse(unnamed.io, StatusCode::FORBIDDEN, message).await;
-            return;
+        remote: _,
+        slot,
+    } = match admit(incoming, &broker, &shutdown, "Docker endpoint").await {
+        Ok(admitted) => admitted,
+        Err(Refusal::Forbidden(io, message)) => {
+            return refuse(io, StatusCode::FORBIDDEN, message).await;
         }
-        Err(e) => {
-            // A TLS client the verifier refused sees the TLS alert (unknown CA, expired,
-            // no certificate); the daemon log says which.
-            crate::metrics::error_seen("handshake");
-            tracing::warn!("closing a connection: {e}");
-            return;
+        Err(Refusal::Busy(io, message)) => {
+            return refuse(io, StatusCode::TOO_MANY_REQUESTS, message).await;
         }
+        Err(Refusal::Gone) => return,
     };
     let client = peer.client.to_string();
-    let generation = broker.current();
-    if let Err(refused) = check_peer(
-        &generation.policy.access,
-        broker.daemon_uid(),
-        &peer,
-        &groups,
-    ) {
-        tracing::warn!(%client, uid = peer.uid, gid = peer.gid, pid = ?peer.pid, remote = ?remote, "refused connection: {refused}");
-        refuse(io, StatusCode::FORBIDDEN, refused.to_string()).await;
-        return;
-    }
-    let limit = generation.policy.limits.connections_per_uid;
-    // The slot counts this connection against its uid and ends it if a reload revokes the uid.
-    let slot = match broker.peers().admit(peer.clone(), groups, limit, &shutdown) {
-        Ok(slot) => slot,
-        Err(full) => {
-            tracing::warn!(%client, uid = peer.uid, pid = ?peer.pid, "refused connection: {full}");
-            refuse(io, StatusCode::TOO_MANY_REQUESTS, full.to_string()).await;
-            return;
-        }
-    };
-    tracing::debug!(%client, uid = peer.uid, pid = ?peer.pid, remote = ?remote, "accepted connection");
 
     // Everything this connection starts (upgrades, sessions) holds its slot and ends with its
     // slot's token: an upgraded stream outlives this function but stays counted and revocable.

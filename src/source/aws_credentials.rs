@@ -296,20 +296,13 @@ impl StsClients {
                 let config = aws_sdk_sts::config::Builder::from(shared)
                     .region(Region::new(region.clone()))
                     .build();
-                // The SDK's precedence (explicit, service-specific, global), for messages only.
-                let endpoint = settings
-                    .endpoint_url
-                    .clone()
-                    .or_else(|| {
-                        std::env::var("AWS_ENDPOINT_URL_STS")
-                            .ok()
-                            .filter(|u| !u.is_empty())
-                    })
-                    .or_else(|| shared.endpoint_url().map(str::to_string));
-                let service = match endpoint {
-                    Some(url) => format!("AWS STS at {url}"),
-                    None => format!("AWS STS in {region}"),
-                };
+                let service = super::aws_sm::service_label(
+                    "AWS STS",
+                    "AWS_ENDPOINT_URL_STS",
+                    settings,
+                    shared,
+                    &region,
+                );
                 RegionClient {
                     client: Client::from_conf(config),
                     service,

@@ -347,21 +347,13 @@ impl AwsClients {
             let config = aws_sdk_secretsmanager::config::Builder::from(shared)
                 .region(Region::new(region.clone()))
                 .build();
-            // The same precedence as the SDK (explicit, service-specific, then global), for
-            // messages only; the profile's per-service endpoint is not looked at here.
-            let endpoint = settings
-                .endpoint_url
-                .clone()
-                .or_else(|| {
-                    std::env::var("AWS_ENDPOINT_URL_SECRETS_MANAGER")
-                        .ok()
-                        .filter(|u| !u.is_empty())
-                })
-                .or_else(|| shared.endpoint_url().map(str::to_string));
-            let service = match endpoint {
-                Some(url) => format!("AWS Secrets Manager at {url}"),
-                None => format!("AWS Secrets Manager in {region}"),
-            };
+            let service = service_label(
+                "AWS Secrets Manager",
+                "AWS_ENDPOINT_URL_SECRETS_MANAGER",
+                settings,
+                shared,
+                &region,
+            );
             RegionClient {
                 client: Client::from_conf(config),
                 service,
@@ -838,3 +830,24 @@ fn hex4(bytes: &[u8], at: usize) -> Result<u32, ()> {
 
 #[cfg(test)]
 mod tests;
+
+/// How messages name an AWS service's endpoint: "NAME at URL" or "NAME in REGION". The URL is
+/// found with the SDK's precedence (explicit setting, the service-specific variable `env_var`,
+/// then the global one), for messages only; a profile's per-service endpoint is not looked at.
+pub(super) fn service_label(
+    name: &str,
+    env_var: &str,
+    settings: &AwsSettings,
+    shared: &aws_config::SdkConfig,
+    region: &str,
+) -> String {
+    let endpoint = settings
+        .endpoint_url
+        .clone()
+        .or_else(|| std::env::var(env_var).ok().filter(|u| !u.is_empty()))
+        .or_else(|| shared.endpoint_url().map(str::to_string));
+    match endpoint {
+        Some(url) => format!("{name} at {url}"),
+        None => format!("{name} in {region}"),
+    }
+}

@@ -254,16 +254,7 @@ impl AgentConnection {
                 answer
             }
             Err(e) => {
-                let host = self
-                    .bindings
-                    .last_host()
-                    .map(|k| k.fingerprint(HashAlg::Sha256).to_string());
-                let _ = self.audit(
-                    &fingerprint,
-                    host.as_deref(),
-                    "refused",
-                    Some(&e.to_string()),
-                );
+                self.audit_refused(&fingerprint, &e);
                 tracing::info!(id = %self.id, request = "sign", reason = %e, "ssh agent request refused");
                 wire::encode_response(&Response::Failure)
             }
@@ -288,6 +279,21 @@ impl AgentConnection {
             (SshKeys::Held { .. }, None) => return Err(SignError::NotExposed),
         };
         Ok((answer, host))
+    }
+
+    /// Records a refused sign request against the host the connection is bound to, if any.
+    /// A refusal hands nothing out, so a failed write is only logged (by the audit log).
+    fn audit_refused(&self, fingerprint: &str, reason: &dyn std::fmt::Display) {
+        let host = self
+            .bindings
+            .last_host()
+            .map(|k| k.fingerprint(HashAlg::Sha256).to_string());
+        let _ = self.audit(
+            fingerprint,
+            host.as_deref(),
+            "refused",
+            Some(&reason.to_string()),
+        );
     }
 
     fn audit(
@@ -370,16 +376,7 @@ impl Session for AgentConnection {
                 Ok(signature)
             }
             Err(e) => {
-                let host = self
-                    .bindings
-                    .last_host()
-                    .map(|k| k.fingerprint(HashAlg::Sha256).to_string());
-                let _ = self.audit(
-                    &fingerprint,
-                    host.as_deref(),
-                    "refused",
-                    Some(&e.to_string()),
-                );
+                self.audit_refused(&fingerprint, &e);
                 Err(AgentError::other(e))
             }
         }
