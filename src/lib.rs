@@ -29,8 +29,9 @@
 //!   [`cache`]) → [`source`]s → shared types ([`channel`], [`secret`]).
 //! - [`resolver`] answers one secret request: [`policy`] decides (pure functions) what an id
 //!   means, [`cache`] may hold a value for slow sources, [`source`] resolves it from env, files,
-//!   the OS keyring, programs or the build client; [`secret::SecretBytes`] owns the value and
-//!   zeroizes it. [`template`] renders ids whose rule is a `template` of other ids' values.
+//!   the OS keyring, programs or the build client; [`secret::SecretBytes`] owns the value, in
+//!   pages of its own kept out of core files and swap, and zeroizes it. [`template`]
+//!   renders ids whose rule is a `template` of other ids' values.
 //! - [`ssh`] is the per-id filtered agent (upstream agent or broker-held keys, destination
 //!   constraints, standalone agent sockets), spoken with ssh-agent-lib.
 //! - [`audit`] records every decision, never a value. [`config`] turns the policy TOML into a

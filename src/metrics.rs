@@ -80,6 +80,8 @@ pub struct Metrics {
     reloads: Family<ResultLabels, Counter>,
     client_bytes_received: Counter,
     client_bytes_sent: Counter,
+    secret_pages: Gauge,
+    secret_pages_unlocked: Gauge,
     /// The secret and ssh ids of the policy in force (and of earlier ones: a series, once
     /// made, stays until restart, so the set of series stays bounded by what policies listed).
     listed: RwLock<ListedIds>,
@@ -111,6 +113,8 @@ impl Metrics {
             reloads: Family::default(),
             client_bytes_received: Counter::default(),
             client_bytes_sent: Counter::default(),
+            secret_pages: Gauge::default(),
+            secret_pages_unlocked: Gauge::default(),
             listed: RwLock::new(ListedIds::default()),
             registry: Registry::default(),
         };
@@ -169,6 +173,16 @@ impl Metrics {
             "Bytes written to build clients on every listener (responses, exports, session traffic)",
             m.client_bytes_sent.clone(),
         );
+        registry.register(
+            "secret_pages",
+            "Memory pages set aside for secret values (kept out of core files; pooled pages stay mapped)",
+            m.secret_pages.clone(),
+        );
+        registry.register(
+            "secret_pages_unlocked",
+            "Secret pages mlock refused (RLIMIT_MEMLOCK): these may be written to swap",
+            m.secret_pages_unlocked.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -205,6 +219,11 @@ fn get() -> Option<&'static Metrics> {
 /// The metrics in the Prometheus (OpenMetrics) text format; empty when metrics are off.
 pub fn render() -> String {
     let mut out = String::new();
+    if let Some(m) = get() {
+        let pages = crate::secret::page_stats();
+        m.secret_pages.set(pages.mapped as i64);
+        m.secret_pages_unlocked.set(pages.unlocked as i64);
+    }
     if let Some(m) = get()
         && let Err(e) = prometheus_client::encoding::text::encode(&mut out, &m.registry)
     {

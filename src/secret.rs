@@ -4,36 +4,44 @@
 //! read through [`SecretBytes::expose`], whose call sites are the places that hand the value to
 //! the wire. Its buffer is zeroized when it is dropped. It must never be formatted, logged, put in
 //! an error, or written to disk.
+//!
+//! Its bytes live in pages of their own ([`pages`]): zeroed when the value is dropped, left
+//! out of core files and forked children, and locked in RAM where the limit allows.
 
-use zeroize::Zeroizing;
+mod pages;
+
+pub use pages::{PageStats, SecretBuf, stats as page_stats};
+use zeroize::Zeroize;
 
 /// The largest value buildx sends (its own cap, 500 KiB); larger values are refused with a clear
 /// error rather than truncated.
 pub const MAX_SECRET_BYTES: usize = 512_000;
 
-/// Secret bytes, zeroized on drop.
-pub struct SecretBytes(Zeroizing<Vec<u8>>);
+/// Secret bytes in secret pages, zeroized on drop.
+pub struct SecretBytes(SecretBuf);
 
 impl SecretBytes {
-    /// Takes ownership of `bytes`; the buffer is zeroized when the value is dropped.
-    pub fn new(bytes: Vec<u8>) -> Self {
-        Self(Zeroizing::new(bytes))
+    /// Moves `bytes` into secret pages and zeroizes the `Vec` it came in.
+    pub fn new(mut bytes: Vec<u8>) -> Self {
+        let mut buf = SecretBuf::with_capacity(bytes.len());
+        buf.extend_from_slice(&bytes);
+        bytes.zeroize();
+        Self(buf)
     }
 
-    /// An empty value with room for `capacity` bytes, for sources that read into it in place
-    /// (growing a `Vec` would leave an unzeroized copy behind).
+    /// An empty value with room for `capacity` bytes, for sources that write into it in place.
     pub fn with_capacity(capacity: usize) -> Self {
-        Self(Zeroizing::new(Vec::with_capacity(capacity)))
+        Self(SecretBuf::with_capacity(capacity))
     }
 
     /// The buffer itself, for sources filling a value made by [`SecretBytes::with_capacity`].
-    pub(crate) fn buffer_mut(&mut self) -> &mut Vec<u8> {
+    pub(crate) fn buffer_mut(&mut self) -> &mut SecretBuf {
         &mut self.0
     }
 
     /// The value, for the code that puts it on the wire. Do not format or log it.
     pub fn expose(&self) -> &[u8] {
-        &self.0
+        self.0.as_slice()
     }
 
     pub fn len(&self) -> usize {
@@ -66,36 +74,34 @@ impl SecretBytes {
     }
 }
 
-/// A secret read in place: one zeroed allocation of a fixed size, filled by successive reads,
-/// so no reallocation ever leaves a copy behind. Input larger than planned is noticed, not
-/// grown into.
+/// A secret read in place: one block of a fixed size, filled by successive reads, so no
+/// reallocation ever moves it. Input larger than planned is noticed, not grown into.
 pub(crate) struct SecretFill {
     value: SecretBytes,
-    filled: usize,
+    capacity: usize,
 }
 
 impl SecretFill {
     pub(crate) fn new(capacity: usize) -> Self {
-        let mut value = SecretBytes::with_capacity(capacity);
-        value.buffer_mut().resize(capacity, 0);
-        SecretFill { value, filled: 0 }
+        SecretFill {
+            value: SecretBytes::with_capacity(capacity),
+            capacity,
+        }
     }
 
-    /// Where the next read goes; `None` once the buffer is full (more input than planned).
+    /// Where the next read goes; `None` once `capacity` bytes are in (more input than planned).
     pub(crate) fn spare(&mut self) -> Option<&mut [u8]> {
-        let buf = self.value.buffer_mut();
-        (self.filled < buf.len()).then(|| &mut buf[self.filled..])
+        let room = self.capacity - self.value.len();
+        (room > 0).then(|| &mut self.value.buffer_mut().spare_mut()[..room])
     }
 
     /// Records that a read put `n` bytes into [`SecretFill::spare`].
     pub(crate) fn advance(&mut self, n: usize) {
-        self.filled += n;
+        self.value.buffer_mut().advance(n);
     }
 
     /// The bytes read so far.
-    pub(crate) fn finish(mut self) -> SecretBytes {
-        let filled = self.filled;
-        self.value.buffer_mut().truncate(filled);
+    pub(crate) fn finish(self) -> SecretBytes {
         self.value
     }
 }

@@ -14,8 +14,8 @@
 //! until the connection closes), the stack, and copies outside this process (kernel socket
 //! buffers, the page cache). It must never read, log or keep the bytes it clears.
 //!
-//! This is the one module with unsafe code: implementing `GlobalAlloc` is `unsafe` by
-//! definition. Every block is handed straight to [`System`] with the layout it was made with.
+//! One of the two modules with unsafe code (the other is `secret::pages`): implementing
+//! `GlobalAlloc` is `unsafe` by definition. Every block is handed straight to [`System`] with the layout it was made with.
 
 #![allow(unsafe_code)]
 

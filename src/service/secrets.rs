@@ -282,16 +282,27 @@ fn encode_response(value: &SecretBytes) -> Bytes {
     };
     let message_len = data_len + pad_len;
 
+    // The framing around the value (flags, lengths, field keys) is not secret; it is encoded
+    // on the stack and copied in, so the only heap block holding the value is the frame.
+    let mut head = [0u8; 16];
+    let mut at = &mut head[..];
+    at.put_u8(0);
+    at.put_u32(message_len as u32);
+    encode_key(1, WireType::LengthDelimited, &mut at);
+    encode_varint(value.len() as u64, &mut at);
+    let head_len = 16 - at.len();
+
     let mut frame = SecretBytes::with_capacity(5 + message_len);
     let buf = frame.buffer_mut();
-    buf.put_u8(0);
-    buf.put_u32(message_len as u32);
-    encode_key(1, WireType::LengthDelimited, buf);
-    encode_varint(value.len() as u64, buf);
+    buf.extend_from_slice(&head[..head_len]);
     buf.extend_from_slice(value.expose());
     if pad_len > 0 {
-        encode_key(PADDING_FIELD, WireType::LengthDelimited, buf);
-        encode_varint(pad_payload as u64, buf);
+        let mut pad_head = [0u8; 16];
+        let mut at = &mut pad_head[..];
+        encode_key(PADDING_FIELD, WireType::LengthDelimited, &mut at);
+        encode_varint(pad_payload as u64, &mut at);
+        let pad_head_len = 16 - at.len();
+        buf.extend_from_slice(&pad_head[..pad_head_len]);
         buf.resize(buf.len() + pad_payload, 0);
     }
     debug_assert_eq!(buf.len(), 5 + message_len);

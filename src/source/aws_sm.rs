@@ -37,7 +37,7 @@ use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
 use super::{Lookup, SourceError};
-use crate::secret::SecretBytes;
+use crate::secret::{SecretBuf, SecretBytes};
 
 /// The first retry waits up to this long (with jitter), the second up to twice as long.
 const INITIAL_BACKOFF: Duration = Duration::from_millis(200);
@@ -767,7 +767,7 @@ impl Visitor<'_> for KeyMatches<'_> {
 
 /// Decodes the inside of a JSON string literal (RFC 8259 §7) into `out`, which has room for
 /// `escaped.len()` bytes: decoding never lengthens text, so `out` never reallocates.
-fn unescape_json_string(escaped: &str, out: &mut Vec<u8>) -> Result<(), ()> {
+fn unescape_json_string(escaped: &str, out: &mut SecretBuf) -> Result<(), ()> {
     let bytes = escaped.as_bytes();
     let mut i = 0;
     while i < bytes.len() {

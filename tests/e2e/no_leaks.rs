@@ -174,6 +174,47 @@ fn core_of(broker: &Broker, dir: &std::path::Path) -> (Vec<u8>, std::path::PathB
     (core, core_path)
 }
 
+/// Every readable mapping of the running broker, read through `/proc/PID/mem` into one file:
+/// what a reader of the process's memory (root, a debugger) sees, including the pages kept out
+/// of core files (`MADV_DONTDUMP`), which `gcore` leaves out. Returns the bytes and the path.
+fn memory_of(broker: &Broker, dir: &std::path::Path) -> (Vec<u8>, std::path::PathBuf) {
+    const DUMP: &str = r#"
+import sys
+pid, out = sys.argv[1], sys.argv[2]
+with open(f'/proc/{pid}/maps') as maps, open(f'/proc/{pid}/mem', 'rb', 0) as mem, open(out, 'wb') as o:
+    for line in maps:
+        fields = line.split()
+        if not fields[1].startswith('r'):
+            continue
+        lo, hi = (int(x, 16) for x in fields[0].split('-'))
+        try:
+            mem.seek(lo)
+            o.write(mem.read(hi - lo))
+        except (OSError, ValueError, OverflowError):
+            pass  # [vvar] and friends cannot be read
+"#;
+    let path = dir.join(format!("memory.{}", broker.pid()));
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(DUMP)
+        .arg(broker.pid().to_string())
+        .arg(&path)
+        .output()
+        .expect("python3 must be installed");
+    assert!(
+        out.status.success(),
+        "reading the broker's memory: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let image = std::fs::read(&path).unwrap();
+    assert!(
+        image.len() > 1_000_000,
+        "a real memory image ({} bytes)",
+        image.len()
+    );
+    (image, path)
+}
+
 /// Every offset of each needle in the core file, found by Python's `mmap.find` (a debug-built
 /// byte loop over a 100 MB core takes minutes; this takes a second, and does not trust the
 /// crate under test either).
@@ -519,6 +560,14 @@ fn no_source_leaves_a_secret_byte_in_a_core_image_of_the_broker() {
     );
     std::fs::remove_file(core_path).unwrap();
     drop(core);
+    // The core leaves secret pages out (MADV_DONTDUMP), so a value left in one would not show
+    // there: search the whole live memory too.
+    let (memory, memory_path) = memory_of(&broker, dir.path());
+    let (lines, any) = search_core("broker memory", &memory, &memory_path, &needles);
+    report.extend(lines);
+    leaked |= any;
+    std::fs::remove_file(memory_path).unwrap();
+    drop(memory);
     drop(broker);
     drop(moto);
 
@@ -551,11 +600,70 @@ fn no_source_leaves_a_secret_byte_in_a_core_image_of_the_broker() {
     );
     report.extend(lines);
     leaked |= any;
+    let (memory, memory_path) = memory_of(&broker, dir.path());
+    let (lines, any) = search_core(
+        "secret-service broker memory",
+        &memory,
+        &memory_path,
+        &[Needle::secret(
+            "keyring: Secret Service (ss_tok)",
+            &ss_value,
+        )],
+    );
+    report.extend(lines);
+    leaked |= any;
 
     let report = report.join("\n");
     eprintln!("core-image report:\n{report}");
     assert!(
         !leaked,
         "secret bytes found in a core image of the broker:\n{report}"
+    );
+}
+
+/// A value the broker holds (cached for ten minutes) is in its memory, in a page of its own,
+/// and yet not in a core image of it: secret pages are `MADV_DONTDUMP`. The memory read is the
+/// positive control (the value really is held, and the search would find it).
+#[test]
+fn a_held_value_is_in_memory_but_not_in_a_core_image() {
+    if skip() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let value = random_value("held");
+    let file = write_file(dir.path(), "held", value.as_bytes());
+    let policy = format!(
+        "[secrets.held]\nsources = [\"file:{}\"]\nrequired = true\ncache_ttl = \"10m\"\n",
+        file.display()
+    );
+    let broker = Broker::start(BrokerOptions {
+        policy: &policy,
+        ..Default::default()
+    });
+    let build = Build::new(format!(
+        "FROM {BASE_IMAGE}\nRUN --mount=type=secret,id=held,required=true sha256sum /run/secrets/held | cut -d' ' -f1 > /h\nFROM scratch\nCOPY --from=0 /h /\n"
+    ))
+    .run(&broker);
+    build.assert_ok();
+    assert_eq!(build.text("h").trim(), sha256_hex(value.as_bytes()));
+    // Only the cache holds it now: the file is gone, the session closed.
+    std::fs::remove_file(&file).unwrap();
+    let needle = [Needle::secret("file: cached for 10m (held)", &value)];
+
+    let (memory, memory_path) = memory_of(&broker, dir.path());
+    let in_memory = offsets_in(&memory_path, &needle).remove(0);
+    assert!(
+        !in_memory.is_empty(),
+        "the cached value should be in the broker's memory (the control failed)"
+    );
+    drop(memory);
+    let (core, core_path) = core_of(&broker, dir.path());
+    let (lines, leaked) = search_core("broker", &core, &core_path, &needle);
+    assert!(
+        !leaked,
+        "a held value reached a core image ({} cop{} in memory):\n{}",
+        in_memory.len(),
+        if in_memory.len() == 1 { "y" } else { "ies" },
+        lines.join("\n")
     );
 }

@@ -676,6 +676,16 @@ fn metrics_scraped_during_a_build_show_its_requests_with_bounded_labels() {
         sample(&text, "buildbroker_client_bytes_sent_total").unwrap_or(0.0) > 0.0,
         "{text}"
     );
+    // The value was answered from pages of their own, and mlock took them (root has no limit).
+    assert!(
+        sample(&text, "buildbroker_secret_pages").unwrap_or(0.0) >= 1.0,
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "buildbroker_secret_pages_unlocked"),
+        Some(0.0),
+        "{text}"
+    );
     // The id the policy does not list is counted, under the one shared label.
     assert!(text.contains(r#"id="_unlisted""#), "{text}");
     for never in ["an_unlisted_id_7f3a", value.as_str(), "session="] {
