@@ -611,3 +611,78 @@ fn resolve_shows_which_ids_a_template_used_and_where_each_came_from() {
         "{t}"
     );
 }
+
+/// Where `mlock` is refused (an unprivileged user with `RLIMIT_MEMLOCK` at 0, as some container
+/// runtimes set it low), a value is still resolved, and one warning says the pages may reach
+/// swap and how to raise the limit. As root the test runs the command as nobody, since root's
+/// `CAP_IPC_LOCK` ignores the limit.
+#[test]
+fn values_resolve_when_secret_pages_cannot_be_locked() {
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("buildbroker");
+    std::fs::copy(env!("CARGO_BIN_EXE_buildbroker"), &copy).unwrap();
+    let policy = dir.path().join("policy.toml");
+    let value = dir.path().join("tok");
+    std::fs::write(&value, "unlocked-value-31").unwrap();
+    std::fs::write(
+        &policy,
+        format!(
+            "[secrets.tok]\nsources = [\"file:{}\"]\nrequired = true\n",
+            value.display()
+        ),
+    )
+    .unwrap();
+    let state = dir.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    let is_root = Command::new("id").arg("-u").output().unwrap().stdout == b"0\n";
+    let mut cmd = Command::new("prlimit");
+    cmd.arg("--memlock=0:0").arg("--");
+    if is_root {
+        for (args, path) in [(["755"].as_slice(), dir.path()), (&["755"], &copy)] {
+            assert!(
+                Command::new("chmod")
+                    .args(args)
+                    .arg(path)
+                    .status()
+                    .unwrap()
+                    .success()
+            );
+        }
+        assert!(
+            Command::new("chown")
+                .args(["-R", "65534:65534"])
+                .arg(dir.path())
+                .status()
+                .unwrap()
+                .success()
+        );
+        cmd.args([
+            "setpriv",
+            "--reuid",
+            "65534",
+            "--regid",
+            "65534",
+            "--clear-groups",
+            "--",
+        ]);
+    }
+    let out = cmd
+        .arg(&copy)
+        .args(["resolve", "--config"])
+        .arg(&policy)
+        .arg("tok")
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("STATE_DIRECTORY", &state)
+        .output()
+        .unwrap();
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{t}");
+    assert!(t.contains("tok: resolved from file:"), "{t}");
+    assert!(
+        t.contains("cannot lock secret pages in memory") && t.contains("LimitMEMLOCK="),
+        "the refused mlock should be reported once: {t}"
+    );
+    assert_eq!(t.matches("cannot lock secret pages").count(), 1, "{t}");
+    assert!(!t.contains("unlocked-value-31"), "{t}");
+}

@@ -300,7 +300,7 @@ fn search_core(
         }
         unexpected.sort_unstable();
         let mut line = format!(
-            "[{label}] {}: {} cop{} in the core",
+            "[{label}] {}: {} cop{} in the image",
             needle.kind,
             found.len(),
             if found.len() == 1 { "y" } else { "ies" }
