@@ -97,8 +97,9 @@ pub async fn serve_incoming(incoming: Accepted, broker: Arc<Broker>, shutdown: C
             Err(Refusal::Gone) => return,
         };
     let process = Arc::new(ClientProcess::pin(&peer, accepted));
-    // The slot's token ends the relay when the daemon drains or a reload revokes the caller.
-    serve_connection(io, peer, process, broker, slot.token.clone()).await;
+    // A reload that revokes the caller ends the relay at once; a SIGTERM drain lets the build
+    // on it run on until it ends or the drain timeout.
+    serve_connection(io, peer, process, broker, slot.revoked.clone()).await;
 }
 
 /// Relays one admitted caller's Control API connection to the upstream BuildKit until either

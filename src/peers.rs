@@ -45,6 +45,8 @@ struct LiveConnection {
     groups: Arc<[u32]>,
     /// Cancelled when the peer loses its access; ends the connection and what it opened.
     revoke: CancellationToken,
+    /// The slot's [`ConnectionSlot::revoked`], cancelled with `revoke`.
+    revoke_streams: CancellationToken,
 }
 
 /// A registered connection; dropping it releases the uid's count.
@@ -52,8 +54,13 @@ pub struct ConnectionSlot {
     peers: LivePeers,
     id: u64,
     uid: u32,
-    /// Cancelled when the peer is revoked (or, being a child of it, when the daemon stops).
+    /// Cancelled when the peer is revoked (or, being a child of it, when the daemon stops):
+    /// ends the connection's request loop (gracefully when the daemon stops).
     pub token: CancellationToken,
+    /// Cancelled only when the peer is revoked, never when the daemon stops: what a build is
+    /// using (upgraded streams, sessions, Control relays) ends at once when its peer loses
+    /// access, but runs on through a SIGTERM drain until it ends or the drain timeout.
+    pub revoked: CancellationToken,
 }
 
 impl Drop for ConnectionSlot {
@@ -120,12 +127,14 @@ impl LivePeers {
         let id = t.next_id;
         t.next_id += 1;
         let token = parent.child_token();
+        let revoked = CancellationToken::new();
         t.connections.insert(
             id,
             LiveConnection {
                 peer,
                 groups: groups.into(),
                 revoke: token.clone(),
+                revoke_streams: revoked.clone(),
             },
         );
         Ok(ConnectionSlot {
@@ -133,6 +142,7 @@ impl LivePeers {
             id,
             uid,
             token,
+            revoked,
         })
     }
 
@@ -160,8 +170,9 @@ impl LivePeers {
         let t = self.lock();
         let mut out = Vec::new();
         for conn in t.connections.values() {
-            if !conn.revoke.is_cancelled() && !allowed(&conn.peer, &conn.groups) {
+            if !conn.revoke_streams.is_cancelled() && !allowed(&conn.peer, &conn.groups) {
                 conn.revoke.cancel();
+                conn.revoke_streams.cancel();
                 out.push(Revoked {
                     peer: conn.peer.clone(),
                 });

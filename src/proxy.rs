@@ -71,8 +71,10 @@ pub async fn serve_connection(
     };
     let client = peer.client.to_string();
 
-    // Everything this connection starts (upgrades, sessions) holds its slot and ends with its
-    // slot's token: an upgraded stream outlives this function but stays counted and revocable.
+    // Everything this connection starts (upgrades, sessions) holds its slot and ends when the
+    // peer is revoked: an upgraded stream outlives this function but stays counted and
+    // revocable. A SIGTERM drain does not end them: the build using them runs on until it ends
+    // or the drain timeout.
     let slot = Arc::new(slot);
     let conn = Arc::new(Connection {
         broker,
@@ -80,7 +82,7 @@ pub async fn serve_connection(
         accepted,
         upstream: Mutex::new(None),
         tasks,
-        shutdown: slot.token.clone(),
+        revoked: slot.revoked.clone(),
         slot: slot.clone(),
     });
     let service = hyper::service::service_fn(move |req| {
@@ -137,8 +139,9 @@ struct Connection {
     upstream: Mutex<Option<SendRequest<ProxyBody>>>,
     /// Upgraded connections (sessions, attach) outlive the request; the daemon drains them.
     tasks: TaskTracker,
-    /// Cancelled when the daemon stops or the peer's access is revoked.
-    shutdown: CancellationToken,
+    /// Cancelled when the peer's access is revoked (not when the daemon drains): ends the
+    /// upgraded streams and sessions this connection started.
+    revoked: CancellationToken,
     /// This connection's place in the live-peer table, held by every task it starts.
     slot: Arc<ConnectionSlot>,
 }
@@ -229,13 +232,13 @@ impl Connection {
         let broker = self.broker.clone();
         let peer = self.peer.clone();
         let process = Arc::new(ClientProcess::pin(&self.peer, self.accepted));
-        let shutdown = self.shutdown.clone();
+        let revoked = self.revoked.clone();
         let slot = self.slot.clone();
         self.tasks.spawn(async move {
             let _slot = slot;
             match pair.complete().await {
                 Ok((container, client)) => {
-                    exec::run(container, client, broker, peer, process, shutdown).await
+                    exec::run(container, client, broker, peer, process, revoked).await
                 }
                 Err(e) => tracing::warn!(error = %e, "dial-stdio exec upgrade did not complete"),
             }
@@ -301,7 +304,7 @@ impl Connection {
             Ok(switched) => switched,
             Err(resp) => return resp,
         };
-        let shutdown = self.shutdown.clone();
+        let revoked = self.revoked.clone();
         let slot = self.slot.clone();
         self.tasks.spawn(async move {
             let _slot = slot;
@@ -319,7 +322,7 @@ impl Connection {
                 r = tokio::io::copy_bidirectional(&mut down, &mut up) => {
                     if let Err(e) = r { tracing::debug!(error = %e, "upgraded stream ended"); }
                 }
-                _ = shutdown.cancelled() => {}
+                _ = revoked.cancelled() => {}
             }
         });
         resp
@@ -358,13 +361,13 @@ impl Connection {
             peer: self.peer.clone(),
             client: Arc::new(ClientProcess::pin(&self.peer, self.accepted)),
         };
-        let shutdown = self.shutdown.clone();
+        let revoked = self.revoked.clone();
         let slot = self.slot.clone();
         self.tasks.spawn(async move {
             let _slots = (slot, session_slot);
             match pair.complete().await {
                 Ok((daemon_side, client_side)) => {
-                    session::run(daemon_side, client_side, broker, info, shutdown).await
+                    session::run(daemon_side, client_side, broker, info, revoked).await
                 }
                 Err(e) => tracing::warn!(session = %info.uuid, error = %e, "session upgrade did not complete"),
             }

@@ -88,6 +88,57 @@ fn sigterm_drains_and_exits_zero() {
     assert!(broker.log().contains("buildbroker stopped"));
 }
 
+/// SIGTERM while a build runs: the daemon stops accepting, but the build (its Control API
+/// stream and its session) runs on through the drain, and a secret it asks for after the
+/// signal is still served. Then the daemon exits 0.
+#[test]
+fn sigterm_lets_a_running_build_finish_and_serves_its_later_secrets() {
+    if skip() {
+        return;
+    }
+    let value = unique_secret("drain");
+    let mut broker = Broker::start(BrokerOptions {
+        policy: "[secrets.x]\nsources = [\"env:A\"]\n",
+        env: vec![("A", &value)],
+        ..Default::default()
+    });
+    let host = broker.docker_host();
+    // The unique echo keeps BuildKit from reusing an earlier run's steps.
+    let dockerfile = format!(
+        "FROM {BASE_IMAGE}\n\
+         RUN --mount=type=secret,id=x,required=true echo {value:?} >/dev/null; cat /run/secrets/x > /first && sleep 6\n\
+         RUN --mount=type=secret,id=x,required=true cat /run/secrets/x > /second\n\
+         FROM scratch\nCOPY --from=0 /first /second /\n"
+    );
+    let build = std::thread::spawn(move || Build::new(dockerfile).run_against(&host));
+    // The first RUN has its secret: the build is inside its 6 s sleep.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !broker.audit().contains("\"id\":\"x\"") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first secret was never served:\n{}",
+            broker.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    broker.signal("TERM");
+    let build = build.join().unwrap();
+    build.assert_ok();
+    assert_eq!(build.text("first"), value);
+    assert_eq!(
+        build.text("second"),
+        value,
+        "the secret asked for during the drain"
+    );
+    assert_eq!(broker.wait_exit(Duration::from_secs(40)), Some(0));
+    let log = broker.log();
+    assert!(log.contains("SIGTERM: draining"), "{log}");
+    assert!(
+        !log.contains("drain timeout"),
+        "the build ended the drain, not the timeout: {log}"
+    );
+}
+
 #[test]
 fn core_dumps_are_disabled_for_the_daemon() {
     if skip() {
