@@ -15,6 +15,7 @@ mod client_env;
 mod container;
 mod faults;
 mod isolation;
+mod load;
 mod lifecycle;
 mod mounts;
 mod no_leaks;
