@@ -270,3 +270,55 @@ fn many_concurrent_builds_with_own_secrets_and_ssh_through_one_broker() {
         "every build (and the warm-up) got its policy secret from its own client: {served} served"
     );
 }
+
+/// buildx holds up to 8 connections to the Engine API during one build (`_ping`, version,
+/// `/session`, `/grpc`, image and history calls, measured through the broker), so the old
+/// default of 256 connections per uid refused the 33rd concurrent build of one CI runner with
+/// `failed to dial gRPC: unable to upgrade to h2c, received 429`. With the default limits, a
+/// uid already holding 300 connections (37 builds' worth) still gets its next build through.
+#[test]
+fn the_default_limits_admit_a_build_beside_three_hundred_open_connections_of_its_uid() {
+    use std::io::Write;
+    if skip() {
+        return;
+    }
+    let value = unique_secret("beside");
+    let broker = Broker::start(BrokerOptions {
+        policy: "[secrets.tok]\nsources = [\"env:TOK\"]\nrequired = true\n",
+        env: vec![("TOK", &value)],
+        rust_log: "info",
+        ..Default::default()
+    });
+    let fds = broker.open_fds();
+    // Unfinished request headers: the broker keeps each open until its header read timeout
+    // (30 s), long enough for the build below.
+    let held: Vec<std::os::unix::net::UnixStream> = (0..300)
+        .map(|_| {
+            let mut s = std::os::unix::net::UnixStream::connect(broker.socket()).unwrap();
+            s.write_all(b"GET /_ping HTTP/1.1\r\nHost: x\r\n").unwrap();
+            s
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while broker.open_fds() < fds + 300 {
+        assert!(
+            Instant::now() < deadline,
+            "the broker accepted {} of the 300 connections",
+            broker.open_fds() - fds
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let build = Build::new(format!(
+        "FROM {BASE_IMAGE}\nRUN --mount=type=secret,id=tok,required=true cat /run/secrets/tok > /v\n\
+         FROM scratch\nCOPY --from=0 /v /\n"
+    ))
+    .run(&broker);
+    build.assert_ok();
+    assert_eq!(build.text("v"), value);
+    assert!(
+        !broker.log().contains("refused connection"),
+        "{}",
+        broker.log()
+    );
+    drop(held);
+}
