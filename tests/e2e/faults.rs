@@ -382,7 +382,9 @@ fn three_hundred_half_open_connections_do_not_starve_a_build_and_are_closed() {
     }
     let value = unique_secret("idle");
     let broker = Broker::start(BrokerOptions {
-        policy: &format!("{TOK_POLICY}[access]\nuids = [65534]\n[limits]\nconnections_per_uid = 256\n"),
+        policy: &format!(
+            "{TOK_POLICY}[access]\nuids = [65534]\n[limits]\nconnections_per_uid = 256\n"
+        ),
         env: vec![("TOK", &value)],
         ..Default::default()
     });

@@ -155,7 +155,7 @@ fn many_concurrent_builds_with_own_secrets_and_ssh_through_one_broker() {
                                 ok: false,
                                 seconds: began.elapsed().as_secs_f64(),
                                 problems: vec![panic_text(p)],
-                            }
+                            };
                         }
                     };
                     let seconds = began.elapsed().as_secs_f64();
@@ -169,16 +169,22 @@ fn many_concurrent_builds_with_own_secrets_and_ssh_through_one_broker() {
                     let read = |name: &str| {
                         std::fs::read_to_string(build.out_dir.join(name)).unwrap_or_default()
                     };
-                    let (got_own, got_policy, got_keys) = (read("own"), read("policy"), read("keys"));
+                    let (got_own, got_policy, got_keys) =
+                        (read("own"), read("policy"), read("keys"));
                     let mut problems = Vec::new();
                     if got_own != *own {
                         problems.push(format!("client secret: got {got_own:?}, want {own:?}"));
                     }
                     if got_policy != *policy {
-                        problems.push(format!("policy secret: got {got_policy:?}, want {policy:?}"));
+                        problems.push(format!(
+                            "policy secret: got {got_policy:?}, want {policy:?}"
+                        ));
                     }
                     if !got_keys.contains(&key.key_only()) {
-                        problems.push(format!("ssh-add -L: got {got_keys:?}, want {}", key.key_only()));
+                        problems.push(format!(
+                            "ssh-add -L: got {got_keys:?}, want {}",
+                            key.key_only()
+                        ));
                     }
                     if read("index").trim() != i.to_string() {
                         problems.push(format!("exported index {:?}", read("index")));
@@ -220,11 +226,8 @@ fn many_concurrent_builds_with_own_secrets_and_ssh_through_one_broker() {
 
     let mut times: Vec<f64> = outcomes.iter().map(|o| o.seconds).collect();
     times.sort_by(|a, b| a.total_cmp(b));
-    let failed: BTreeMap<usize, &Outcome> = outcomes
-        .iter()
-        .enumerate()
-        .filter(|(_, o)| !o.ok)
-        .collect();
+    let failed: BTreeMap<usize, &Outcome> =
+        outcomes.iter().enumerate().filter(|(_, o)| !o.ok).collect();
     println!(
         "load: builds={builds} wall_s={wall:.1} ok={} failed={} build_p50_s={:.1} build_max_s={:.1} \
          peak_rss_kib={peak_rss} fds_before={fds_before} fds_peak={} fds_after={fds_after} \
@@ -241,6 +244,19 @@ fn many_concurrent_builds_with_own_secrets_and_ssh_through_one_broker() {
             "load: build {i} failed after {:.1} s:\n{}",
             o.seconds,
             o.problems.join("\n")
+        );
+    }
+    if !failed.is_empty() {
+        // The broker's side of each failure (a refusal names the limit it hit).
+        let log = broker.log();
+        let notable: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+            .collect();
+        println!(
+            "load: broker warnings and errors ({} lines, first 20):\n{}",
+            notable.len(),
+            notable[..notable.len().min(20)].join("\n")
         );
     }
     assert!(
