@@ -57,11 +57,15 @@ pub struct Limits {
     pub sessions_per_uid: usize,
 }
 
+/// buildx holds up to 8 Engine API connections during one build (`_ping`, version,
+/// `/session`, `/grpc`, image and history calls; measured through the broker, tests/e2e/load.rs),
+/// so the defaults fit 128 concurrent builds of one uid — a CI runner's builds all come from
+/// one uid. The old 256/64 refused the 33rd concurrent build.
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            connections_per_uid: 256,
-            sessions_per_uid: 64,
+            connections_per_uid: 1024,
+            sessions_per_uid: 128,
         }
     }
 }

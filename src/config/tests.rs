@@ -482,8 +482,8 @@ fn socket_group_by_name_or_number_is_also_an_access_gid() {
 fn limits_have_defaults_and_checked_ranges() {
     let p = parse("").unwrap();
     assert_eq!(p.limits, Limits::default());
-    assert_eq!(p.limits.connections_per_uid, 256);
-    assert_eq!(p.limits.sessions_per_uid, 64);
+    assert_eq!(p.limits.connections_per_uid, 1024);
+    assert_eq!(p.limits.sessions_per_uid, 128);
     assert_eq!(p.sources.fetches_per_kind, 16);
     let p = parse("[limits]\nconnections_per_uid = 3\nsessions_per_uid = 2\nsource_fetches = 1\n")
         .unwrap();

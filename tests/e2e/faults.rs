@@ -371,7 +371,7 @@ fn the_engine_cut_mid_build_fails_that_build_clearly_and_the_next_one_works() {
 }
 
 /// 300 connections from another uid that never finish their request headers: they cannot
-/// starve a build (each uid has its own `[limits] connections_per_uid`, 256 by default, so
+/// starve a build (each uid has its own `[limits] connections_per_uid`, set to 256 here so
 /// the extra ones are refused), and the broker closes them when the header read timeout
 /// (30 s) runs out, though their client keeps them open.
 #[test]
@@ -382,7 +382,9 @@ fn three_hundred_half_open_connections_do_not_starve_a_build_and_are_closed() {
     }
     let value = unique_secret("idle");
     let broker = Broker::start(BrokerOptions {
-        policy: &format!("{TOK_POLICY}[access]\nuids = [65534]\n"),
+        policy: &format!(
+            "{TOK_POLICY}[access]\nuids = [65534]\n[limits]\nconnections_per_uid = 256\n"
+        ),
         env: vec![("TOK", &value)],
         ..Default::default()
     });

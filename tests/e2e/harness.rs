@@ -128,11 +128,12 @@ impl Broker {
         let policy_path = dir.path().join("policy.toml");
         std::fs::write(&policy_path, policy).unwrap();
         let log = std::fs::File::create(dir.path().join("broker.log")).unwrap();
+        let binary = broker_binary();
         let mut cmd = match opts.wrapper.split_first() {
-            None => Command::new(env!("CARGO_BIN_EXE_buildbroker")),
+            None => Command::new(&binary),
             Some((program, args)) => {
                 let mut c = Command::new(program);
-                c.args(args).arg(env!("CARGO_BIN_EXE_buildbroker"));
+                c.args(args).arg(&binary);
                 c
             }
         };
@@ -201,6 +202,23 @@ impl Broker {
         self.child.as_ref().unwrap().id()
     }
 
+    /// How many descriptors the daemon holds open right now.
+    pub fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+
+    /// The daemon's peak resident memory so far (`VmHWM`), in KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    }
+
     /// Sends a signal by name (`HUP`, `TERM`) with kill(1).
     pub fn signal(&self, name: &str) {
         let ok = Command::new("kill")
@@ -263,6 +281,15 @@ pub fn embedded_default_body() -> String {
     include_str!("../../config/default.toml").replacen("[server]\n", "", 1)
 }
 
+/// The daemon binary under test: the one cargo built for this test run, unless
+/// `BUILDBROKER_E2E_BIN` names another (scripts/bench-load.sh passes the release build, so the
+/// debug test harness measures an optimised daemon).
+fn broker_binary() -> PathBuf {
+    std::env::var_os("BUILDBROKER_E2E_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_buildbroker")))
+}
+
 /// One `docker buildx build` through a broker.
 pub struct Build<'a> {
     pub dockerfile: String,
@@ -277,6 +304,8 @@ pub struct Build<'a> {
     /// Where in the context the Dockerfile is written, passed as `-f`; `None` is the default
     /// `Dockerfile`.
     pub dockerfile_path: Option<&'a str>,
+    /// How long the build may run before it is killed (a hung build must not hang CI).
+    pub timeout: Duration,
 }
 
 pub struct BuildResult {
@@ -325,6 +354,7 @@ impl<'a> Build<'a> {
             network: "none",
             env: Vec::new(),
             dockerfile_path: None,
+            timeout: Duration::from_secs(180),
         }
     }
 
@@ -352,6 +382,12 @@ impl<'a> Build<'a> {
     /// Sets a variable in the build client's environment.
     pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// Kills the build if it outlives `limit` (default 180 s).
+    pub fn timeout(mut self, limit: Duration) -> Self {
+        self.timeout = limit;
         self
     }
 
@@ -398,7 +434,7 @@ impl<'a> Build<'a> {
         cmd.envs(self.env.iter().map(|(k, v)| (k, v)))
             .args(&self.args)
             .arg(&ctx);
-        let output = run_with_timeout(cmd, Duration::from_secs(180));
+        let output = run_with_timeout(cmd, self.timeout);
         BuildResult {
             output,
             out_dir: out,

@@ -16,6 +16,7 @@ mod container;
 mod faults;
 mod isolation;
 mod lifecycle;
+mod load;
 mod mounts;
 mod no_leaks;
 mod ops;
