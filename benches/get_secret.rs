@@ -127,6 +127,11 @@ async fn start_session(token_file: &std::path::Path, client_pid: u32) -> Client 
     };
     let policy = Policy::parse(&text, PolicyOrigin::Embedded, &env).expect("bench policy");
     let broker = Arc::new(Broker::new(policy, env).expect("broker"));
+    if std::env::var_os("SIZES").is_some() {
+        let g = broker.current();
+        let f = buildbroker::resolver::answer(&g, "x", None);
+        eprintln!("answer future: {} bytes", std::mem::size_of_val(&f));
+    }
 
     let (daemon_io, broker_daemon_side) = tokio::io::duplex(1 << 20);
     let (broker_client_side, buildx_io) = tokio::io::duplex(1 << 20);
