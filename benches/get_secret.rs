@@ -127,7 +127,9 @@ async fn start_session(token_file: &std::path::Path, client_pid: u32) -> Client 
     };
     let policy = Policy::parse(&text, PolicyOrigin::Embedded, &env).expect("bench policy");
     let broker = Arc::new(Broker::new(policy, env).expect("broker"));
-    if std::env::var_os("SIZES").is_some() {
+    // `GET_SECRET_SIZES=1`: the size of the resolver's future, which hyper's per-call task
+    // carries (13 KiB before the slow lookups were boxed; docs/benchmarks.md).
+    if std::env::var_os("GET_SECRET_SIZES").is_some() {
         let g = broker.current();
         let f = buildbroker::resolver::answer(&g, "x", None);
         eprintln!("answer future: {} bytes", std::mem::size_of_val(&f));
@@ -385,7 +387,11 @@ fn profile(row: &str, calls: usize) {
         other => (&broker, other),
     };
     rt.block_on(async {
-        for (c, i) in [(&provider, "any"), (&broker, "from_env"), (&broker, "from_cache")] {
+        for (c, i) in [
+            (&provider, "any"),
+            (&broker, "from_env"),
+            (&broker, "from_cache"),
+        ] {
             for _ in 0..2_000 {
                 get(c, i).await;
             }

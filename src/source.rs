@@ -328,19 +328,17 @@ async fn lookup_minted(
         SourceSpec::Keyring(k) => Box::pin(ctx.runtime.keyring.lookup(k, settings)).await,
         SourceSpec::Exec(e) => Box::pin(exec::lookup(e, id, settings.exec_timeout)).await,
         SourceSpec::AwsSm(a) => Box::pin(aws_sm::lookup(a, &settings.aws, &ctx.runtime.aws)).await,
-        SourceSpec::AwsCredentials(a) => {
-            Box::pin(aws_credentials::lookup(
-                a,
-                &settings.aws,
-                &ctx.runtime.aws,
-                &ctx.runtime.aws_sts,
-            ))
-            .await
-                .map(|(value, m)| {
-                    minted = Some(m);
-                    Lookup::Found(value)
-                })
-        }
+        SourceSpec::AwsCredentials(a) => Box::pin(aws_credentials::lookup(
+            a,
+            &settings.aws,
+            &ctx.runtime.aws,
+            &ctx.runtime.aws_sts,
+        ))
+        .await
+        .map(|(value, m)| {
+            minted = Some(m);
+            Lookup::Found(value)
+        }),
         SourceSpec::Client => match ctx.client {
             Some(client) => Box::pin(client.secrets.lookup(id)).await,
             None => Ok(Lookup::Missing(
@@ -348,7 +346,11 @@ async fn lookup_minted(
             )),
         },
         SourceSpec::ClientEnv(name) => {
-            Box::pin(client_env::lookup(ctx.client.map(|c| c.process.clone()), name)).await
+            Box::pin(client_env::lookup(
+                ctx.client.map(|c| c.process.clone()),
+                name,
+            ))
+            .await
         }
     };
     crate::metrics::source_lookup(spec.kind(), started, &result);
