@@ -47,10 +47,66 @@ impl Secrets for FakeBuildx {
 type Client = SecretsClient<ClientChannel>;
 
 /// The daemon's allocator (src/main.rs), so the numbers include its cost;
-/// `BENCH_ZEROIZE_ON_FREE=0` turns its clearing off to measure that cost.
+/// `BENCH_ZEROIZE_ON_FREE=0` turns its clearing off to measure that cost. Wrapped to count
+/// allocations (issue 14: allocations per call, a count that does not move with the load).
 #[global_allocator]
-static ALLOCATOR: buildbroker::zeroize_alloc::ZeroizeOnFree =
-    buildbroker::zeroize_alloc::ZeroizeOnFree;
+static ALLOCATOR: CountingAlloc = CountingAlloc(buildbroker::zeroize_alloc::ZeroizeOnFree);
+
+/// Blocks allocated (and reallocated) by the whole process so far.
+static ALLOCATIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+struct CountingAlloc(buildbroker::zeroize_alloc::ZeroizeOnFree);
+
+// SAFETY: every call is forwarded unchanged to the daemon's allocator; the only addition is a
+// relaxed counter increment.
+#[allow(unsafe_code)]
+unsafe impl std::alloc::GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // SAFETY: forwarded unchanged.
+        unsafe { self.0.alloc(layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // SAFETY: forwarded unchanged.
+        unsafe { self.0.alloc_zeroed(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        // SAFETY: forwarded unchanged.
+        unsafe { self.0.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // SAFETY: forwarded unchanged.
+        unsafe { self.0.realloc(ptr, layout, new) }
+    }
+}
+
+fn allocations() -> u64 {
+    ALLOCATIONS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Context switches of every thread of this process so far (voluntary and not), from
+/// /proc/self/task/*/status: a worker parking on a futex is a switch.
+fn context_switches() -> u64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("status")).ok())
+        .flat_map(|status| {
+            status
+                .lines()
+                .filter(|l| l.contains("ctxt_switches:"))
+                .filter_map(|l| l.split(':').nth(1)?.trim().parse::<u64>().ok())
+                .collect::<Vec<_>>()
+        })
+        .sum()
+}
 
 /// `from_cache` is an exec: source (a real program, ~1 ms) behind `cache_ttl`: after the
 /// first call every answer is a cache hit. `from_client_env` reads PATH from the environment
@@ -71,6 +127,13 @@ async fn start_session(token_file: &std::path::Path, client_pid: u32) -> Client 
     };
     let policy = Policy::parse(&text, PolicyOrigin::Embedded, &env).expect("bench policy");
     let broker = Arc::new(Broker::new(policy, env).expect("broker"));
+    // `GET_SECRET_SIZES=1`: the size of the resolver's future, which hyper's per-call task
+    // carries (13 KiB before the slow lookups were boxed; docs/benchmarks.md).
+    if std::env::var_os("GET_SECRET_SIZES").is_some() {
+        let g = broker.current();
+        let f = buildbroker::resolver::answer(&g, "x", None);
+        eprintln!("answer future: {} bytes", std::mem::size_of_val(&f));
+    }
 
     let (daemon_io, broker_daemon_side) = tokio::io::duplex(1 << 20);
     let (broker_client_side, buildx_io) = tokio::io::duplex(1 << 20);
@@ -224,6 +287,8 @@ fn summary() {
     let load_before = load();
     let mut samples: Vec<Vec<Duration>> = vec![Vec::new(); rows.len()];
     let mut rates: Vec<Vec<f64>> = vec![Vec::new(); rows.len()];
+    // Per row: (calls, allocations, context switches) over the sequential calls.
+    let mut counts: Vec<(u64, u64, u64)> = vec![(0, 0, 0); rows.len()];
     rt.block_on(async {
         for (_, client, id) in &rows {
             for _ in 0..CALLS {
@@ -236,6 +301,8 @@ fn summary() {
         for k in 0..rows.len() {
             let r = (k + round) % rows.len();
             let (_, client, id) = rows[r];
+            samples[r].reserve(CALLS);
+            let (a0, c0) = (allocations(), context_switches());
             rt.block_on(async {
                 for _ in 0..CALLS {
                     let t = Instant::now();
@@ -243,6 +310,10 @@ fn summary() {
                     samples[r].push(t.elapsed());
                 }
             });
+            let (a1, c1) = (allocations(), context_switches());
+            counts[r].0 += CALLS as u64;
+            counts[r].1 += a1 - a0;
+            counts[r].2 += c1 - c0;
             let rate = rt.block_on(async {
                 let start = Instant::now();
                 let handles: Vec<_> = (0..TASKS)
@@ -284,14 +355,52 @@ fn summary() {
         let p50 = pct(&mut samples[r], 0.50);
         let p99 = pct(&mut samples[r], 0.99);
         let rate = median(&mut rates[r]);
+        let (calls, allocs, switches) = counts[r];
         println!(
-            "  {label:<16} p50 {p50:>6.1} µs   p99 {p99:>6.1} µs   {rate:>8.0} calls/s   vs provider: p50 {:.2}x  p99 {:.2}x  calls/s {:.2}x",
+            "  {label:<16} p50 {p50:>6.1} µs   p99 {p99:>6.1} µs   {rate:>8.0} calls/s   vs provider: p50 {:.2}x  p99 {:.2}x  calls/s {:.2}x   per call: {:.1} allocations, {:.2} context switches",
             p50 / p50_base,
             p99 / p99_base,
-            rate / rate_base
+            rate / rate_base,
+            allocs as f64 / calls as f64,
+            switches as f64 / calls as f64,
         );
     }
     println!("load average after:  {}", load().trim());
+    let _ = buildx.kill();
+    let _ = buildx.wait();
+}
+
+/// `GET_SECRET_PROFILE=ROW` (a summary label) with `GET_SECRET_PROFILE_CALLS=N`: sets up both
+/// sessions, warms every row, then makes N sequential calls on ROW only and exits; for
+/// `perf stat`/`perf record` (the per-call count is the difference between N and N=0 runs
+/// divided by N, so setup and warm-up cancel out).
+fn profile(row: &str, calls: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, b"file-token-value").unwrap();
+    let rt = runtime();
+    let mut buildx = stand_in_client();
+    let broker = rt.block_on(start_session(&token, buildx.id()));
+    let provider = rt.block_on(start_provider_session());
+    let (client, id) = match row {
+        "provider" => (&provider, "any"),
+        other => (&broker, other),
+    };
+    rt.block_on(async {
+        for (c, i) in [
+            (&provider, "any"),
+            (&broker, "from_env"),
+            (&broker, "from_cache"),
+        ] {
+            for _ in 0..2_000 {
+                get(c, i).await;
+            }
+        }
+        get(client, id).await;
+        for _ in 0..calls {
+            get(client, id).await;
+        }
+    });
     let _ = buildx.kill();
     let _ = buildx.wait();
 }
@@ -307,6 +416,14 @@ fn main() {
         "zeroize-on-free allocator: {}",
         if clearing { "on" } else { "off" }
     );
+    if let Ok(row) = std::env::var("GET_SECRET_PROFILE") {
+        let calls = std::env::var("GET_SECRET_PROFILE_CALLS")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(100_000);
+        profile(&row, calls);
+        return;
+    }
     // `GET_SECRET_SUMMARY_ONLY=1` skips criterion and prints the interleaved summary only.
     if std::env::var_os("GET_SECRET_SUMMARY_ONLY").is_none() {
         benches();

@@ -317,28 +317,40 @@ async fn lookup_minted(
     let mut minted = None;
     let _slot = ctx.runtime.fetch_slots.acquire(spec).await;
     let started = std::time::Instant::now();
+    // Every lookup that awaits more than a blocking-pool hop is boxed: the AWS SDK's, zbus's,
+    // a child process's and tonic's futures are kilobytes, and an unboxed arm makes every
+    // caller's future as big as the largest one, so each GetSecret (a task hyper spawns per
+    // call) copied and cleared ~13 KiB even for `env:` (issue 14, docs/benchmarks.md). Those
+    // lookups cost 100 µs to seconds; one allocation is nothing to them.
     let result = match spec {
         SourceSpec::Env(name) => env::lookup(name),
         SourceSpec::File(path) => file::lookup(path, &settings.file_allow_foreign).await,
-        SourceSpec::Keyring(k) => ctx.runtime.keyring.lookup(k, settings).await,
-        SourceSpec::Exec(e) => exec::lookup(e, id, settings.exec_timeout).await,
-        SourceSpec::AwsSm(a) => aws_sm::lookup(a, &settings.aws, &ctx.runtime.aws).await,
-        SourceSpec::AwsCredentials(a) => {
-            aws_credentials::lookup(a, &settings.aws, &ctx.runtime.aws, &ctx.runtime.aws_sts)
-                .await
-                .map(|(value, m)| {
-                    minted = Some(m);
-                    Lookup::Found(value)
-                })
-        }
+        SourceSpec::Keyring(k) => Box::pin(ctx.runtime.keyring.lookup(k, settings)).await,
+        SourceSpec::Exec(e) => Box::pin(exec::lookup(e, id, settings.exec_timeout)).await,
+        SourceSpec::AwsSm(a) => Box::pin(aws_sm::lookup(a, &settings.aws, &ctx.runtime.aws)).await,
+        SourceSpec::AwsCredentials(a) => Box::pin(aws_credentials::lookup(
+            a,
+            &settings.aws,
+            &ctx.runtime.aws,
+            &ctx.runtime.aws_sts,
+        ))
+        .await
+        .map(|(value, m)| {
+            minted = Some(m);
+            Lookup::Found(value)
+        }),
         SourceSpec::Client => match ctx.client {
-            Some(client) => client.secrets.lookup(id).await,
+            Some(client) => Box::pin(client.secrets.lookup(id)).await,
             None => Ok(Lookup::Missing(
                 "asked of the build client's --secret flags at build time".into(),
             )),
         },
         SourceSpec::ClientEnv(name) => {
-            client_env::lookup(ctx.client.map(|c| c.process.clone()), name).await
+            Box::pin(client_env::lookup(
+                ctx.client.map(|c| c.process.clone()),
+                name,
+            ))
+            .await
         }
     };
     crate::metrics::source_lookup(spec.kind(), started, &result);

@@ -26,12 +26,12 @@ pub fn enforce(
 ) -> Result<(), Status> {
     let (read, problems) = dockerfiles.snapshot();
     let verdict = decide_mounts(policy, kind, id, &read, &problems);
-    let client = session.peer.client.to_string();
+    // Formatted only when there is something to record: most calls comply.
     let event =
         |decision, rule: Option<&str>, dockerfile: Option<&str>, line, reason: Option<&str>| {
             broker.audit().mount(&MountEvent {
                 session: &session.uuid,
-                client: &client,
+                client: &session.peer.client.to_string(),
                 peer_uid: session.peer.uid,
                 peer_pid: session.peer.pid,
                 kind: kind.as_str(),

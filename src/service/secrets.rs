@@ -48,6 +48,9 @@ pub struct SecretsService {
     client: BuildClient,
     /// The Dockerfiles the session showed, for the mount rules.
     dockerfiles: Arc<SessionDockerfiles>,
+    /// The caller as audit records name it (`uid:N`, the TLS identity): fixed for the
+    /// session, so formatted once rather than on every call.
+    client_label: String,
 }
 
 impl SecretsService {
@@ -57,11 +60,13 @@ impl SecretsService {
         client: BuildClient,
         dockerfiles: Arc<SessionDockerfiles>,
     ) -> Self {
+        let client_label = session.peer.client.to_string();
         SecretsService {
             broker,
             session,
             client,
             dockerfiles,
+            client_label,
         }
     }
 
@@ -214,10 +219,9 @@ impl SecretsService {
         error: Option<&str>,
         minted: Option<&crate::source::Minted>,
     ) -> Result<(), AuditError> {
-        let client = self.session.peer.client.to_string();
         self.broker.audit().secret(&SecretEvent {
             session: &self.session.uuid,
-            client: &client,
+            client: &self.client_label,
             peer_uid: self.session.peer.uid,
             peer_pid: self.session.peer.pid,
             id,

@@ -96,14 +96,17 @@ impl SessionRouter {
                 let resp = self.ssh.clone().call(req).await?;
                 Ok(resp.map(|b| b.map_err(BoxError::from).boxed_unsync()))
             }
+            // The relay arms are boxed so that their futures do not size every call's task:
+            // hyper spawns this future once per stream, and GetSecret, the hot path, should
+            // not copy the relay's state in and out (issue 14).
             Route::DockerfileSync => {
                 let follow = followpaths(&req);
-                let resp = self.client.relay(req).await;
+                let resp = Box::pin(self.client.relay(req)).await;
                 let (dockerfiles, session) = (self.dockerfiles.clone(), self.session.clone());
                 Ok(resp
                     .map(|b| DockerfileTee::new(b, &follow, dockerfiles, session).boxed_unsync()))
             }
-            Route::Relay => Ok(self.client.relay(req).await),
+            Route::Relay => Ok(Box::pin(self.client.relay(req)).await),
         }
     }
 }
