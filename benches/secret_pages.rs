@@ -17,7 +17,11 @@ static ALLOCATOR: buildbroker::zeroize_alloc::ZeroizeOnFree =
     buildbroker::zeroize_alloc::ZeroizeOnFree;
 
 fn bench(c: &mut Criterion) {
-    for (label, size) in [("token 40 B", 40), ("frame 1 KiB", 1029), ("large 64 KiB", 65536)] {
+    for (label, size) in [
+        ("token 40 B", 40),
+        ("frame 1 KiB", 1029),
+        ("large 64 KiB", 65536),
+    ] {
         let bytes = vec![0x5au8; size];
         let mut group = c.benchmark_group(label);
         group.bench_function("SecretBytes (secret pages)", |b| {

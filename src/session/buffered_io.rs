@@ -14,6 +14,11 @@ use std::task::{Context, Poll, ready};
 
 use hyper::rt::{Read, ReadBuf, ReadBufCursor, Write};
 
+/// A flush is deferred only once this much is queued: one full 16 KiB DATA frame (grpc-go's
+/// frame size) means a bulk transfer, where coalescing saves syscalls; anything smaller is a
+/// request or an answer someone is waiting for.
+const DEFER_FROM: usize = 16 * 1024;
+
 /// A connection with a fixed-size read-ahead buffer and a write buffer drained on flush.
 pub struct BufferedIo<T> {
     inner: T,
@@ -133,13 +138,15 @@ impl<T: Write + Unpin> Write for BufferedIo<T> {
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
         if this.wcap > 0
-            && !this.wbuf.is_empty()
+            && this.wbuf.len() >= DEFER_FROM
             && !this.deferred
             && this.wbuf.len() < this.wcap / 2
         {
-            // h2 flushes after every frame; let it queue the frames it has ready first. It is
-            // polled again at once, and that flush writes unless more was written meanwhile
-            // (then the half-full mark bounds how long this can go on).
+            // h2 flushes after every frame; in a bulk transfer (a full DATA frame is queued)
+            // let it queue the frames it has ready first. It is polled again at once, and that
+            // flush writes unless more was written meanwhile (then the half-full mark bounds
+            // how long this can go on). Less than a full frame (a GetSecret answer, headers,
+            // window updates) is written at once: waiting would only delay the answer.
             this.deferred = true;
             cx.waker().wake_by_ref();
             return Poll::Ready(Ok(()));
@@ -153,5 +160,75 @@ impl<T: Write + Unpin> Write for BufferedIo<T> {
         let this = self.get_mut();
         ready!(this.drain(cx))?;
         Pin::new(&mut this.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hyper_util::rt::TokioIo;
+    use tokio::io::AsyncReadExt;
+
+    /// What the far end has received so far, without waiting.
+    fn received(far: &mut tokio::io::DuplexStream) -> usize {
+        let mut buf = vec![0u8; 1 << 20];
+        let mut total = 0;
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        loop {
+            let mut read = tokio::io::ReadBuf::new(&mut buf);
+            match tokio::io::AsyncRead::poll_read(Pin::new(far), &mut cx, &mut read) {
+                Poll::Ready(Ok(())) if !read.filled().is_empty() => total += read.filled().len(),
+                _ => return total,
+            }
+        }
+    }
+
+    async fn write_and_flush_once(io: &mut BufferedIo<TokioIo<tokio::io::DuplexStream>>, n: usize) {
+        let data = vec![7u8; n];
+        let written = std::future::poll_fn(|cx| Pin::new(&mut *io).poll_write(cx, &data))
+            .await
+            .unwrap();
+        assert_eq!(written, n);
+        std::future::poll_fn(|cx| Pin::new(&mut *io).poll_flush(cx))
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_small_answer_leaves_on_its_first_flush() {
+        let (near, mut far) = tokio::io::duplex(1 << 20);
+        let mut io = BufferedIo::new(TokioIo::new(near), 256 * 1024, 256 * 1024);
+        write_and_flush_once(&mut io, 1100).await;
+        assert_eq!(received(&mut far), 1100, "not held back by the first flush");
+    }
+
+    #[tokio::test]
+    async fn bulk_frames_are_coalesced_then_written_by_the_next_flush() {
+        let (near, mut far) = tokio::io::duplex(1 << 20);
+        let mut io = BufferedIo::new(TokioIo::new(near), 256 * 1024, 256 * 1024);
+        write_and_flush_once(&mut io, DEFER_FROM + 9).await;
+        assert_eq!(
+            received(&mut far),
+            0,
+            "the first flush of a bulk frame waits"
+        );
+        write_and_flush_once(&mut io, DEFER_FROM + 9).await;
+        assert_eq!(
+            received(&mut far),
+            0,
+            "frames queue until a flush finds nothing new"
+        );
+        std::future::poll_fn(|cx| Pin::new(&mut io).poll_flush(cx))
+            .await
+            .unwrap();
+        assert_eq!(
+            received(&mut far),
+            2 * (DEFER_FROM + 9),
+            "then both leave in one write"
+        );
+        let mut rest = [0u8; 1];
+        drop(io);
+        assert_eq!(far.read(&mut rest).await.unwrap(), 0);
     }
 }
