@@ -190,6 +190,9 @@ impl Default for DialStdioExecs {
     }
 }
 
+/// Read-ahead on the build client's half of the exec stream (the session's own buffer size).
+const CLIENT_READ_AHEAD: usize = 256 * 1024;
+
 /// Runs the Control API relay over one started dial-stdio exec until either side closes it.
 /// `container` is the engine's hijacked connection, `client` the build client's.
 pub async fn run(
@@ -207,6 +210,9 @@ pub async fn run(
     let mux = tokio::spawn(stdcopy::mux(to_client_frames, client_write));
     let demux = tokio::spawn(stdcopy::demux(container_read, stdout, to_client.clone()));
 
+    // The build context arrives on this side: h2 reads 8 KiB at a time, so without read-ahead
+    // every 8 KiB cost a recvfrom (~150 per MiB); one read now drains what the socket holds.
+    let client_read = tokio::io::BufReader::with_capacity(CLIENT_READ_AHEAD, client_read);
     let client_io = tokio::io::join(client_read, stdcopy::FrameWriter::new(to_client.clone()));
     // One write per h2 flush towards the container: the exec's stdin is a pipe whose reader
     // (dial-stdio) forwards each read on its own, so split writes become split packets there.

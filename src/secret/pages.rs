@@ -103,14 +103,16 @@ fn map(pages: usize) -> NonNull<u8> {
     NonNull::new(ptr.cast::<u8>()).expect("mmap never returns null on success")
 }
 
-/// Zeroes and returns `pages` pages at `ptr` (one to the pool, more to the kernel).
+/// Zeroes the first `dirty` bytes of `pages` pages at `ptr` (the rest are still zero) and
+/// returns them (one page to the pool, more to the kernel).
 ///
 /// # Safety
-/// `ptr` must come from [`take`] with the same `pages`, and not be used afterwards.
-unsafe fn give_back(ptr: NonNull<u8>, pages: usize) {
+/// `ptr` must come from [`take`] with the same `pages`, not be used afterwards, and hold only
+/// zeroes past `dirty`.
+unsafe fn give_back(ptr: NonNull<u8>, pages: usize, dirty: usize) {
     let len = pages * page_size();
     // SAFETY: the caller gives up the whole block, which is ours to write.
-    unsafe { std::slice::from_raw_parts_mut(ptr.as_ptr(), len) }.zeroize();
+    unsafe { std::slice::from_raw_parts_mut(ptr.as_ptr(), dirty.min(len)) }.zeroize();
     if pages == 1 {
         POOL.lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -150,6 +152,9 @@ pub struct SecretBuf {
     ptr: NonNull<u8>,
     pages: usize,
     len: usize,
+    /// Every byte past this is zero (pages come zeroed): what drop has to clear. It covers
+    /// what was ever written, including the spare area handed out for in-place reads.
+    dirty: usize,
 }
 
 // SAFETY: `SecretBuf` owns its pages exclusively, like a `Vec<u8>`; it has no interior
@@ -165,6 +170,7 @@ impl SecretBuf {
             ptr: NonNull::dangling(),
             pages: 0,
             len: 0,
+            dirty: 0,
         }
     }
 
@@ -220,6 +226,7 @@ impl SecretBuf {
             ptr: take(pages),
             pages,
             len: self.len,
+            dirty: self.len,
         };
         grown.whole_mut()[..self.len].copy_from_slice(self.as_slice());
         // The old block is zeroed and given back when `grown`'s old value drops here.
@@ -231,6 +238,7 @@ impl SecretBuf {
         let at = self.len;
         self.whole_mut()[at..at + bytes.len()].copy_from_slice(bytes);
         self.len += bytes.len();
+        self.dirty = self.dirty.max(self.len);
     }
 
     pub fn push(&mut self, byte: u8) {
@@ -243,6 +251,7 @@ impl SecretBuf {
             self.reserve(len - self.len);
             let at = self.len;
             self.whole_mut()[at..len].fill(fill);
+            self.dirty = self.dirty.max(len);
         }
         self.truncate(len);
         self.len = len;
@@ -267,9 +276,11 @@ impl SecretBuf {
         Some(last)
     }
 
-    /// The unwritten part of the block, for a read to fill in place (see `advance`).
+    /// The unwritten part of the block, for a read to fill in place (see `advance`). All of it
+    /// is cleared on drop, whatever the read wrote.
     pub fn spare_mut(&mut self) -> &mut [u8] {
         let at = self.len;
+        self.dirty = self.capacity();
         &mut self.whole_mut()[at..]
     }
 
@@ -293,7 +304,7 @@ impl Drop for SecretBuf {
     fn drop(&mut self) {
         if self.pages > 0 {
             // SAFETY: the block came from `take(self.pages)` and `self` is going away.
-            unsafe { give_back(self.ptr, self.pages) };
+            unsafe { give_back(self.ptr, self.pages, self.dirty) };
         }
     }
 }
