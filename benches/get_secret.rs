@@ -233,13 +233,45 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
+/// What every mode sets up: the `file:` token, the runtime, the stand-in buildx process
+/// (killed on drop) and the two sessions, one answered by the broker, one by the provider.
+struct Bed {
+    broker: Client,
+    provider: Client,
+    rt: tokio::runtime::Runtime,
+    buildx: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Bed {
+    fn start() -> Bed {
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(&token, b"file-token-value").unwrap();
+        let rt = runtime();
+        let buildx = stand_in_client();
+        let broker = rt.block_on(start_session(&token, buildx.id()));
+        let provider = rt.block_on(start_provider_session());
+        Bed {
+            broker,
+            provider,
+            rt,
+            buildx,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Bed {
+    fn drop(&mut self) {
+        let _ = self.buildx.kill();
+        let _ = self.buildx.wait();
+    }
+}
+
 fn bench_get_secret(c: &mut Criterion) {
-    let dir = tempfile::tempdir().unwrap();
-    let token = dir.path().join("token");
-    std::fs::write(&token, b"file-token-value").unwrap();
-    let rt = runtime();
-    let mut buildx = stand_in_client();
-    let client = rt.block_on(start_session(&token, buildx.id()));
+    let bed = Bed::start();
+    let (rt, client) = (&bed.rt, &bed.broker);
     let mut group = c.benchmark_group("get_secret_in_session");
     for id in [
         "from_env",
@@ -248,15 +280,12 @@ fn bench_get_secret(c: &mut Criterion) {
         "from_client",
         "from_cache",
     ] {
-        group.bench_function(id, |b| b.to_async(&rt).iter(|| get(&client, id)));
+        group.bench_function(id, |b| b.to_async(rt).iter(|| get(client, id)));
     }
-    let provider = rt.block_on(start_provider_session());
     group.bench_function("provider", |b| {
-        b.to_async(&rt).iter(|| get(&provider, "any"))
+        b.to_async(rt).iter(|| get(&bed.provider, "any"))
     });
     group.finish();
-    let _ = buildx.kill();
-    let _ = buildx.wait();
 }
 
 /// p50/p99 of sequential calls and calls/s with 64 concurrent callers, printed for
@@ -267,21 +296,16 @@ fn summary() {
     const CALLS: usize = 2_000;
     const CONCURRENT_CALLS: usize = 6_400;
     const TASKS: usize = 64;
-    let dir = tempfile::tempdir().unwrap();
-    let token = dir.path().join("token");
-    std::fs::write(&token, b"file-token-value").unwrap();
-    let rt = runtime();
-    let mut buildx = stand_in_client();
-    let broker = rt.block_on(start_session(&token, buildx.id()));
-    let provider = rt.block_on(start_provider_session());
+    let bed = Bed::start();
+    let (rt, broker, provider) = (&bed.rt, &bed.broker, &bed.provider);
     // (label, session, id): the provider answers any id; the others are answered by the broker.
     let rows: Vec<(&str, &Client, &str)> = vec![
-        ("provider", &provider, "any"),
-        ("from_env", &broker, "from_env"),
-        ("from_cache", &broker, "from_cache"),
-        ("from_file", &broker, "from_file"),
-        ("from_client_env", &broker, "from_client_env"),
-        ("from_client", &broker, "from_client"),
+        ("provider", provider, "any"),
+        ("from_env", broker, "from_env"),
+        ("from_cache", broker, "from_cache"),
+        ("from_file", broker, "from_file"),
+        ("from_client_env", broker, "from_client_env"),
+        ("from_client", broker, "from_client"),
     ];
     let load = || std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let load_before = load();
@@ -366,8 +390,6 @@ fn summary() {
         );
     }
     println!("load average after:  {}", load().trim());
-    let _ = buildx.kill();
-    let _ = buildx.wait();
 }
 
 /// `GET_SECRET_PROFILE=ROW` (a summary label) with `GET_SECRET_PROFILE_CALLS=N`: sets up both
@@ -375,13 +397,8 @@ fn summary() {
 /// `perf stat`/`perf record` (the per-call count is the difference between N and N=0 runs
 /// divided by N, so setup and warm-up cancel out).
 fn profile(row: &str, calls: usize) {
-    let dir = tempfile::tempdir().unwrap();
-    let token = dir.path().join("token");
-    std::fs::write(&token, b"file-token-value").unwrap();
-    let rt = runtime();
-    let mut buildx = stand_in_client();
-    let broker = rt.block_on(start_session(&token, buildx.id()));
-    let provider = rt.block_on(start_provider_session());
+    let bed = Bed::start();
+    let (rt, broker, provider) = (&bed.rt, &bed.broker, &bed.provider);
     let (client, id) = match row {
         "provider" => (&provider, "any"),
         other => (&broker, other),
@@ -401,8 +418,6 @@ fn profile(row: &str, calls: usize) {
             get(client, id).await;
         }
     });
-    let _ = buildx.kill();
-    let _ = buildx.wait();
 }
 
 criterion_group!(benches, bench_get_secret);

@@ -1,6 +1,7 @@
 //! The command line, run as the real binary: `check`, `resolve`, and `serve` on the embedded
 //! default policy. None of these need the Docker test bed.
 
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -24,6 +25,43 @@ fn text(o: &Output) -> String {
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     )
+}
+
+/// The daemon's binary behind `wrapper` (a program and its arguments, may be empty). As root it
+/// runs as nobody (setpriv) from a copy in `dir`, since nobody may not reach target/; `dir` and
+/// everything in it is handed to nobody. As another user it runs as that user.
+fn as_nobody_when_root(dir: &Path, wrapper: &[&str]) -> Command {
+    let is_root = Command::new("id").arg("-u").output().unwrap().stdout == b"0\n";
+    let mut line: Vec<std::ffi::OsString> = wrapper.iter().map(Into::into).collect();
+    if is_root {
+        let copy = dir.join("buildbroker");
+        std::fs::copy(env!("CARGO_BIN_EXE_buildbroker"), &copy).unwrap();
+        let run = |tool: &str, args: &[&str], target: &Path| {
+            let ok = Command::new(tool).args(args).arg(target).status().unwrap();
+            assert!(ok.success(), "{tool} {args:?} {}", target.display());
+        };
+        run("chmod", &["755"], dir);
+        run("chmod", &["755"], &copy);
+        run("chown", &["-R", "65534:65534"], dir);
+        line.extend(
+            [
+                "setpriv",
+                "--reuid",
+                "65534",
+                "--regid",
+                "65534",
+                "--clear-groups",
+                "--",
+            ]
+            .map(Into::into),
+        );
+        line.push(copy.into());
+    } else {
+        line.push(env!("CARGO_BIN_EXE_buildbroker").into());
+    }
+    let mut cmd = Command::new(&line[0]);
+    cmd.args(&line[1..]);
+    cmd
 }
 
 #[test]
@@ -218,37 +256,8 @@ fn serve_runs_on_the_embedded_default_as_a_normal_user() {
     let dir = tempfile::tempdir().unwrap();
     let runtime = dir.path().join("run");
     std::fs::create_dir(&runtime).unwrap();
-    let is_root = Command::new("id").arg("-u").output().unwrap().stdout == b"0\n";
-    let mut cmd = if is_root {
-        // Run as nobody, so the test exercises the non-root defaults and never touches /run.
-        // The binary lives under target/, which nobody may not reach: run a copy.
-        let copy = dir.path().join("buildbroker");
-        std::fs::copy(env!("CARGO_BIN_EXE_buildbroker"), &copy).unwrap();
-        Command::new("chmod")
-            .arg("755")
-            .arg(dir.path())
-            .arg(&copy)
-            .status()
-            .unwrap();
-        Command::new("chown")
-            .args(["-R", "65534:65534"])
-            .arg(dir.path())
-            .status()
-            .unwrap();
-        let mut c = Command::new("setpriv");
-        c.args([
-            "--reuid",
-            "65534",
-            "--regid",
-            "65534",
-            "--clear-groups",
-            "--",
-        ])
-        .arg(&copy);
-        c
-    } else {
-        Command::new(env!("CARGO_BIN_EXE_buildbroker"))
-    };
+    // As root, run as nobody, so the test exercises the non-root defaults and never touches /run.
+    let mut cmd = as_nobody_when_root(dir.path(), &[]);
     let mut child = cmd
         .arg("serve")
         .env_clear()
@@ -619,8 +628,6 @@ fn resolve_shows_which_ids_a_template_used_and_where_each_came_from() {
 #[test]
 fn values_resolve_when_secret_pages_cannot_be_locked() {
     let dir = tempfile::tempdir().unwrap();
-    let copy = dir.path().join("buildbroker");
-    std::fs::copy(env!("CARGO_BIN_EXE_buildbroker"), &copy).unwrap();
     let policy = dir.path().join("policy.toml");
     let value = dir.path().join("tok");
     std::fs::write(&value, "unlocked-value-31").unwrap();
@@ -634,40 +641,9 @@ fn values_resolve_when_secret_pages_cannot_be_locked() {
     .unwrap();
     let state = dir.path().join("state");
     std::fs::create_dir(&state).unwrap();
-    let is_root = Command::new("id").arg("-u").output().unwrap().stdout == b"0\n";
-    let mut cmd = Command::new("prlimit");
-    cmd.arg("--memlock=0:0").arg("--");
-    if is_root {
-        for (args, path) in [(["755"].as_slice(), dir.path()), (&["755"], &copy)] {
-            assert!(
-                Command::new("chmod")
-                    .args(args)
-                    .arg(path)
-                    .status()
-                    .unwrap()
-                    .success()
-            );
-        }
-        assert!(
-            Command::new("chown")
-                .args(["-R", "65534:65534"])
-                .arg(dir.path())
-                .status()
-                .unwrap()
-                .success()
-        );
-        cmd.args([
-            "setpriv",
-            "--reuid",
-            "65534",
-            "--regid",
-            "65534",
-            "--clear-groups",
-            "--",
-        ]);
-    }
+    // Root's CAP_IPC_LOCK ignores the limit: as root, run as nobody.
+    let mut cmd = as_nobody_when_root(dir.path(), &["prlimit", "--memlock=0:0", "--"]);
     let out = cmd
-        .arg(&copy)
         .args(["resolve", "--config"])
         .arg(&policy)
         .arg("tok")

@@ -18,12 +18,6 @@ fn read_tok() -> Build<'static> {
     ))
 }
 
-fn open_fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| d.count())
-        .unwrap_or(0)
-}
-
 /// Waits until the broker holds no more descriptors than `baseline` (connections and sessions
 /// of a dead build are closed asynchronously), and fails with the count otherwise.
 #[track_caller]
@@ -35,7 +29,7 @@ fn assert_fds_back(broker: &Broker, baseline: usize) {
 fn assert_fds_back_within(broker: &Broker, baseline: usize, limit: Duration) {
     let deadline = Instant::now() + limit;
     loop {
-        let now = open_fds(broker.pid());
+        let now = broker.open_fds();
         if now <= baseline {
             return;
         }
@@ -131,7 +125,7 @@ fn an_audit_log_that_cannot_be_written_fails_closed_and_a_removed_one_is_recreat
     let ok = read_tok().run(&broker);
     ok.assert_ok();
     assert_eq!(ok.text("v"), value);
-    let fds = open_fds(broker.pid());
+    let fds = broker.open_fds();
 
     let filler = fill(fs.path());
     // tmpfs allocates whole pages: the audit file's last page still has room. Fill it too (with
@@ -246,7 +240,7 @@ fn a_build_client_killed_mid_run_leaves_the_broker_serving_with_nothing_held() {
         ..Default::default()
     });
     read_tok().run(&broker).assert_ok();
-    let fds = open_fds(broker.pid());
+    let fds = broker.open_fds();
     let served_before = broker.audit().matches("\"decision\":\"served\"").count();
 
     let nonce = unique_secret("nonce");
@@ -310,7 +304,7 @@ fn the_engine_cut_mid_build_fails_that_build_clearly_and_the_next_one_works() {
         ..Default::default()
     });
     read_tok().run(&broker).assert_ok();
-    let fds = open_fds(broker.pid());
+    let fds = broker.open_fds();
     let served_before = broker.audit().matches("\"decision\":\"served\"").count();
 
     let nonce = unique_secret("nonce");
@@ -389,7 +383,7 @@ fn three_hundred_half_open_connections_do_not_starve_a_build_and_are_closed() {
         ..Default::default()
     });
     read_tok().run(&broker).assert_ok();
-    let fds = open_fds(broker.pid());
+    let fds = broker.open_fds();
     // Let uid 65534 reach the socket file; the broker's own checks decide the rest.
     std::fs::set_permissions(broker.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::set_permissions(broker.socket(), std::fs::Permissions::from_mode(0o666)).unwrap();
@@ -434,7 +428,7 @@ time.sleep(300)
     wait_for(
         "the idle connections to be accepted",
         Duration::from_secs(20),
-        || open_fds(broker.pid()) >= fds + 250,
+        || broker.open_fds() >= fds + 250,
     );
     let build = read_tok().run(&broker);
     build.assert_ok();
@@ -497,7 +491,7 @@ fn an_upstream_agent_that_dies_mid_build_fails_that_signature_and_the_next_build
         ),
         ..Default::default()
     });
-    let fds = open_fds(broker.pid());
+    let fds = broker.open_fds();
     let dockerfile = |label: &str| {
         format!(
             "FROM {SSH_IMAGE}\nCOPY up.pub /k.pub\n\

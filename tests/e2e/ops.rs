@@ -1019,6 +1019,30 @@ fn kubernetes_and_ci_files_pass_their_validators() {
     assert_eq!(job["services"][0]["alias"], "docker");
 }
 
+/// The policy a manifest's ConfigMap holds under the file name `--config` points at: it must
+/// be there and pass `buildbroker check`. Returned parsed.
+fn checked_configmap_policy(config_map: &serde_json::Value, config_path: &str) -> toml::Table {
+    let key = Path::new(config_path)
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap();
+    let policy_text = config_map["data"][key]
+        .as_str()
+        .unwrap_or_else(|| panic!("the ConfigMap has no {key}"));
+    let tmp = tempfile::tempdir().unwrap();
+    let policy = write_policy(tmp.path(), policy_text);
+    let checked = Command::new(env!("CARGO_BIN_EXE_buildbroker"))
+        .args(["check", "--config"])
+        .arg(&policy)
+        .output()
+        .unwrap();
+    assert!(
+        checked.status.success(),
+        "the ConfigMap's policy ({config_path}): {checked:?}"
+    );
+    policy_text.parse().unwrap()
+}
 /// Every repository path, buildbroker flag, image, port and probe path the deploy files
 /// name exists, and the pieces that must agree do.
 #[test]
@@ -1158,26 +1182,7 @@ fn deploy_files_name_only_what_exists() {
     let policy_volume = volume_of(config_path, mounts);
     let vol = volumes.iter().find(|v| v["name"] == policy_volume).unwrap();
     assert_eq!(vol["configMap"]["name"], config_map["metadata"]["name"]);
-    let key = Path::new(config_path)
-        .file_name()
-        .unwrap()
-        .to_str()
-        .unwrap();
-    let policy_text = config_map["data"][key]
-        .as_str()
-        .unwrap_or_else(|| panic!("the ConfigMap has no {key}"));
-    let tmp = tempfile::tempdir().unwrap();
-    let policy = write_policy(tmp.path(), policy_text);
-    let checked = Command::new(env!("CARGO_BIN_EXE_buildbroker"))
-        .args(["check", "--config"])
-        .arg(&policy)
-        .output()
-        .unwrap();
-    assert!(
-        checked.status.success(),
-        "the ConfigMap's policy: {checked:?}"
-    );
-    let parsed: toml::Table = policy_text.parse().unwrap();
+    let parsed = checked_configmap_policy(&config_map, config_path);
     let server = &parsed["server"];
 
     // Ports: metrics_listen's port is the container's "metrics" port and the scrape annotation.
@@ -1277,6 +1282,7 @@ fn deploy_files_name_only_what_exists() {
     let ci_policy = repo().join(ci_policy.strip_prefix("buildbroker/").unwrap());
     let mut ci_toml = read(&ci_policy);
     // ci-sidecar.sh adds the listen line; check the policy as the job will run it.
+    let tmp = tempfile::tempdir().unwrap();
     ci_toml = ci_toml.replacen(
         "[server]\n",
         &format!(
@@ -1337,23 +1343,7 @@ fn the_remote_builder_manifest_matches_its_policy() {
         .map(|a| a.as_str().unwrap())
         .collect();
     let config_path = args[args.iter().position(|a| *a == "--config").unwrap() + 1];
-    let policy_text = config_map["data"][Path::new(config_path)
-        .file_name()
-        .unwrap()
-        .to_str()
-        .unwrap()]
-    .as_str()
-    .unwrap();
-    let tmp = tempfile::tempdir().unwrap();
-    let policy = write_policy(tmp.path(), policy_text);
-    let checked = Command::new(env!("CARGO_BIN_EXE_buildbroker"))
-        .args(["check", "--config"])
-        .arg(&policy)
-        .output()
-        .unwrap();
-    assert!(checked.status.success(), "the remote policy: {checked:?}");
-
-    let parsed: toml::Table = policy_text.parse().unwrap();
+    let parsed = checked_configmap_policy(config_map, config_path);
     let server = &parsed["server"];
     let listen = server["buildkit_listen"][0].as_str().unwrap();
     let port: u64 = listen.rsplit(':').next().unwrap().parse().unwrap();
