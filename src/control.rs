@@ -236,6 +236,7 @@ impl ControlRelay {
             session::run(
                 TokioIo::new(daemon_side),
                 TokioIo::new(client_side),
+                session::Halves::Messages,
                 broker,
                 info,
                 shutdown,

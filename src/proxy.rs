@@ -367,7 +367,15 @@ impl Connection {
             let _slots = (slot, session_slot);
             match pair.complete().await {
                 Ok((daemon_side, client_side)) => {
-                    session::run(daemon_side, client_side, broker, info, revoked).await
+                    session::run(
+                        daemon_side,
+                        client_side,
+                        session::Halves::Sockets,
+                        broker,
+                        info,
+                        revoked,
+                    )
+                    .await
                 }
                 Err(e) => tracing::warn!(session = %info.uuid, error = %e, "session upgrade did not complete"),
             }

@@ -55,7 +55,21 @@ pub(crate) const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
 /// Read-ahead and write buffers under each h2 half (see [`buffered_io`]): 256 KiB is what a
 /// busy unix socket holds queued; 64 KiB measured 2x the syscalls per MiB (docs/benchmarks.md).
 const READ_AHEAD: usize = 256 * 1024;
-const WRITE_COALESCE: usize = 256 * 1024;
+pub(crate) const WRITE_COALESCE: usize = 256 * 1024;
+
+pub(crate) use buffered_io::defer_flush;
+
+/// What carries the two halves of a session, which decides the buffering under h2.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Halves {
+    /// Connections to the kernel (an upgraded `/session`): read-ahead and write coalescing
+    /// save a system call per h2 frame.
+    Sockets,
+    /// In-memory message streams (`Control/Session`, [`crate::control::message_stream`]):
+    /// they coalesce writes into one message themselves and a read costs no system call, so a
+    /// buffer here would only add a copy of every byte.
+    Messages,
+}
 
 /// How long a closing side may take to finish its streams before it is dropped.
 const TEARDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -141,10 +155,11 @@ pub fn upstream_session_headers(client: &HeaderMap) -> Result<(String, HeaderMap
 
 /// Runs one intercepted session until either side closes it or the daemon shuts down.
 /// `daemon_side` and `client_side` are the two upgraded connections (hyper's `Upgraded` in the
-/// daemon; in-memory pipes in benchmarks).
+/// daemon; in-memory pipes in benchmarks) or the two message streams of `Control/Session`.
 pub async fn run<D, C>(
     daemon_side: D,
     client_side: C,
+    halves: Halves,
     broker: Arc<Broker>,
     info: SessionInfo,
     shutdown: CancellationToken,
@@ -153,8 +168,12 @@ pub async fn run<D, C>(
     C: Read + Write + Unpin + Send + 'static,
 {
     let uuid = info.uuid.clone();
-    let daemon_side = buffered_io::BufferedIo::new(daemon_side, READ_AHEAD, WRITE_COALESCE);
-    let client_side = buffered_io::BufferedIo::new(client_side, READ_AHEAD, WRITE_COALESCE);
+    let (read_ahead, write_coalesce) = match halves {
+        Halves::Sockets => (READ_AHEAD, WRITE_COALESCE),
+        Halves::Messages => (0, 0),
+    };
+    let daemon_side = buffered_io::BufferedIo::new(daemon_side, read_ahead, write_coalesce);
+    let client_side = buffered_io::BufferedIo::new(client_side, read_ahead, write_coalesce);
     let handshake = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .initial_connection_window_size(CONNECTION_WINDOW)
@@ -180,7 +199,10 @@ pub async fn run<D, C>(
         .initial_stream_window_size(STREAM_WINDOW)
         .serve_connection(daemon_side, service);
     tokio::pin!(server_conn);
-    tokio::pin!(client_conn);
+    // Each half runs in a task of its own: polled together, every wake of one (each frame of
+    // a GetSecret call) would poll the other too (issue 14). Aborted when the session ends,
+    // which drops it and closes the build client's side.
+    let mut client_conn = AbortOnDrop(tokio::spawn(client_conn));
     tracing::debug!(session = %uuid, "session started");
     let _open = crate::metrics::session_opened();
 
@@ -189,7 +211,8 @@ pub async fn run<D, C>(
             tracing::debug!(session = %uuid, result = ?r.err(), "daemon closed the session");
             // Dropping the client half (below) closes the build client's side too.
         }
-        r = &mut client_conn => {
+        r = &mut client_conn.0 => {
+            let r = r.map_err(|e| e.to_string()).and_then(|r| r.map_err(|e| e.to_string()));
             tracing::debug!(session = %uuid, result = ?r.err(), "build client closed the session");
             server_conn.as_mut().graceful_shutdown();
             let _ = tokio::time::timeout(TEARDOWN_GRACE, &mut server_conn).await;
@@ -200,6 +223,15 @@ pub async fn run<D, C>(
         }
     }
     tracing::debug!(session = %uuid, "session ended");
+}
+
+/// A spawned task that is aborted (its future dropped) when this handle is.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 #[cfg(test)]

@@ -33,6 +33,14 @@ pub const MAX_MESSAGE: usize = 16 * 1024 * 1024;
 const PREFIX: usize = 5;
 /// The most written bytes staged for one outgoing message; far below [`MAX_MESSAGE`].
 const MAX_OUT: usize = 1024 * 1024;
+/// Room at the front of a staged message for its prefix and header (the `data` key and a
+/// length varint of at most 5 bytes), written in when the message is sent.
+const HEADER_ROOM: usize = PREFIX + 1 + 5;
+/// A message of at least this much data is a bulk transfer's (a full 16 KiB DATA frame): it is
+/// handed on in the buffer it was staged in, not copied.
+const BULK_MESSAGE: usize = 16 * 1024;
+/// Staging room for a bulk message: what the flush deferral lets one gather, plus a frame.
+const BULK_CAPACITY: usize = HEADER_ROOM + crate::session::WRITE_COALESCE / 2 + 17 * 1024;
 /// Outgoing messages buffered before the writer waits: backpressure, not memory growth.
 const CHANNEL_DEPTH: usize = 16;
 
@@ -137,6 +145,26 @@ pub fn decode_message(buf: &mut BytesMut, side: Side) -> Result<Option<Bytes>, F
         .ok_or(FrameError::Malformed { side: side.name() })
 }
 
+/// The prefix and header of a message that is not whole yet, if it is a plain
+/// `BytesMessage` (its one field is `data`, nothing after it): what grpc-go sends. Returns the
+/// header's length (prefix, key, length varint) and the data's; the data can then be passed on
+/// as it arrives instead of being gathered first. Anything else (unknown fields, `data`
+/// repeated, where the last one wins) is gathered whole by [`decode_message`].
+fn stream_header(buf: &[u8]) -> Option<(usize, usize)> {
+    if buf.len() < PREFIX + 2 || buf[0] != 0 || buf[PREFIX] != 0x0a {
+        return None;
+    }
+    let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+    if len > MAX_MESSAGE {
+        return None;
+    }
+    let mut varint = &buf[PREFIX + 1..buf.len().min(PREFIX + 1 + 10)];
+    let before = varint.len();
+    let data_len = usize::try_from(decode_varint(&mut varint).ok()?).ok()?;
+    let header = PREFIX + 1 + (before - varint.len());
+    (header - PREFIX + data_len == len).then_some((header, data_len))
+}
+
 /// The `data` field of an encoded `BytesMessage` (field 1, length-delimited; proto3 keeps the
 /// last occurrence; unknown fields are skipped).
 fn bytes_message_data(mut message: Bytes) -> Option<Bytes> {
@@ -172,14 +200,24 @@ fn bytes_message_data(mut message: Bytes) -> Option<Bytes> {
 
 /// One gRPC message: `BytesMessage { data }` with its 5-byte prefix.
 pub fn encode_message(data: &[u8]) -> Bytes {
-    let field = 1 + encoded_len_varint(data.len() as u64) + data.len();
-    let mut out = BytesMut::with_capacity(PREFIX + field);
+    let mut out = BytesMut::with_capacity(header_len(data.len()) + data.len());
+    put_header(&mut out, data.len());
+    out.put_slice(data);
+    out.freeze()
+}
+
+/// The length of the prefix and header [`put_header`] writes.
+fn header_len(data_len: usize) -> usize {
+    PREFIX + 1 + encoded_len_varint(data_len as u64)
+}
+
+/// A message's prefix and header, for `data_len` bytes of data that follow.
+fn put_header(out: &mut impl BufMut, data_len: usize) {
+    let field = 1 + encoded_len_varint(data_len as u64) + data_len;
     out.put_u8(0);
     out.put_u32(field as u32);
     out.put_u8(0x0a); // field 1, wire type 2
-    encode_varint(data.len() as u64, &mut out);
-    out.put_slice(data);
-    out.freeze()
+    encode_varint(data_len as u64, out);
 }
 
 /// One direction pair of `Control/Session` as bytes: reads the `data` of the messages arriving
@@ -191,9 +229,17 @@ pub struct MessageStream<B = Incoming> {
     undecoded: BytesMut,
     /// The decoded data not yet read.
     pending: Bytes,
+    /// Data bytes of the message being streamed that have not arrived yet, and that message's
+    /// whole length (prefix included), for the error if the body ends first.
+    streaming: usize,
+    streaming_len: usize,
     inbound_done: bool,
-    /// Written since the last flush; sent as one message on flush.
+    /// Written since the last flush, after [`HEADER_ROOM`]; sent as one message on flush.
+    /// A small message (a GetSecret answer, say) is copied out and the staging zeroed; a bulk
+    /// one is handed on in this buffer, which the allocator clears when h2 lets it go.
     staged: BytesMut,
+    /// The last flush was deferred and nothing was written since: the next one sends.
+    deferred: bool,
     outbound: PollSender<Result<Frame<Bytes>, BoxError>>,
     outcome: Arc<Outcome>,
 }
@@ -205,8 +251,11 @@ impl<B> MessageStream<B> {
             side,
             undecoded: BytesMut::new(),
             pending: Bytes::new(),
+            streaming: 0,
+            streaming_len: 0,
             inbound_done: false,
             staged: BytesMut::new(),
+            deferred: false,
             outbound: PollSender::new(outbound),
             outcome,
         }
@@ -235,15 +284,39 @@ where
                 out.put_slice(&this.pending.split_to(n));
                 return Poll::Ready(Ok(()));
             }
-            match decode_message(&mut this.undecoded, this.side) {
-                Ok(Some(data)) => {
-                    this.pending = data;
+            if this.streaming > 0 {
+                if !this.undecoded.is_empty() {
+                    let n = this.streaming.min(this.undecoded.len());
+                    this.pending = this.undecoded.split_to(n).freeze();
+                    this.streaming -= n;
                     continue;
                 }
-                Ok(None) => {}
-                Err(e) => return Poll::Ready(Err(this.fail(e))),
+            } else {
+                match decode_message(&mut this.undecoded, this.side) {
+                    Ok(Some(data)) => {
+                        this.pending = data;
+                        continue;
+                    }
+                    Ok(None) => {}
+                    Err(e) => return Poll::Ready(Err(this.fail(e))),
+                }
+                // Not whole yet: a plain BytesMessage is passed on as its data arrives.
+                if let Some((header, data_len)) = stream_header(&this.undecoded) {
+                    this.streaming_len = header + data_len;
+                    this.undecoded.advance(header);
+                    this.streaming = data_len;
+                    continue;
+                }
             }
             if this.inbound_done {
+                if this.streaming > 0 {
+                    let error = FrameError::Truncated {
+                        side: this.side.name(),
+                        have: this.streaming_len - this.streaming,
+                        want: this.streaming_len,
+                    };
+                    return Poll::Ready(Err(this.fail(error)));
+                }
                 if this.undecoded.is_empty() {
                     return Poll::Ready(Ok(()));
                 }
@@ -267,6 +340,13 @@ where
             }
             match ready!(Pin::new(&mut this.inbound).poll_frame(cx)) {
                 Some(Ok(frame)) => match frame.into_data() {
+                    Ok(mut data) if this.streaming > 0 && this.undecoded.is_empty() => {
+                        // The common case: the frame carries the message's data; no copy.
+                        let n = this.streaming.min(data.len());
+                        this.pending = data.split_to(n);
+                        this.streaming -= n;
+                        this.undecoded.extend_from_slice(&data);
+                    }
                     Ok(data) => this.undecoded.extend_from_slice(&data),
                     Err(frame) => {
                         // Trailers: the peer's final status. A failure is passed on.
@@ -301,8 +381,19 @@ impl<B> MessageStream<B> {
         if ready!(self.outbound.poll_reserve(cx)).is_err() {
             return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
         }
-        let message = encode_message(&self.staged);
-        self.staged.clear();
+        let data_len = self.staged.len() - HEADER_ROOM;
+        let message = if data_len >= BULK_MESSAGE {
+            let offset = HEADER_ROOM - header_len(data_len);
+            put_header(&mut &mut self.staged[offset..HEADER_ROOM], data_len);
+            let mut message = std::mem::take(&mut self.staged);
+            message.advance(offset);
+            message.freeze()
+        } else {
+            let message = encode_message(&self.staged[HEADER_ROOM..]);
+            self.staged.as_mut().fill(0);
+            self.staged.clear();
+            message
+        };
         if self.outbound.send_item(Ok(Frame::data(message))).is_err() {
             return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
         }
@@ -317,16 +408,44 @@ impl<B: Unpin> AsyncWrite for MessageStream<B> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        if this.staged.len() >= MAX_OUT {
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        if this.staged.len() >= HEADER_ROOM + MAX_OUT {
             ready!(this.poll_send_staged(cx))?;
         }
-        let n = buf.len().min(MAX_OUT - this.staged.len());
+        if this.staged.is_empty() {
+            this.staged.put_bytes(0, HEADER_ROOM);
+        }
+        let n = buf.len().min(HEADER_ROOM + MAX_OUT - this.staged.len());
+        let len = this.staged.len();
+        if this.staged.capacity() - len < n && len + n >= HEADER_ROOM + BULK_MESSAGE {
+            // Growing into a bulk message: room for all of it at once, not by doubling (each
+            // doubling copies what is staged).
+            this.staged
+                .reserve(n.max(BULK_CAPACITY.saturating_sub(len)));
+        }
         this.staged.extend_from_slice(&buf[..n]);
+        this.deferred = false;
         Poll::Ready(Ok(n))
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.get_mut().poll_send_staged(cx)
+        let this = self.get_mut();
+        if crate::session::defer_flush(
+            this.staged.len().saturating_sub(HEADER_ROOM),
+            this.deferred,
+            crate::session::WRITE_COALESCE,
+        ) {
+            // A bulk transfer: h2 flushes after every DATA frame; let it stage the frames it
+            // has ready first, so they leave as one message (as the session's socket buffer
+            // does, `session::buffered_io`). It is polled again at once.
+            this.deferred = true;
+            cx.waker().wake_by_ref();
+            return Poll::Ready(Ok(()));
+        }
+        this.deferred = false;
+        this.poll_send_staged(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

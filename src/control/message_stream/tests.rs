@@ -122,7 +122,9 @@ async fn a_stream_ending_mid_message_is_an_error_and_a_status() {
     let (mut stream, outcome, _out) = stream_of(vec![Bytes::from(wire)]);
     let mut got = Vec::new();
     let err = stream.read_to_end(&mut got).await.unwrap_err();
-    assert_eq!(got, b"complete");
+    // A plain BytesMessage is passed on as its data arrives: the two bytes that came ("cu")
+    // were read before the body ended.
+    assert_eq!(got, b"completecu");
     assert_eq!(err.kind(), io::ErrorKind::InvalidData);
     let status = outcome.take().unwrap();
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
@@ -186,4 +188,84 @@ async fn writes_become_messages() {
     assert_eq!(&messages[0][..3], b"abc");
     assert_eq!(messages[0].len(), 5003);
     assert_eq!(messages[1], &b"x"[..]);
+}
+
+#[tokio::test]
+async fn bulk_writes_are_coalesced_across_one_flush() {
+    let (mut stream, _outcome, out) = stream_of(vec![]);
+    let frame: Vec<u8> = (0..16 * 1024 + 9).map(|k| (k % 251) as u8).collect();
+    stream.write_all(&frame).await.unwrap();
+    stream.flush().await.unwrap(); // a bulk frame: deferred once
+    stream.write_all(&frame).await.unwrap();
+    stream.flush().await.unwrap(); // written since: deferred again
+    stream.flush().await.unwrap(); // nothing new: sent
+    stream.write_all(b"answer").await.unwrap();
+    stream.flush().await.unwrap(); // small: sent at once
+    stream.shutdown().await.unwrap();
+    drop(stream);
+    let bytes = out.collect().await.unwrap().to_bytes();
+    let mut buf = BytesMut::from(&bytes[..]);
+    let mut messages = Vec::new();
+    while let Some(data) = decode_message(&mut buf, Side::Client).unwrap() {
+        messages.push(data);
+    }
+    assert!(buf.is_empty());
+    assert_eq!(
+        messages.len(),
+        2,
+        "the two bulk frames in one message, then the answer"
+    );
+    assert_eq!(messages[0], [frame.clone(), frame].concat());
+    assert_eq!(messages[1], &b"answer"[..]);
+}
+
+/// A BytesMessage with `data` twice (the last one wins) and an unknown field between.
+fn unusual_message(data: &[u8]) -> Vec<u8> {
+    let mut field = vec![0x0a, 0x01, b'!', 0x10, 0x01];
+    field.push(0x0a);
+    encode_varint(data.len() as u64, &mut field);
+    field.extend_from_slice(data);
+    let mut out = vec![0u8];
+    out.extend_from_slice(&(field.len() as u32).to_be_bytes());
+    out.extend_from_slice(&field);
+    out
+}
+
+#[tokio::test]
+async fn any_frame_boundaries_give_the_same_bytes() {
+    // Plain messages (streamed as they arrive) and unusual ones (gathered whole), large and
+    // small, cut at pseudo-random frame boundaries, including inside prefixes and headers.
+    let mut wire = Vec::new();
+    let mut want = Vec::new();
+    for (i, len) in [0usize, 1, 127, 128, 300, 16 * 1024, 70_000, 5]
+        .iter()
+        .enumerate()
+    {
+        let data: Vec<u8> = (0..*len).map(|k| (k * 7 + i) as u8).collect();
+        if i % 3 == 2 {
+            wire.extend_from_slice(&unusual_message(&data));
+        } else {
+            wire.extend_from_slice(&encode_message(&data));
+        }
+        want.extend_from_slice(&data);
+    }
+    let mut seed = 0x2545_f491_u64;
+    for round in 0..200 {
+        let mut chunks = Vec::new();
+        let mut at = 0;
+        while at < wire.len() {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let cap = if round % 2 == 0 { 40 } else { 20_000 };
+            let n = (1 + (seed >> 33) as usize % cap).min(wire.len() - at);
+            chunks.push(Bytes::copy_from_slice(&wire[at..at + n]));
+            at += n;
+        }
+        let (mut stream, outcome, _out) = stream_of(chunks);
+        let mut got = Vec::new();
+        stream.read_to_end(&mut got).await.unwrap();
+        assert!(got == want, "round {round}: the bytes differ");
+        assert!(outcome.take().is_none());
+    }
 }
