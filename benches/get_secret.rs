@@ -111,14 +111,20 @@ fn context_switches() -> u64 {
 /// `from_cache` is an exec: source (a real program, ~1 ms) behind `cache_ttl`: after the
 /// first call every answer is a cache hit. `from_client_env` reads PATH from the environment
 /// of `client_pid`, a real process standing in for buildx, as `from_env` reads the daemon's.
-async fn start_session(token_file: &std::path::Path, client_pid: u32) -> Client {
+async fn start_session(
+    token_file: &std::path::Path,
+    tmpfs_token_file: &std::path::Path,
+    client_pid: u32,
+) -> Client {
     let text = format!(
         "[secrets.from_env]\nsources = [\"env:PATH\"]\n\
          [secrets.from_file]\nsources = [\"file:{}\"]\n\
+         [secrets.from_file_tmpfs]\nsources = [\"file:{}\"]\n\
          [secrets.from_client]\nsources = [\"client\"]\n\
          [secrets.from_client_env]\nsources = [\"client-env:PATH\"]\n\
          [secrets.from_cache]\nsources = [\"exec:/bin/cat {}\"]\ncache_ttl = \"1h\"\n",
         token_file.display(),
+        tmpfs_token_file.display(),
         token_file.display()
     );
     let env = HostEnv {
@@ -153,6 +159,7 @@ async fn start_session(token_file: &std::path::Path, client_pid: u32) -> Client 
     tokio::spawn(session::run(
         TokioIo::new(broker_daemon_side),
         TokioIo::new(broker_client_side),
+        session::Halves::Sockets,
         broker,
         info,
         CancellationToken::new(),
@@ -241,6 +248,7 @@ struct Bed {
     rt: tokio::runtime::Runtime,
     buildx: std::process::Child,
     _dir: tempfile::TempDir,
+    _tmpfs_dir: tempfile::TempDir,
 }
 
 impl Bed {
@@ -248,9 +256,13 @@ impl Bed {
         let dir = tempfile::tempdir().unwrap();
         let token = dir.path().join("token");
         std::fs::write(&token, b"file-token-value").unwrap();
+        // The same file on tmpfs, where Docker and Kubernetes mount secrets (read inline).
+        let tmpfs_dir = tempfile::tempdir_in("/dev/shm").unwrap();
+        let tmpfs_token = tmpfs_dir.path().join("token");
+        std::fs::write(&tmpfs_token, b"file-token-value").unwrap();
         let rt = runtime();
         let buildx = stand_in_client();
-        let broker = rt.block_on(start_session(&token, buildx.id()));
+        let broker = rt.block_on(start_session(&token, &tmpfs_token, buildx.id()));
         let provider = rt.block_on(start_provider_session());
         Bed {
             broker,
@@ -258,6 +270,7 @@ impl Bed {
             rt,
             buildx,
             _dir: dir,
+            _tmpfs_dir: tmpfs_dir,
         }
     }
 }
@@ -277,6 +290,7 @@ fn bench_get_secret(c: &mut Criterion) {
         "from_env",
         "from_client_env",
         "from_file",
+        "from_file_tmpfs",
         "from_client",
         "from_cache",
     ] {
@@ -304,6 +318,7 @@ fn summary() {
         ("from_env", broker, "from_env"),
         ("from_cache", broker, "from_cache"),
         ("from_file", broker, "from_file"),
+        ("from_file_tmpfs", broker, "from_file_tmpfs"),
         ("from_client_env", broker, "from_client_env"),
         ("from_client", broker, "from_client"),
     ];

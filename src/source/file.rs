@@ -15,7 +15,10 @@
 //!
 //! The read runs as one blocking task (open, stat and read together) rather than three
 //! `tokio::fs` hops: measured in `benches/get_secret.rs`, this is what keeps a file-backed
-//! GetSecret near the env-backed one.
+//! GetSecret near the env-backed one. A file last found on a memory file system (tmpfs,
+//! ramfs: Docker's and Kubernetes' secret mounts, `/run`, `/dev/shm`) is read inline instead,
+//! with no hop at all: such a read never waits on a device. A file on a disk or a network file
+//! system (whose reads can wait for seconds) always goes through the blocking pool.
 
 use std::fs::{File, Metadata};
 use std::io::{ErrorKind, Read};
@@ -34,11 +37,50 @@ const STICKY: u32 = 0o1000;
 const GROUP_OR_OTHER_WRITE: u32 = 0o022;
 
 pub async fn lookup(path: &Path, allow_foreign: &[PathBuf]) -> Result<Lookup, SourceError> {
+    static ROOT: std::sync::LazyLock<bool> =
+        std::sync::LazyLock::new(|| rustix::process::geteuid().is_root());
+    let trusted = *ROOT && !allow_foreign.iter().any(|p| p == path);
+    if in_memory().is_known(path) {
+        return read_capped(path, trusted);
+    }
     let path: PathBuf = path.to_path_buf();
-    let trusted = rustix::process::geteuid().is_root() && !allow_foreign.contains(&path);
     tokio::task::spawn_blocking(move || read_capped(&path, trusted))
         .await
         .map_err(|e| SourceError::transient(format!("file read task failed: {e}")))?
+}
+
+/// Memory file systems, by `statfs` magic (linux/magic.h): `TMPFS_MAGIC`, `RAMFS_MAGIC`.
+const MEMORY_FILE_SYSTEMS: [u64; 2] = [0x0102_1994, 0x8584_58f6];
+/// The most paths remembered; past it, new ones are read through the blocking pool.
+const MAX_REMEMBERED: usize = 1024;
+
+/// The paths whose file was on a memory file system when last opened.
+#[derive(Default)]
+pub(crate) struct InMemory(std::sync::Mutex<std::collections::BTreeSet<PathBuf>>);
+
+impl InMemory {
+    pub(crate) fn is_known(&self, path: &Path) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(path)
+    }
+
+    fn note(&self, path: &Path, file: &File) {
+        let on_memory = rustix::fs::fstatfs(file)
+            .is_ok_and(|fs| MEMORY_FILE_SYSTEMS.contains(&(fs.f_type as u64)));
+        let mut known = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if !on_memory {
+            known.remove(path);
+        } else if known.len() < MAX_REMEMBERED && !known.contains(path) {
+            known.insert(path.to_path_buf());
+        }
+    }
+}
+
+pub(crate) fn in_memory() -> &'static InMemory {
+    static IN_MEMORY: std::sync::LazyLock<InMemory> = std::sync::LazyLock::new(InMemory::default);
+    &IN_MEMORY
 }
 
 /// Opens `path` without blocking and reads it; `check_owners` applies the root daemon's rule
@@ -49,6 +91,7 @@ fn read_capped(path: &Path, check_owners: bool) -> Result<Lookup, SourceError> {
         Ok(None) => return Ok(Lookup::Missing("no such file".into())),
         Err(message) => return Err(SourceError::permanent(message)),
     };
+    in_memory().note(path, &file);
     if check_owners {
         check_foreign(path, &file, &meta)?;
     }
@@ -177,9 +220,6 @@ pub(crate) fn foreign_in(steps: &[Step]) -> Option<Foreign> {
 /// symlinks on it) and to the way the open descriptor actually names the file (every symlink
 /// resolved), then to the opened file itself.
 fn check_foreign(path: &Path, file: &File, meta: &Metadata) -> Result<(), SourceError> {
-    // The kernel's name for what we opened: symlinks resolved, and the very inode we read.
-    let real = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
-        .map_err(|e| SourceError::permanent(format!("cannot resolve {}: {e}", path.display())))?;
     let stat_error = |p: &Path, e: std::io::Error| {
         SourceError::permanent(format!("cannot stat {}: {e}", p.display()))
     };
@@ -187,20 +227,34 @@ fn check_foreign(path: &Path, file: &File, meta: &Metadata) -> Result<(), Source
     let written = lexical(path);
     let mut on_the_way: Vec<&Path> = written.ancestors().collect();
     on_the_way.reverse();
+    // Directories on the written path that are no symlinks: the real path needs them no second
+    // `stat` (for a path without symlinks, the two walks are the same walk).
+    let mut plain_dirs: Vec<&Path> = Vec::new();
+    // No symlink on the way, and the written path names the very inode we opened. (A `..` is
+    // folded away above, and with it a symlink it may follow: then /proc decides.)
+    let mut resolved_as_written = path.components().all(|c| c != Component::ParentDir);
     for p in on_the_way {
         let link = std::fs::symlink_metadata(p).map_err(|e| stat_error(p, e))?;
-        if link.file_type().is_symlink() {
+        let m = if link.file_type().is_symlink() {
+            resolved_as_written = false;
             steps.push(Step {
                 path: p.to_path_buf(),
                 uid: link.uid(),
                 mode: link.mode(),
                 kind: StepKind::Symlink,
             });
-        }
-        if p == written {
-            break;
-        }
-        let m = std::fs::metadata(p).map_err(|e| stat_error(p, e))?;
+            if p == written {
+                break;
+            }
+            std::fs::metadata(p).map_err(|e| stat_error(p, e))?
+        } else {
+            if p == written {
+                resolved_as_written &= (link.dev(), link.ino()) == (meta.dev(), meta.ino());
+                break;
+            }
+            plain_dirs.push(p);
+            link
+        };
         steps.push(Step {
             path: p.to_path_buf(),
             uid: m.uid(),
@@ -208,9 +262,21 @@ fn check_foreign(path: &Path, file: &File, meta: &Metadata) -> Result<(), Source
             kind: StepKind::Directory,
         });
     }
+    // The kernel's name for what we opened: symlinks resolved, and the very inode we read
+    // (asked of /proc only when the walk above could not tell).
+    let real = if resolved_as_written {
+        written.clone()
+    } else {
+        std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd())).map_err(|e| {
+            SourceError::permanent(format!("cannot resolve {}: {e}", path.display()))
+        })?
+    };
     let mut dirs: Vec<&Path> = real.ancestors().skip(1).collect();
     dirs.reverse();
     for dir in dirs {
+        if plain_dirs.contains(&dir) {
+            continue;
+        }
         let m = std::fs::metadata(dir).map_err(|e| stat_error(dir, e))?;
         steps.push(Step {
             path: dir.to_path_buf(),

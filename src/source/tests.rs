@@ -532,3 +532,57 @@ fn foreign_files_rule() {
     ];
     assert_eq!(foreign_in(&own_link), None);
 }
+
+/// A file on a memory file system is read inline once seen there; one on any other file
+/// system keeps going through the blocking pool. Inline or not, the same checks and answers.
+#[tokio::test]
+async fn files_on_memory_file_systems_are_read_inline_after_the_first_read() {
+    let on_memory = |p: &std::path::Path| {
+        let dir = std::fs::File::open(p).unwrap();
+        let magic = rustix::fs::fstatfs(&dir).unwrap().f_type as u64;
+        [0x0102_1994u64, 0x8584_58f6].contains(&magic)
+    };
+    let shm = std::path::Path::new("/dev/shm");
+    assert!(on_memory(shm), "the test needs /dev/shm on tmpfs");
+    let dir = tempfile::tempdir_in(shm).unwrap();
+    let path = dir.path().join("token");
+    std::fs::write(&path, b"in-memory\n").unwrap();
+    let spec = SourceSpec::File(path.clone());
+    assert!(!file::in_memory().is_known(&path));
+    for _ in 0..2 {
+        match lookup(&spec, "x", ctx()).await {
+            Ok(Lookup::Found(v)) => assert_eq!(v.expose(), b"in-memory\n"),
+            _ => panic!("expected the file's bytes"),
+        }
+        assert!(file::in_memory().is_known(&path), "seen on tmpfs");
+    }
+    // Replaced by a FIFO: still refused at once, inline or not.
+    std::fs::remove_file(&path).unwrap();
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &path,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o600),
+        0,
+    )
+    .unwrap();
+    let err = lookup(&spec, "x", ctx())
+        .await
+        .err()
+        .expect("a FIFO is refused");
+    assert!(err.message.contains("FIFO"), "{}", err.message);
+
+    // The crate's own directory: whatever it is on, the record agrees with statfs.
+    let elsewhere = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
+    let path = elsewhere.path().join("token");
+    std::fs::write(&path, b"on disk").unwrap();
+    assert!(
+        lookup(&SourceSpec::File(path.clone()), "x", ctx())
+            .await
+            .is_ok()
+    );
+    assert_eq!(
+        file::in_memory().is_known(&path),
+        on_memory(elsewhere.path())
+    );
+}
