@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use crate::access::PeerInfo;
 use crate::broker::Broker;
 use crate::control::{self, ControlError};
+use crate::session::BufferedIo;
 use crate::source::ClientProcess;
 
 /// The command buildx's docker-container driver runs to reach BuildKit
@@ -192,6 +193,8 @@ impl Default for DialStdioExecs {
 
 /// Read-ahead on the build client's half of the exec stream (the session's own buffer size).
 const CLIENT_READ_AHEAD: usize = 256 * 1024;
+/// Write coalescing towards the container, likewise.
+const CONTAINER_WRITE: usize = 256 * 1024;
 
 /// Runs the Control API relay over one started dial-stdio exec until either side closes it.
 /// `container` is the engine's hijacked connection, `client` the build client's.
@@ -212,15 +215,18 @@ pub async fn run(
 
     // The build context arrives on this side: h2 reads 8 KiB at a time, so without read-ahead
     // every 8 KiB cost a recvfrom (~150 per MiB); one read now drains what the socket holds.
-    let client_read = tokio::io::BufReader::with_capacity(CLIENT_READ_AHEAD, client_read);
+    // The session's own buffer (`session::BufferedIo`), which keeps no copy of what it passed
+    // on: a `client` value from buildx crosses it.
     let client_io = tokio::io::join(client_read, stdcopy::FrameWriter::new(to_client.clone()));
-    // One write per h2 flush towards the container: the exec's stdin is a pipe whose reader
-    // (dial-stdio) forwards each read on its own, so split writes become split packets there.
-    let container_write = tokio::io::BufWriter::with_capacity(64 * 1024, container_write);
+    let client_io = BufferedIo::new(TokioIo::new(client_io), CLIENT_READ_AHEAD, 0);
+    // At most one write per h2 flush towards the container: the exec's stdin is a pipe whose
+    // reader (dial-stdio) forwards each read on its own, so split writes become split packets
+    // there. GetSecret answers cross this buffer too, and are zeroed once written.
     let container_io = tokio::io::join(stdcopy::ChannelReader::new(stdout_chunks), container_write);
+    let container_io = BufferedIo::new(TokioIo::new(container_io), 0, CONTAINER_WRITE);
     let result = control::serve(
-        TokioIo::new(client_io),
-        TokioIo::new(container_io),
+        client_io,
+        container_io,
         broker,
         peer.clone(),
         process,

@@ -57,7 +57,7 @@ pub(crate) const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
 const READ_AHEAD: usize = 256 * 1024;
 pub(crate) const WRITE_COALESCE: usize = 256 * 1024;
 
-pub(crate) use buffered_io::defer_flush;
+pub(crate) use buffered_io::{BufferedIo, defer_flush};
 
 /// What carries the two halves of a session, which decides the buffering under h2.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
