@@ -113,7 +113,8 @@ now() { date +%s%N; }
 seed() { # SIDE [flags]
   local side=$1; shift
   # shellcheck disable=SC2046
-  DOCKER_HOST=$(host_of "$side") docker buildx build $(builder_of "$side") --network=none --no-cache -q -o type=cacheonly "$@" "$work/seed" >/dev/null
+  DOCKER_HOST=$(host_of "$side") docker buildx build $(builder_of "$side") --network=none --no-cache -q -o type=cacheonly "$@" "$work/seed" >/dev/null 2>>"$work/stderr-$side.txt" \
+    || { cat "$work/stderr-$side.txt" >&2; exit 1; }
 }
 perf_events=raw_syscalls:sys_enter,syscalls:sys_enter_read,syscalls:sys_enter_recvfrom,syscalls:sys_enter_write,syscalls:sys_enter_writev,syscalls:sys_enter_sendto,syscalls:sys_enter_sendmsg,syscalls:sys_enter_epoll_wait,syscalls:sys_enter_futex,context-switches,task-clock
 big() { # SIDE MIB RUN
@@ -125,7 +126,8 @@ big() { # SIDE MIB RUN
   fi
   local t0; t0=$(now)
   # shellcheck disable=SC2046
-  DOCKER_HOST=$(host_of "$side") docker buildx build $(builder_of "$side") --network=none --no-cache -q -o type=cacheonly "$work/big" >/dev/null
+  DOCKER_HOST=$(host_of "$side") docker buildx build $(builder_of "$side") --network=none --no-cache -q -o type=cacheonly "$work/big" >/dev/null 2>>"$work/stderr-$side.txt" \
+    || { cat "$work/stderr-$side.txt" >&2; exit 1; }
   echo "$2 $side $(( $(now) - t0 ))" >> "$work/big.tsv"
   if [ -n "$perf_pid" ]; then kill -INT "$perf_pid"; wait "$perf_pid" || true; fi
 }
@@ -155,6 +157,13 @@ for mib in ${ctx_sizes//,/ }; do
   done
 done
 echo "load average (1 min) after each round: ${loads[*]}"
+# What buildx printed on stderr for builds that succeeded (a session error it logged and
+# survived, say), per side, timestamps cut, counted.
+for f in "$work"/stderr-*.txt; do
+  [ -s "$f" ] || continue
+  echo "buildx stderr, $(basename "$f" .txt | cut -d- -f2-) side:"
+  sed -E 's/^[0-9/]+ [0-9:]+ //' "$f" | sort | uniq -c | sed 's/^/ /'
+done
 for f in "$work"/perf-*.csv; do
   [ -e "$f" ] || continue
   echo "# $(basename "$f" .csv)"; grep -v '^#' "$f" | grep -v '^$' | cut -d, -f1,3

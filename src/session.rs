@@ -199,10 +199,7 @@ pub async fn run<D, C>(
         .initial_stream_window_size(STREAM_WINDOW)
         .serve_connection(daemon_side, service);
     tokio::pin!(server_conn);
-    // Each half runs in a task of its own: polled together, every wake of one (each frame of
-    // a GetSecret call) would poll the other too (issue 14). Aborted when the session ends,
-    // which drops it and closes the build client's side.
-    let mut client_conn = AbortOnDrop(tokio::spawn(client_conn));
+    tokio::pin!(client_conn);
     tracing::debug!(session = %uuid, "session started");
     let _open = crate::metrics::session_opened();
 
@@ -211,8 +208,7 @@ pub async fn run<D, C>(
             tracing::debug!(session = %uuid, result = ?r.err(), "daemon closed the session");
             // Dropping the client half (below) closes the build client's side too.
         }
-        r = &mut client_conn.0 => {
-            let r = r.map_err(|e| e.to_string()).and_then(|r| r.map_err(|e| e.to_string()));
+        r = &mut client_conn => {
             tracing::debug!(session = %uuid, result = ?r.err(), "build client closed the session");
             server_conn.as_mut().graceful_shutdown();
             let _ = tokio::time::timeout(TEARDOWN_GRACE, &mut server_conn).await;
@@ -223,15 +219,6 @@ pub async fn run<D, C>(
         }
     }
     tracing::debug!(session = %uuid, "session ended");
-}
-
-/// A spawned task that is aborted (its future dropped) when this handle is.
-struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 #[cfg(test)]
