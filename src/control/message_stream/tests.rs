@@ -168,13 +168,8 @@ async fn a_failed_peer_status_is_kept() {
     assert_eq!(outcome.take().unwrap().code(), tonic::Code::Unavailable);
 }
 
-#[tokio::test]
-async fn writes_become_messages() {
-    let (mut stream, _outcome, out) = stream_of(vec![]);
-    stream.write_all(b"abc").await.unwrap();
-    stream.write_all(&[9u8; 5000]).await.unwrap();
-    stream.flush().await.unwrap();
-    stream.write_all(b"x").await.unwrap();
+/// Shuts the stream down and decodes every message it sent.
+async fn sent_messages(mut stream: MessageStream<RelayBody>, out: RelayBody) -> Vec<Bytes> {
     stream.shutdown().await.unwrap();
     drop(stream);
     let bytes = out.collect().await.unwrap().to_bytes();
@@ -183,7 +178,18 @@ async fn writes_become_messages() {
     while let Some(data) = decode_message(&mut buf, Side::Client).unwrap() {
         messages.push(data);
     }
-    assert!(buf.is_empty());
+    assert!(buf.is_empty(), "only whole messages");
+    messages
+}
+
+#[tokio::test]
+async fn writes_become_messages() {
+    let (mut stream, _outcome, out) = stream_of(vec![]);
+    stream.write_all(b"abc").await.unwrap();
+    stream.write_all(&[9u8; 5000]).await.unwrap();
+    stream.flush().await.unwrap();
+    stream.write_all(b"x").await.unwrap();
+    let messages = sent_messages(stream, out).await;
     assert_eq!(messages.len(), 2, "one message per flush");
     assert_eq!(&messages[0][..3], b"abc");
     assert_eq!(messages[0].len(), 5003);
@@ -201,15 +207,7 @@ async fn bulk_writes_are_coalesced_across_one_flush() {
     stream.flush().await.unwrap(); // nothing new: sent
     stream.write_all(b"answer").await.unwrap();
     stream.flush().await.unwrap(); // small: sent at once
-    stream.shutdown().await.unwrap();
-    drop(stream);
-    let bytes = out.collect().await.unwrap().to_bytes();
-    let mut buf = BytesMut::from(&bytes[..]);
-    let mut messages = Vec::new();
-    while let Some(data) = decode_message(&mut buf, Side::Client).unwrap() {
-        messages.push(data);
-    }
-    assert!(buf.is_empty());
+    let messages = sent_messages(stream, out).await;
     assert_eq!(
         messages.len(),
         2,
