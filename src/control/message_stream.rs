@@ -145,7 +145,7 @@ pub fn decode_message(buf: &mut BytesMut, side: Side) -> Result<Option<Bytes>, F
         .ok_or(FrameError::Malformed { side: side.name() })
 }
 
-/// The prefix and header of a message that is not whole yet, if it is a plain
+/// The prefix and header of a message, if it is a plain
 /// `BytesMessage` (its one field is `data`, nothing after it): what grpc-go sends. Returns the
 /// header's length (prefix, key, length varint) and the data's; the data can then be passed on
 /// as it arrives instead of being gathered first. Anything else (unknown fields, `data`
@@ -292,6 +292,16 @@ where
                     continue;
                 }
             } else {
+                // Not whole yet: a plain BytesMessage is passed on as its data arrives (before
+                // `decode_message`, which would reserve room for all of it).
+                if let Some((header, data_len)) = stream_header(&this.undecoded)
+                    && this.undecoded.len() < header + data_len
+                {
+                    this.streaming_len = header + data_len;
+                    this.undecoded.advance(header);
+                    this.streaming = data_len;
+                    continue;
+                }
                 match decode_message(&mut this.undecoded, this.side) {
                     Ok(Some(data)) => {
                         this.pending = data;
@@ -299,13 +309,6 @@ where
                     }
                     Ok(None) => {}
                     Err(e) => return Poll::Ready(Err(this.fail(e))),
-                }
-                // Not whole yet: a plain BytesMessage is passed on as its data arrives.
-                if let Some((header, data_len)) = stream_header(&this.undecoded) {
-                    this.streaming_len = header + data_len;
-                    this.undecoded.advance(header);
-                    this.streaming = data_len;
-                    continue;
                 }
             }
             if this.inbound_done {
