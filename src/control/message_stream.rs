@@ -117,16 +117,22 @@ impl FrameError {
     }
 }
 
+/// The message length a gRPC prefix announces (the 4 bytes after the compression flag), once
+/// the prefix is all there.
+fn announced_len(buf: &[u8]) -> Option<usize> {
+    let prefix: [u8; 4] = buf.get(1..PREFIX)?.try_into().ok()?;
+    Some(u32::from_be_bytes(prefix) as usize)
+}
+
 /// Takes one whole gRPC message off the front of `buf`, if it holds one, and returns its
 /// `BytesMessage.data` (a view into the buffer, no copy).
 pub fn decode_message(buf: &mut BytesMut, side: Side) -> Result<Option<Bytes>, FrameError> {
-    if buf.len() < PREFIX {
+    let Some(len) = announced_len(buf) else {
         return Ok(None);
-    }
+    };
     if buf[0] != 0 {
         return Err(FrameError::Compressed { side: side.name() });
     }
-    let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
     if len > MAX_MESSAGE {
         return Err(FrameError::Oversized {
             side: side.name(),
@@ -154,7 +160,7 @@ fn stream_header(buf: &[u8]) -> Option<(usize, usize)> {
     if buf.len() < PREFIX + 2 || buf[0] != 0 || buf[PREFIX] != 0x0a {
         return None;
     }
-    let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+    let len = announced_len(buf)?;
     if len > MAX_MESSAGE {
         return None;
     }
@@ -323,17 +329,7 @@ where
                 if this.undecoded.is_empty() {
                     return Poll::Ready(Ok(()));
                 }
-                let want = if this.undecoded.len() >= PREFIX {
-                    PREFIX
-                        + u32::from_be_bytes([
-                            this.undecoded[1],
-                            this.undecoded[2],
-                            this.undecoded[3],
-                            this.undecoded[4],
-                        ]) as usize
-                } else {
-                    PREFIX
-                };
+                let want = PREFIX + announced_len(&this.undecoded).unwrap_or(0);
                 let error = FrameError::Truncated {
                     side: this.side.name(),
                     have: this.undecoded.len(),

@@ -12,7 +12,8 @@
 //! It does carry secrets (a GetSecret answer on its way to the daemon, a `client` value on its
 //! way from the build client), so it keeps no copy of what it passed on: bytes the reader has
 //! taken are zeroed before the buffer is refilled, bytes the kernel has taken are zeroed once
-//! the write buffer is empty. A plain `memset` of what was used, about 1 % of the relay's CPU.
+//! the write buffer is empty. A plain `memset` of what was used: no CPU difference the 1 GiB
+//! A/B could resolve (docs/benchmarks.md).
 
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
