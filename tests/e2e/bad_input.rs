@@ -122,15 +122,8 @@ fn a_refused_uid_gets_a_clear_error_and_a_log_line() {
     // Let uid 65534 reach the socket file, so it is the broker's check that refuses it.
     std::fs::set_permissions(broker.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::set_permissions(broker.socket(), std::fs::Permissions::from_mode(0o666)).unwrap();
-    let out = Command::new("setpriv")
-        .args([
-            "--reuid",
-            "65534",
-            "--regid",
-            "65534",
-            "--clear-groups",
-            "--",
-        ])
+    let out = Command::new(AS_NOBODY[0])
+        .args(&AS_NOBODY[1..])
         .args(["docker", "-H", &broker.docker_host(), "version"])
         .env("HOME", "/tmp")
         .output()

@@ -401,15 +401,8 @@ for _ in range(300):
 print("ready", flush=True)
 time.sleep(300)
 "#;
-    let mut idle = Command::new("setpriv")
-        .args([
-            "--reuid",
-            "65534",
-            "--regid",
-            "65534",
-            "--clear-groups",
-            "--",
-        ])
+    let mut idle = Command::new(AS_NOBODY[0])
+        .args(&AS_NOBODY[1..])
         // Debian's own interpreter: a pyenv shim under /root is not reachable by uid 65534.
         .args(["/usr/bin/python3", "-c", script])
         .arg(broker.socket())

@@ -379,16 +379,7 @@ fn a_peer_uid_not_allowed_is_refused_with_a_reason() {
             home.path().join("buildx").display().to_string(),
         ),
     ];
-    let nobody = [
-        "setpriv",
-        "--reuid",
-        "65534",
-        "--regid",
-        "65534",
-        "--clear-groups",
-        "--",
-    ];
-    let builder = RemoteBuilder::create_with(&remote.socket(), env, &nobody);
+    let builder = RemoteBuilder::create_with(&remote.socket(), env, &AS_NOBODY);
     let ctx = home.path().join("ctx");
     std::fs::create_dir(&ctx).unwrap();
     std::fs::write(
@@ -397,7 +388,7 @@ fn a_peer_uid_not_allowed_is_refused_with_a_reason() {
     )
     .unwrap();
     std::fs::set_permissions(&ctx, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let mut cmd = builder.docker(&nobody);
+    let mut cmd = builder.docker(&AS_NOBODY);
     cmd.args([
         "buildx",
         "build",
