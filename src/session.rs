@@ -15,6 +15,7 @@
 //! This module never looks inside relayed calls and never logs bodies.
 
 mod buffered_io;
+mod calls;
 mod dockerfile_watch;
 mod router;
 
@@ -193,12 +194,14 @@ pub async fn run<D, C>(
         Arc::new(info),
     ));
     let service = hyper::service::service_fn(move |req| router.clone().route(req));
-    let server_conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+    // The daemon's calls run in this task, beside the connection (see [`calls`]).
+    let calls = calls::Calls::default();
+    let server_conn = hyper::server::conn::http2::Builder::new(calls.clone())
         .timer(TokioTimer::new())
         .initial_connection_window_size(CONNECTION_WINDOW)
         .initial_stream_window_size(STREAM_WINDOW)
         .serve_connection(daemon_side, service);
-    tokio::pin!(server_conn);
+    let mut server_conn = calls::Driven::new(server_conn, calls);
     tokio::pin!(client_conn);
     tracing::debug!(session = %uuid, "session started");
     let _open = crate::metrics::session_opened();
@@ -210,11 +213,11 @@ pub async fn run<D, C>(
         }
         r = &mut client_conn => {
             tracing::debug!(session = %uuid, result = ?r.err(), "build client closed the session");
-            server_conn.as_mut().graceful_shutdown();
+            server_conn.conn().graceful_shutdown();
             let _ = tokio::time::timeout(TEARDOWN_GRACE, &mut server_conn).await;
         }
         _ = shutdown.cancelled() => {
-            server_conn.as_mut().graceful_shutdown();
+            server_conn.conn().graceful_shutdown();
             let _ = tokio::time::timeout(TEARDOWN_GRACE, &mut server_conn).await;
         }
     }

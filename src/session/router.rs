@@ -96,9 +96,10 @@ impl SessionRouter {
                 let resp = self.ssh.clone().call(req).await?;
                 Ok(resp.map(|b| b.map_err(BoxError::from).boxed_unsync()))
             }
-            // The relay arms are boxed so that their futures do not size every call's task:
-            // hyper spawns this future once per stream, and GetSecret, the hot path, should
-            // not copy the relay's state in and out (issue 14).
+            // The relay arms are boxed so that their futures do not size every call's future:
+            // hyper hands this future to the session's executor once per stream (boxed there,
+            // `super::calls`), and GetSecret, the hot path, should not copy the relay's state
+            // in and out (issue 14).
             Route::DockerfileSync => {
                 let follow = followpaths(&req);
                 let resp = Box::pin(self.client.relay(req)).await;
