@@ -7,7 +7,8 @@
 //! instead of a unix socket, so the numbers measure buildbroker rather than the kernel.
 //!
 //! Run: `cargo bench --bench get_secret` (criterion medians, then a percentile and throughput
-//! summary on stdout).
+//! summary on stdout). `GET_SECRET_SUMMARY_ONLY=1` prints the summary only;
+//! `GET_SECRET_DAEMON_THREAD=1` gives the stand-in daemon a thread of its own (see [`Bed`]).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -115,7 +116,7 @@ async fn start_session(
     token_file: &std::path::Path,
     tmpfs_token_file: &std::path::Path,
     client_pid: u32,
-) -> Client {
+) -> tokio::io::DuplexStream {
     let text = format!(
         "[secrets.from_env]\nsources = [\"env:PATH\"]\n\
          [secrets.from_file]\nsources = [\"file:{}\"]\n\
@@ -164,27 +165,24 @@ async fn start_session(
         info,
         CancellationToken::new(),
     ));
-    let (send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-        .handshake::<_, RelayBody>(TokioIo::new(daemon_io))
-        .await
-        .expect("h2 handshake with the session");
-    tokio::spawn(conn);
-    SecretsClient::with_origin(
-        ClientChannel::new(send),
-        http::Uri::from_static("http://daemon"),
-    )
+    daemon_io
 }
 
 /// The baseline (issue 14): the same stand-in daemon calling GetSecret on a session served by
 /// buildx's own kind of provider (the stand-in buildx, answering from memory), with no broker
 /// in between: what a build pays for `--secret` without buildbroker.
-async fn start_provider_session() -> Client {
+async fn start_provider_session() -> tokio::io::DuplexStream {
     let (daemon_io, buildx_io) = tokio::io::duplex(1 << 20);
     tokio::spawn(serve_fake_buildx(buildx_io));
+    daemon_io
+}
+
+/// The stand-in daemon's gRPC client on its end of a session, on the current runtime.
+async fn connect_daemon(daemon_io: tokio::io::DuplexStream) -> Client {
     let (send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
         .handshake::<_, RelayBody>(TokioIo::new(daemon_io))
         .await
-        .expect("h2 handshake with the provider");
+        .expect("h2 handshake with the session");
     tokio::spawn(conn);
     SecretsClient::with_origin(
         ClientChannel::new(send),
@@ -242,10 +240,18 @@ fn runtime() -> tokio::runtime::Runtime {
 
 /// What every mode sets up: the `file:` token, the runtime, the stand-in buildx process
 /// (killed on drop) and the two sessions, one answered by the broker, one by the provider.
+///
+/// `GET_SECRET_DAEMON_THREAD=1` runs the stand-in daemon (its gRPC client and the callers) on
+/// a current-thread runtime of its own, as the real daemon is another process; by default it
+/// shares the two workers with the side under test. Calls/s in that mode measure the one
+/// caller thread as much as the answering side.
 struct Bed {
     broker: Client,
     provider: Client,
-    rt: tokio::runtime::Runtime,
+    /// The side under test: the broker's session, the provider, the stand-in buildx.
+    serving: tokio::runtime::Runtime,
+    /// The stand-in daemon's own runtime, in `GET_SECRET_DAEMON_THREAD=1` mode.
+    daemon: Option<tokio::runtime::Runtime>,
     buildx: std::process::Child,
     _dir: tempfile::TempDir,
     _tmpfs_dir: tempfile::TempDir,
@@ -260,18 +266,35 @@ impl Bed {
         let tmpfs_dir = tempfile::tempdir_in("/dev/shm").unwrap();
         let tmpfs_token = tmpfs_dir.path().join("token");
         std::fs::write(&tmpfs_token, b"file-token-value").unwrap();
-        let rt = runtime();
+        let serving = runtime();
+        let daemon = std::env::var_os("GET_SECRET_DAEMON_THREAD").map(|_| {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+        });
         let buildx = stand_in_client();
-        let broker = rt.block_on(start_session(&token, &tmpfs_token, buildx.id()));
-        let provider = rt.block_on(start_provider_session());
+        let broker_io = serving.block_on(start_session(&token, &tmpfs_token, buildx.id()));
+        let provider_io = serving.block_on(start_provider_session());
+        let rt = daemon.as_ref().unwrap_or(&serving);
+        let broker = rt.block_on(connect_daemon(broker_io));
+        let provider = rt.block_on(connect_daemon(provider_io));
         Bed {
             broker,
             provider,
-            rt,
+            serving,
+            daemon,
             buildx,
             _dir: dir,
             _tmpfs_dir: tmpfs_dir,
         }
+    }
+}
+
+impl Bed {
+    /// Where the stand-in daemon's calls run.
+    fn rt(&self) -> &tokio::runtime::Runtime {
+        self.daemon.as_ref().unwrap_or(&self.serving)
     }
 }
 
@@ -284,7 +307,7 @@ impl Drop for Bed {
 
 fn bench_get_secret(c: &mut Criterion) {
     let bed = Bed::start();
-    let (rt, client) = (&bed.rt, &bed.broker);
+    let (rt, client) = (bed.rt(), &bed.broker);
     let mut group = c.benchmark_group("get_secret_in_session");
     for id in [
         "from_env",
@@ -311,7 +334,7 @@ fn summary() {
     const CONCURRENT_CALLS: usize = 6_400;
     const TASKS: usize = 64;
     let bed = Bed::start();
-    let (rt, broker, provider) = (&bed.rt, &bed.broker, &bed.provider);
+    let (rt, broker, provider) = (bed.rt(), &bed.broker, &bed.provider);
     // (label, session, id): the provider answers any id; the others are answered by the broker.
     let rows: Vec<(&str, &Client, &str)> = vec![
         ("provider", provider, "any"),
@@ -383,7 +406,12 @@ fn summary() {
         v[v.len() / 2]
     };
     println!(
-        "\nGetSecret inside a session (2 tokio workers), {ROUNDS} interleaved rounds of {CALLS} sequential calls and {CONCURRENT_CALLS} calls from {TASKS} tasks per row"
+        "\nGetSecret inside a session (2 tokio workers{}), {ROUNDS} interleaved rounds of {CALLS} sequential calls and {CONCURRENT_CALLS} calls from {TASKS} tasks per row",
+        if bed.daemon.is_some() {
+            "; the stand-in daemon on a thread of its own"
+        } else {
+            ", shared with the stand-in daemon"
+        }
     );
     println!("load average before: {}", load_before.trim());
     let (p50_base, p99_base, rate_base) = {
@@ -413,7 +441,7 @@ fn summary() {
 /// divided by N, so setup and warm-up cancel out).
 fn profile(row: &str, calls: usize) {
     let bed = Bed::start();
-    let (rt, broker, provider) = (&bed.rt, &bed.broker, &bed.provider);
+    let (rt, broker, provider) = (bed.rt(), &bed.broker, &bed.provider);
     let (client, id) = match row {
         "provider" => (&provider, "any"),
         other => (&broker, other),
