@@ -1,6 +1,9 @@
 //! The command line, run as the real binary: `check`, `resolve`, and `serve` on the embedded
 //! default policy. None of these need the Docker test bed.
 
+#[path = "../support/nobody.rs"]
+mod nobody;
+
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -43,18 +46,7 @@ fn as_nobody_when_root(dir: &Path, wrapper: &[&str]) -> Command {
         run("chmod", &["755"], dir);
         run("chmod", &["755"], &copy);
         run("chown", &["-R", "65534:65534"], dir);
-        line.extend(
-            [
-                "setpriv",
-                "--reuid",
-                "65534",
-                "--regid",
-                "65534",
-                "--clear-groups",
-                "--",
-            ]
-            .map(Into::into),
-        );
+        line.extend(nobody::AS_NOBODY.map(Into::into));
         line.push(copy.into());
     } else {
         line.push(env!("CARGO_BIN_EXE_buildbroker").into());

@@ -14,17 +14,12 @@ use std::time::{Duration, Instant};
 pub const BASE_IMAGE: &str = "buildbroker-test/busybox";
 /// busybox plus the host's `ssh`, `ssh-add` and `ssh-keygen` (tests/testbed/setup.sh).
 pub const SSH_IMAGE: &str = "buildbroker-test/ssh";
-/// `setpriv` arguments that run the command after them as nobody (uid and gid 65534, no
-/// supplementary groups): the other unix user of the attacker tests.
-pub const AS_NOBODY: [&str; 7] = [
-    "setpriv",
-    "--reuid",
-    "65534",
-    "--regid",
-    "65534",
-    "--clear-groups",
-    "--",
-];
+#[path = "../support/nobody.rs"]
+mod nobody;
+/// `setpriv` arguments that run a command as nobody (tests/support/nobody.rs). The aws tests
+/// include this harness too and do not use it.
+#[allow(unused_imports)]
+pub use nobody::AS_NOBODY;
 
 /// True when the caller asked to skip end-to-end tests; each test returns early and says so.
 pub fn skip() -> bool {
