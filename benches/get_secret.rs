@@ -8,7 +8,8 @@
 //!
 //! Run: `cargo bench --bench get_secret` (criterion medians, then a percentile and throughput
 //! summary on stdout). `GET_SECRET_SUMMARY_ONLY=1` prints the summary only;
-//! `GET_SECRET_DAEMON_THREAD=1` gives the stand-in daemon a thread of its own (see [`Bed`]).
+//! `GET_SECRET_DAEMON_THREAD=1` gives the stand-in daemon a thread of its own, and
+//! `GET_SECRET_DAEMON_PROCESS=1` a process of its own, on unix sockets (see [`Bed`]).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -90,10 +91,10 @@ fn allocations() -> u64 {
     ALLOCATIONS.load(std::sync::atomic::Ordering::Relaxed)
 }
 
-/// Context switches of every thread of this process so far (voluntary and not), from
-/// /proc/self/task/*/status: a worker parking on a futex is a switch.
-fn context_switches() -> u64 {
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+/// Context switches of every thread of a process so far (voluntary and not), from
+/// /proc/PROC/task/*/status (`self` or a pid): a worker parking on a futex is a switch.
+fn context_switches(proc: &str) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{proc}/task")) else {
         return 0;
     };
     tasks
@@ -109,6 +110,39 @@ fn context_switches() -> u64 {
         .sum()
 }
 
+/// CPU time (user + system) of a process so far, in nanoseconds, from /proc/PID/stat: clock
+/// ticks (10 ms on Linux), fine enough over the thousands of calls a row makes.
+fn cpu_ns(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i)?.parse::<u64>().ok())
+        .sum();
+    ticks * 1_000_000_000 / rustix::param::clock_ticks_per_second()
+}
+
+/// The per-call counts a summary row prints, which the machine's load does not move: in one
+/// process, (allocations, context switches) of the whole process; with the stand-in daemon in
+/// a process of its own, (CPU ns, context switches) of the serving process, then the
+/// daemon's own context switches.
+fn counts(serving_pid: Option<u32>) -> [u64; 3] {
+    match serving_pid {
+        None => [allocations(), context_switches("self"), 0],
+        Some(pid) => [
+            cpu_ns(pid),
+            context_switches(&pid.to_string()),
+            context_switches("self"),
+        ],
+    }
+}
+
 /// `from_cache` is an exec: source (a real program, ~1 ms) behind `cache_ttl`: after the
 /// first call every answer is a cache hit. `from_client_env` reads PATH from the environment
 /// of `client_pid`, a real process standing in for buildx, as `from_env` reads the daemon's.
@@ -117,6 +151,20 @@ async fn start_session(
     tmpfs_token_file: &std::path::Path,
     client_pid: u32,
 ) -> tokio::io::DuplexStream {
+    let (daemon_io, broker_daemon_side) = tokio::io::duplex(1 << 20);
+    serve_session(token_file, tmpfs_token_file, client_pid, broker_daemon_side);
+    daemon_io
+}
+
+/// The broker's session on `daemon_side`, its end of the connection from the stand-in daemon.
+fn serve_session<I>(
+    token_file: &std::path::Path,
+    tmpfs_token_file: &std::path::Path,
+    client_pid: u32,
+    daemon_side: I,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let text = format!(
         "[secrets.from_env]\nsources = [\"env:PATH\"]\n\
          [secrets.from_file]\nsources = [\"file:{}\"]\n\
@@ -142,7 +190,6 @@ async fn start_session(
         eprintln!("answer future: {} bytes", std::mem::size_of_val(&f));
     }
 
-    let (daemon_io, broker_daemon_side) = tokio::io::duplex(1 << 20);
     let (broker_client_side, buildx_io) = tokio::io::duplex(1 << 20);
 
     tokio::spawn(serve_fake_buildx(buildx_io));
@@ -158,14 +205,13 @@ async fn start_session(
         peer,
     };
     tokio::spawn(session::run(
-        TokioIo::new(broker_daemon_side),
+        TokioIo::new(daemon_side),
         TokioIo::new(broker_client_side),
         session::Halves::Sockets,
         broker,
         info,
         CancellationToken::new(),
     ));
-    daemon_io
 }
 
 /// The baseline (issue 14): the same stand-in daemon calling GetSecret on a session served by
@@ -178,7 +224,10 @@ async fn start_provider_session() -> tokio::io::DuplexStream {
 }
 
 /// The stand-in daemon's gRPC client on its end of a session, on the current runtime.
-async fn connect_daemon(daemon_io: tokio::io::DuplexStream) -> Client {
+async fn connect_daemon<I>(daemon_io: I) -> Client
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let (send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
         .handshake::<_, RelayBody>(TokioIo::new(daemon_io))
         .await
@@ -191,7 +240,10 @@ async fn connect_daemon(daemon_io: tokio::io::DuplexStream) -> Client {
 }
 
 /// Serves the stand-in buildx's Secrets provider on one h2 connection.
-async fn serve_fake_buildx(io: tokio::io::DuplexStream) {
+async fn serve_fake_buildx<I>(io: I)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let server = SecretsServer::new(FakeBuildx);
     let svc = hyper::service::service_fn(move |req| {
         let mut server = server.clone();
@@ -238,34 +290,96 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-/// What every mode sets up: the `file:` token, the runtime, the stand-in buildx process
-/// (killed on drop) and the two sessions, one answered by the broker, one by the provider.
-///
-/// `GET_SECRET_DAEMON_THREAD=1` runs the stand-in daemon (its gRPC client and the callers) on
-/// a current-thread runtime of its own, as the real daemon is another process; by default it
-/// shares the two workers with the side under test. Calls/s in that mode measure the one
-/// caller thread as much as the answering side.
-struct Bed {
-    broker: Client,
-    provider: Client,
-    /// The side under test: the broker's session, the provider, the stand-in buildx.
-    serving: tokio::runtime::Runtime,
-    /// The stand-in daemon's own runtime, in `GET_SECRET_DAEMON_THREAD=1` mode.
-    daemon: Option<tokio::runtime::Runtime>,
-    buildx: std::process::Child,
+/// The files the policy's `file:` rows read: one on disk, the same on tmpfs (where Docker and
+/// Kubernetes mount secrets, read inline).
+struct Files {
+    token: std::path::PathBuf,
+    tmpfs_token: std::path::PathBuf,
     _dir: tempfile::TempDir,
     _tmpfs_dir: tempfile::TempDir,
 }
 
-impl Bed {
-    fn start() -> Bed {
+impl Files {
+    fn new() -> Files {
         let dir = tempfile::tempdir().unwrap();
         let token = dir.path().join("token");
         std::fs::write(&token, b"file-token-value").unwrap();
-        // The same file on tmpfs, where Docker and Kubernetes mount secrets (read inline).
         let tmpfs_dir = tempfile::tempdir_in("/dev/shm").unwrap();
         let tmpfs_token = tmpfs_dir.path().join("token");
         std::fs::write(&tmpfs_token, b"file-token-value").unwrap();
+        Files {
+            token,
+            tmpfs_token,
+            _dir: dir,
+            _tmpfs_dir: tmpfs_dir,
+        }
+    }
+}
+
+/// The stand-in buildx process, killed on drop.
+struct Buildx(std::process::Child);
+
+impl Drop for Buildx {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Set by the serving process (`GET_SECRET_DAEMON_PROCESS=1`) for the stand-in daemon it
+/// starts: the directory holding the two sessions' sockets.
+const DAEMON_PROCESS_DIR: &str = "GET_SECRET_DAEMON_PROCESS_DIR";
+
+/// What every mode sets up: the runtime, the stand-in buildx process and the two sessions, one
+/// answered by the broker, one by the provider, and the stand-in daemon's client on each.
+///
+/// Where the stand-in daemon runs:
+/// - by default, on the same two tokio workers as the side under test;
+/// - `GET_SECRET_DAEMON_THREAD=1`: on a current-thread runtime of its own (its calls/s then
+///   measure that one caller thread as much as the answering side);
+/// - `GET_SECRET_DAEMON_PROCESS=1`: in a process of its own with two workers, as the real
+///   daemon is, reaching both sessions over unix sockets. This process then serves the
+///   sessions and starts itself again as the daemon ([`serve_daemon_process`]), which runs
+///   the benchmark and reads the serving process's CPU time and context switches from /proc.
+struct Bed {
+    broker: Client,
+    provider: Client,
+    /// The side under test (the broker's session, the provider, the stand-in buildx); in the
+    /// daemon process, the daemon's own runtime.
+    serving: tokio::runtime::Runtime,
+    /// The stand-in daemon's own runtime, in `GET_SECRET_DAEMON_THREAD=1` mode.
+    daemon: Option<tokio::runtime::Runtime>,
+    /// In the daemon process: the serving process, whose counts /proc gives.
+    serving_pid: Option<u32>,
+    _buildx: Option<Buildx>,
+    _files: Option<Files>,
+}
+
+impl Bed {
+    fn start() -> Bed {
+        if let Some(dir) = std::env::var_os(DAEMON_PROCESS_DIR) {
+            let dir = std::path::PathBuf::from(dir);
+            let rt = runtime();
+            let (broker, provider) = rt.block_on(async {
+                let broker = tokio::net::UnixStream::connect(dir.join("broker.sock"))
+                    .await
+                    .expect("connect to the broker's session");
+                let provider = tokio::net::UnixStream::connect(dir.join("provider.sock"))
+                    .await
+                    .expect("connect to the provider's session");
+                (connect_daemon(broker).await, connect_daemon(provider).await)
+            });
+            return Bed {
+                broker,
+                provider,
+                serving: rt,
+                daemon: None,
+                serving_pid: Some(std::os::unix::process::parent_id()),
+                _buildx: None,
+                _files: None,
+            };
+        }
+        let files = Files::new();
         let serving = runtime();
         let daemon = std::env::var_os("GET_SECRET_DAEMON_THREAD").map(|_| {
             tokio::runtime::Builder::new_current_thread()
@@ -273,8 +387,12 @@ impl Bed {
                 .build()
                 .unwrap()
         });
-        let buildx = stand_in_client();
-        let broker_io = serving.block_on(start_session(&token, &tmpfs_token, buildx.id()));
+        let buildx = Buildx(stand_in_client());
+        let broker_io = serving.block_on(start_session(
+            &files.token,
+            &files.tmpfs_token,
+            buildx.0.id(),
+        ));
         let provider_io = serving.block_on(start_provider_session());
         let rt = daemon.as_ref().unwrap_or(&serving);
         let broker = rt.block_on(connect_daemon(broker_io));
@@ -284,25 +402,46 @@ impl Bed {
             provider,
             serving,
             daemon,
-            buildx,
-            _dir: dir,
-            _tmpfs_dir: tmpfs_dir,
+            serving_pid: None,
+            _buildx: Some(buildx),
+            _files: Some(files),
         }
     }
-}
 
-impl Bed {
     /// Where the stand-in daemon's calls run.
     fn rt(&self) -> &tokio::runtime::Runtime {
         self.daemon.as_ref().unwrap_or(&self.serving)
     }
 }
 
-impl Drop for Bed {
-    fn drop(&mut self) {
-        let _ = self.buildx.kill();
-        let _ = self.buildx.wait();
-    }
+/// `GET_SECRET_DAEMON_PROCESS=1`: serves the broker's session and the provider's on two unix
+/// sockets, starts this benchmark again as the stand-in daemon (same arguments and
+/// environment, plus [`DAEMON_PROCESS_DIR`]), serves it until it exits, and returns its exit
+/// code.
+fn serve_daemon_process() -> i32 {
+    let files = Files::new();
+    let sockets = tempfile::tempdir().unwrap();
+    let serving = runtime();
+    let buildx = Buildx(stand_in_client());
+    serving.block_on(async {
+        let broker = tokio::net::UnixListener::bind(sockets.path().join("broker.sock")).unwrap();
+        let provider =
+            tokio::net::UnixListener::bind(sockets.path().join("provider.sock")).unwrap();
+        let mut daemon = tokio::process::Command::new(std::env::current_exe().unwrap())
+            .args(std::env::args_os().skip(1))
+            .env(DAEMON_PROCESS_DIR, sockets.path())
+            .spawn()
+            .expect("start the stand-in daemon process");
+        let (io, _) = broker.accept().await.expect("the daemon's broker session");
+        serve_session(&files.token, &files.tmpfs_token, buildx.0.id(), io);
+        let (io, _) = provider
+            .accept()
+            .await
+            .expect("the daemon's provider session");
+        tokio::spawn(serve_fake_buildx(io));
+        let status = daemon.wait().await.expect("wait for the stand-in daemon");
+        status.code().unwrap_or(1)
+    })
 }
 
 fn bench_get_secret(c: &mut Criterion) {
@@ -349,8 +488,8 @@ fn summary() {
     let load_before = load();
     let mut samples: Vec<Vec<Duration>> = vec![Vec::new(); rows.len()];
     let mut rates: Vec<Vec<f64>> = vec![Vec::new(); rows.len()];
-    // Per row: (calls, allocations, context switches) over the sequential calls.
-    let mut counts: Vec<(u64, u64, u64)> = vec![(0, 0, 0); rows.len()];
+    // Per row, over the sequential calls: the calls, then the [`counts`].
+    let mut totals: Vec<(u64, [u64; 3])> = vec![(0, [0; 3]); rows.len()];
     rt.block_on(async {
         for (_, client, id) in &rows {
             for _ in 0..CALLS {
@@ -364,7 +503,7 @@ fn summary() {
             let r = (k + round) % rows.len();
             let (_, client, id) = rows[r];
             samples[r].reserve(CALLS);
-            let (a0, c0) = (allocations(), context_switches());
+            let before = counts(bed.serving_pid);
             rt.block_on(async {
                 for _ in 0..CALLS {
                     let t = Instant::now();
@@ -372,10 +511,11 @@ fn summary() {
                     samples[r].push(t.elapsed());
                 }
             });
-            let (a1, c1) = (allocations(), context_switches());
-            counts[r].0 += CALLS as u64;
-            counts[r].1 += a1 - a0;
-            counts[r].2 += c1 - c0;
+            let after = counts(bed.serving_pid);
+            totals[r].0 += CALLS as u64;
+            for i in 0..3 {
+                totals[r].1[i] += after[i].saturating_sub(before[i]);
+            }
             let rate = rt.block_on(async {
                 let start = Instant::now();
                 let handles: Vec<_> = (0..TASKS)
@@ -407,7 +547,9 @@ fn summary() {
     };
     println!(
         "\nGetSecret inside a session (2 tokio workers{}), {ROUNDS} interleaved rounds of {CALLS} sequential calls and {CONCURRENT_CALLS} calls from {TASKS} tasks per row",
-        if bed.daemon.is_some() {
+        if bed.serving_pid.is_some() {
+            "; the stand-in daemon in a process of its own, with two more, on unix sockets"
+        } else if bed.daemon.is_some() {
             "; the stand-in daemon on a thread of its own"
         } else {
             ", shared with the stand-in daemon"
@@ -422,14 +564,27 @@ fn summary() {
         let p50 = pct(&mut samples[r], 0.50);
         let p99 = pct(&mut samples[r], 0.99);
         let rate = median(&mut rates[r]);
-        let (calls, allocs, switches) = counts[r];
+        let (calls, [a, b, c]) = totals[r];
+        let per_call = |n: u64| n as f64 / calls as f64;
+        let counted = if bed.serving_pid.is_some() {
+            format!(
+                "serving process {:.1} µs CPU, {:.2} context switches; daemon {:.2} switches",
+                per_call(a) / 1e3,
+                per_call(b),
+                per_call(c)
+            )
+        } else {
+            format!(
+                "{:.1} allocations, {:.2} context switches",
+                per_call(a),
+                per_call(b)
+            )
+        };
         println!(
-            "  {label:<16} p50 {p50:>6.1} µs   p99 {p99:>6.1} µs   {rate:>8.0} calls/s   vs provider: p50 {:.2}x  p99 {:.2}x  calls/s {:.2}x   per call: {:.1} allocations, {:.2} context switches",
+            "  {label:<16} p50 {p50:>6.1} µs   p99 {p99:>6.1} µs   {rate:>8.0} calls/s   vs provider: p50 {:.2}x  p99 {:.2}x  calls/s {:.2}x   per call: {counted}",
             p50 / p50_base,
             p99 / p99_base,
             rate / rate_base,
-            allocs as f64 / calls as f64,
-            switches as f64 / calls as f64,
         );
     }
     println!("load average after:  {}", load().trim());
@@ -469,6 +624,13 @@ fn main() {
     let clearing = std::env::var("BENCH_ZEROIZE_ON_FREE").map_or(true, |v| v != "0");
     if !clearing {
         buildbroker::zeroize_alloc::ZeroizeOnFree::disable_for_benchmark();
+    }
+    // The serving side of `GET_SECRET_DAEMON_PROCESS=1` (see [`Bed`]); the daemon it starts
+    // runs what follows.
+    if std::env::var_os("GET_SECRET_DAEMON_PROCESS").is_some()
+        && std::env::var_os(DAEMON_PROCESS_DIR).is_none()
+    {
+        std::process::exit(serve_daemon_process());
     }
     println!(
         "zeroize-on-free allocator: {}",
