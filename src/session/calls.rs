@@ -28,12 +28,13 @@
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll, Wake, Waker};
 
 use futures_util::FutureExt;
 use futures_util::stream::{FuturesUnordered, StreamExt};
+use futures_util::task::AtomicWaker;
 
 type Call = Pin<Box<dyn Future<Output = ()> + Send>>;
 
@@ -94,14 +95,59 @@ pub(crate) struct Driven<C> {
     conn: Pin<Box<C>>,
     calls: Calls,
     running: FuturesUnordered<Call>,
+    /// What the connection and the calls are polled with: see [`Rounds`].
+    rounds: Arc<Rounds>,
+    waker: Waker,
+}
+
+/// [`Rounds::state`]: the session's task is not inside [`Driven::poll`].
+const IDLE: u8 = 0;
+/// Inside [`Driven::poll`], not woken since the current round began.
+const POLLING: u8 = 1;
+/// Inside [`Driven::poll`], and woken since the current round began: run one more.
+const WOKEN: u8 = 2;
+
+/// The waker [`Driven`] gives the connection and the calls. A wake while the session's task is
+/// polling them comes from the task itself: a call queued its answer and h2 wakes the
+/// connection to write it, or the connection read a call's request body and wakes the call.
+/// Handed to tokio, that wake would re-queue the task as one that yielded, which also wakes a
+/// parked worker to take it: a futex wake and a context switch per GetSecret, measured with
+/// the stand-in daemon in a process of its own (docs/benchmarks.md). So it only asks for one
+/// more round of the same poll; a wake from anywhere else, or after the poll, wakes the task.
+struct Rounds {
+    state: AtomicU8,
+    task: AtomicWaker,
+}
+
+impl Wake for Rounds {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        match self
+            .state
+            .compare_exchange(POLLING, WOKEN, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => {}
+            Err(WOKEN) => {}
+            Err(_) => self.task.wake(),
+        }
+    }
 }
 
 impl<C: Future> Driven<C> {
     pub(crate) fn new(conn: C, calls: Calls) -> Self {
+        let rounds = Arc::new(Rounds {
+            state: AtomicU8::new(IDLE),
+            task: AtomicWaker::new(),
+        });
         Driven {
             conn: Box::pin(conn),
             calls,
             running: FuturesUnordered::new(),
+            waker: Waker::from(rounds.clone()),
+            rounds,
         }
     }
 
@@ -117,9 +163,14 @@ impl<C: Future> Future for Driven<C> {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<C::Output> {
         let this = &mut *self;
         let shared = &*this.calls.shared;
+        let rounds = &*this.rounds;
+        rounds.task.register(cx.waker());
+        rounds.state.store(POLLING, Ordering::Release);
+        let mut inner = Context::from_waker(&this.waker);
         for _ in 0..ROUNDS {
             shared.this_round.store(0, Ordering::Relaxed);
-            if let Poll::Ready(out) = this.conn.as_mut().poll(cx) {
+            if let Poll::Ready(out) = this.conn.as_mut().poll(&mut inner) {
+                rounds.state.store(IDLE, Ordering::Release);
                 return Poll::Ready(out);
             }
             let arrived = std::mem::take(
@@ -131,14 +182,24 @@ impl<C: Future> Future for Driven<C> {
             let mut progress = !arrived.is_empty();
             this.running.extend(arrived);
             // A call that finished has queued its last frames: the next round's connection
-            // poll writes them now rather than after the wake h2 sent this task.
-            while let Poll::Ready(Some(())) = this.running.poll_next_unpin(cx) {
+            // poll writes them now.
+            while let Poll::Ready(Some(())) = this.running.poll_next_unpin(&mut inner) {
                 progress = true;
             }
-            if !progress {
+            // Woken during this round: whoever it was is ready now, so another round.
+            let woken = rounds.state.swap(POLLING, Ordering::AcqRel) == WOKEN;
+            if !progress
+                && !woken
+                && rounds
+                    .state
+                    .compare_exchange(POLLING, IDLE, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+            {
                 return Poll::Pending;
             }
         }
+        // Out of rounds: let the worker's other tasks run, and come back.
+        rounds.state.store(IDLE, Ordering::Release);
         cx.waker().wake_by_ref();
         Poll::Pending
     }
@@ -148,7 +209,7 @@ impl<C: Future> Future for Driven<C> {
 mod tests {
     use std::future::Future;
     use std::pin::Pin;
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use std::sync::{Arc, Mutex};
     use std::time::Duration;
 
@@ -346,5 +407,76 @@ mod tests {
         wait_for(&ran_in, 1).await;
         assert_eq!(*ran_in.lock().unwrap(), vec![Some(session.driver.id())]);
         session.close().await;
+    }
+
+    /// Polls of the session task as tokio makes them, around a [`Driven`].
+    fn counted<C: Future + Unpin>(
+        mut driven: Driven<C>,
+        polls: Arc<AtomicUsize>,
+    ) -> impl Future<Output = C::Output> {
+        std::future::poll_fn(move |cx| {
+            polls.fetch_add(1, Ordering::SeqCst);
+            Pin::new(&mut driven).poll(cx)
+        })
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_wake_from_inside_the_poll_runs_another_round_not_another_poll() {
+        // The connection stand-in hands over a call that wakes the connection, as h2 does
+        // when a call queues its answer, and is done on its next poll.
+        let calls = Calls::default();
+        let executor = calls.clone();
+        let conn_polls = Arc::new(AtomicUsize::new(0));
+        let seen = conn_polls.clone();
+        let conn = std::future::poll_fn(move |cx| {
+            if seen.fetch_add(1, Ordering::SeqCst) == 0 {
+                let waker = cx.waker().clone();
+                executor.execute(async move { waker.wake() });
+                return std::task::Poll::Pending;
+            }
+            std::task::Poll::Ready("answered")
+        });
+        let polls = Arc::new(AtomicUsize::new(0));
+        let task = tokio::spawn(counted(Driven::new(conn, calls), polls.clone()));
+        assert_eq!(task.await.unwrap(), "answered");
+        assert_eq!(conn_polls.load(Ordering::SeqCst), 2);
+        assert_eq!(
+            polls.load(Ordering::SeqCst),
+            1,
+            "the wake went through the scheduler"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn wakes_from_elsewhere_and_endless_self_wakes_still_reach_the_task() {
+        // A connection that wakes itself on every poll: the rounds run out, the task yields
+        // (another poll by tokio) and comes back until it is done.
+        let calls = Calls::default();
+        let mut left = 3 * super::ROUNDS;
+        let conn = std::future::poll_fn(move |cx| {
+            if left == 0 {
+                return std::task::Poll::Ready("done");
+            }
+            left -= 1;
+            cx.waker().wake_by_ref();
+            std::task::Poll::Pending
+        });
+        let polls = Arc::new(AtomicUsize::new(0));
+        let task = tokio::spawn(counted(Driven::new(conn, calls), polls.clone()));
+        let out = tokio::time::timeout(Duration::from_secs(5), task).await;
+        assert_eq!(out.expect("a self-wake was lost").unwrap(), "done");
+        assert!(polls.load(Ordering::SeqCst) >= 3, "never yielded");
+
+        // A wake from another task, after the poll returned, wakes the session task.
+        let calls = Calls::default();
+        let (tx, mut rx) = oneshot::channel::<&'static str>();
+        let conn = std::future::poll_fn(move |cx| Pin::new(&mut rx).poll(cx).map(Result::unwrap));
+        let polls = Arc::new(AtomicUsize::new(0));
+        let task = tokio::spawn(counted(Driven::new(conn, calls), polls.clone()));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        tx.send("woken").unwrap();
+        let out = tokio::time::timeout(Duration::from_secs(5), task).await;
+        assert_eq!(out.expect("the wake was lost").unwrap(), "woken");
+        assert_eq!(polls.load(Ordering::SeqCst), 2);
     }
 }
