@@ -59,6 +59,7 @@ const READ_AHEAD: usize = 256 * 1024;
 pub(crate) const WRITE_COALESCE: usize = 256 * 1024;
 
 pub(crate) use buffered_io::{BufferedIo, defer_flush};
+pub(crate) use calls::wake_after_others;
 
 /// What carries the two halves of a session, which decides the buffering under h2.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

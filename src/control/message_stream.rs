@@ -440,7 +440,7 @@ impl<B: Unpin> AsyncWrite for MessageStream<B> {
             // has ready first, so they leave as one message (as the session's socket buffer
             // does, `session::buffered_io`). It is polled again at once.
             this.deferred = true;
-            cx.waker().wake_by_ref();
+            crate::session::wake_after_others(cx);
             return Poll::Ready(Ok(()));
         }
         this.deferred = false;

@@ -25,6 +25,7 @@
 //! fewer context switches per call when the stand-in daemon shares the workers, 0.4 more when
 //! it has a thread of its own, and latency within the runs' spread either way.
 
+use std::cell::Cell;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
@@ -119,6 +120,22 @@ struct Rounds {
     task: AtomicWaker,
 }
 
+thread_local! {
+    /// Set by [`wake_after_others`] during a poll; read and cleared by [`Driven::poll`], on
+    /// the same thread, before that poll returns.
+    static YIELD: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Wakes `cx`'s task to run again *after* the worker's other ready tasks, not at once: for a
+/// write buffer that deferred a flush so that more frames join it (`buffered_io`,
+/// `control::message_stream`). Those frames come from other tasks (the relay's other half,
+/// the exec stream's pump), so inside [`Driven`] this wake ends the poll and goes through the
+/// scheduler, where another wake from inside the poll only asks for one more round.
+pub(crate) fn wake_after_others(cx: &Context<'_>) {
+    YIELD.set(true);
+    cx.waker().wake_by_ref();
+}
+
 impl Wake for Rounds {
     fn wake(self: Arc<Self>) {
         self.wake_by_ref();
@@ -166,6 +183,7 @@ impl<C: Future> Future for Driven<C> {
         let rounds = &*this.rounds;
         rounds.task.register(cx.waker());
         rounds.state.store(POLLING, Ordering::Release);
+        YIELD.set(false);
         let mut inner = Context::from_waker(&this.waker);
         for _ in 0..ROUNDS {
             shared.this_round.store(0, Ordering::Relaxed);
@@ -186,6 +204,9 @@ impl<C: Future> Future for Driven<C> {
             while let Poll::Ready(Some(())) = this.running.poll_next_unpin(&mut inner) {
                 progress = true;
             }
+            if YIELD.replace(false) {
+                break;
+            }
             // Woken during this round: whoever it was is ready now, so another round.
             let woken = rounds.state.swap(POLLING, Ordering::AcqRel) == WOKEN;
             if !progress
@@ -198,7 +219,8 @@ impl<C: Future> Future for Driven<C> {
                 return Poll::Pending;
             }
         }
-        // Out of rounds: let the worker's other tasks run, and come back.
+        // Out of rounds, or a buffer waits for other tasks' frames: let the worker's other
+        // tasks run, and come back.
         rounds.state.store(IDLE, Ordering::Release);
         cx.waker().wake_by_ref();
         Poll::Pending
@@ -466,6 +488,23 @@ mod tests {
         let out = tokio::time::timeout(Duration::from_secs(5), task).await;
         assert_eq!(out.expect("a self-wake was lost").unwrap(), "done");
         assert!(polls.load(Ordering::SeqCst) >= 3, "never yielded");
+
+        // A buffer that deferred its flush asks to run after the worker's other tasks: that
+        // wake ends the poll and goes through the scheduler.
+        let calls = Calls::default();
+        let mut first = true;
+        let conn = std::future::poll_fn(move |cx| {
+            if std::mem::take(&mut first) {
+                super::wake_after_others(cx);
+                return std::task::Poll::Pending;
+            }
+            std::task::Poll::Ready("flushed")
+        });
+        let polls = Arc::new(AtomicUsize::new(0));
+        let task = tokio::spawn(counted(Driven::new(conn, calls), polls.clone()));
+        let out = tokio::time::timeout(Duration::from_secs(5), task).await;
+        assert_eq!(out.expect("the yield was lost").unwrap(), "flushed");
+        assert_eq!(polls.load(Ordering::SeqCst), 2, "the yield was absorbed");
 
         // A wake from another task, after the poll returned, wakes the session task.
         let calls = Calls::default();
