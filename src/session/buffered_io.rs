@@ -189,7 +189,7 @@ impl<T: Write + Unpin> Write for BufferedIo<T> {
             // how long this can go on). Less than a full frame (a GetSecret answer, headers,
             // window updates) is written at once: waiting would only delay the answer.
             this.deferred = true;
-            super::calls::wake_after_others(cx);
+            super::wake_after_others(cx);
             return Poll::Ready(Ok(()));
         }
         ready!(this.drain(cx))?;
