@@ -6,6 +6,11 @@
 //! HTTP/2 connection, the "build client" a tonic Secrets server, each on an in-memory pipe
 //! instead of a unix socket, so the numbers measure buildbroker rather than the kernel.
 //!
+//! The baseline is the same stand-in daemon calling the same session served by the provider
+//! alone (no broker): answering from memory (`provider`, as buildx's `--secret env=` does) and
+//! reading a file per call (`provider_file*`, as buildx's `--secret src=` does), the
+//! like-for-like baseline of the broker's `file:` rows.
+//!
 //! Run: `cargo bench --bench get_secret` (criterion medians, then a percentile and throughput
 //! summary on stdout). `GET_SECRET_SUMMARY_ONLY=1` prints the summary only;
 //! `GET_SECRET_DAEMON_THREAD=1` gives the stand-in daemon a thread of its own, and
@@ -30,19 +35,40 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio_util::sync::CancellationToken;
 use tower_service::Service;
 
-/// The build client's own provider: answers every id with a fixed value, as buildx's
-/// `--secret` provider would.
-struct FakeBuildx;
+/// The build client's own provider, as buildx's `--secret` provider answers: a fixed value
+/// for any id (`--secret id=X,env=Y` and the like), except two ids that read a file on every
+/// call, as buildx's `--secret id=X,src=PATH` does (BuildKit's `secretsprovider` store calls
+/// `os.ReadFile` per GetSecret, on the calling goroutine): [`PROVIDER_FILE`] the file on disk,
+/// [`PROVIDER_FILE_TMPFS`] the same on tmpfs. Those are the like-for-like baselines of the
+/// broker's `file:` rows.
+struct FakeBuildx {
+    /// The files the two file ids read (on disk, on tmpfs); none on the broker's client side.
+    files: Option<(std::path::PathBuf, std::path::PathBuf)>,
+}
+
+/// The provider's id that reads the file on disk per call.
+const PROVIDER_FILE: &str = "provider_file";
+/// The provider's id that reads the file on tmpfs per call.
+const PROVIDER_FILE_TMPFS: &str = "provider_file_tmpfs";
 
 #[tonic::async_trait]
 impl Secrets for FakeBuildx {
     async fn get_secret(
         &self,
-        _: tonic::Request<GetSecretRequest>,
+        req: tonic::Request<GetSecretRequest>,
     ) -> Result<tonic::Response<GetSecretResponse>, tonic::Status> {
-        Ok(tonic::Response::new(GetSecretResponse {
-            data: b"value-from-the-client-flag".to_vec(),
-        }))
+        let path = match (&self.files, req.get_ref().id.as_str()) {
+            (Some((disk, _)), PROVIDER_FILE) => Some(disk),
+            (Some((_, tmpfs)), PROVIDER_FILE_TMPFS) => Some(tmpfs),
+            _ => None,
+        };
+        let data = match path {
+            Some(path) => {
+                std::fs::read(path).map_err(|e| tonic::Status::internal(e.to_string()))?
+            }
+            None => b"value-from-the-client-flag".to_vec(),
+        };
+        Ok(tonic::Response::new(GetSecretResponse { data }))
     }
 }
 
@@ -192,7 +218,7 @@ fn serve_session<I>(
 
     let (broker_client_side, buildx_io) = tokio::io::duplex(1 << 20);
 
-    tokio::spawn(serve_fake_buildx(buildx_io));
+    tokio::spawn(serve_fake_buildx(buildx_io, None));
     let peer = PeerInfo {
         uid: rustix::process::geteuid().as_raw(),
         gid: rustix::process::getegid().as_raw(),
@@ -217,9 +243,9 @@ fn serve_session<I>(
 /// The baseline (issue 14): the same stand-in daemon calling GetSecret on a session served by
 /// buildx's own kind of provider (the stand-in buildx, answering from memory), with no broker
 /// in between: what a build pays for `--secret` without buildbroker.
-async fn start_provider_session() -> tokio::io::DuplexStream {
+async fn start_provider_session(files: &Files) -> tokio::io::DuplexStream {
     let (daemon_io, buildx_io) = tokio::io::duplex(1 << 20);
-    tokio::spawn(serve_fake_buildx(buildx_io));
+    tokio::spawn(serve_fake_buildx(buildx_io, Some(files.paths())));
     daemon_io
 }
 
@@ -240,11 +266,12 @@ where
 }
 
 /// Serves the stand-in buildx's Secrets provider on one h2 connection.
-async fn serve_fake_buildx<I>(io: I)
+/// `files` (on disk, on tmpfs): the provider's session, whose two file ids read these files.
+async fn serve_fake_buildx<I>(io: I, files: Option<(std::path::PathBuf, std::path::PathBuf)>)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let server = SecretsServer::new(FakeBuildx);
+    let server = SecretsServer::new(FakeBuildx { files });
     let svc = hyper::service::service_fn(move |req| {
         let mut server = server.clone();
         async move {
@@ -313,6 +340,11 @@ impl Files {
             _dir: dir,
             _tmpfs_dir: tmpfs_dir,
         }
+    }
+
+    /// The two files (on disk, on tmpfs), for the provider's file ids.
+    fn paths(&self) -> (std::path::PathBuf, std::path::PathBuf) {
+        (self.token.clone(), self.tmpfs_token.clone())
     }
 }
 
@@ -393,7 +425,7 @@ impl Bed {
             &files.tmpfs_token,
             buildx.0.id(),
         ));
-        let provider_io = serving.block_on(start_provider_session());
+        let provider_io = serving.block_on(start_provider_session(&files));
         let rt = daemon.as_ref().unwrap_or(&serving);
         let broker = rt.block_on(connect_daemon(broker_io));
         let provider = rt.block_on(connect_daemon(provider_io));
@@ -438,7 +470,7 @@ fn serve_daemon_process() -> i32 {
             .accept()
             .await
             .expect("the daemon's provider session");
-        tokio::spawn(serve_fake_buildx(io));
+        tokio::spawn(serve_fake_buildx(io, Some(files.paths())));
         let status = daemon.wait().await.expect("wait for the stand-in daemon");
         status.code().unwrap_or(1)
     })
@@ -461,6 +493,9 @@ fn bench_get_secret(c: &mut Criterion) {
     group.bench_function("provider", |b| {
         b.to_async(rt).iter(|| get(&bed.provider, "any"))
     });
+    for id in [PROVIDER_FILE, PROVIDER_FILE_TMPFS] {
+        group.bench_function(id, |b| b.to_async(rt).iter(|| get(&bed.provider, id)));
+    }
     group.finish();
 }
 
@@ -474,9 +509,12 @@ fn summary() {
     const TASKS: usize = 64;
     let bed = Bed::start();
     let (rt, broker, provider) = (bed.rt(), &bed.broker, &bed.provider);
-    // (label, session, id): the provider answers any id; the others are answered by the broker.
+    // (label, session, id): the provider rows are answered by the stand-in buildx (from memory,
+    // or from a file read per call), the others by the broker.
     let rows: Vec<(&str, &Client, &str)> = vec![
         ("provider", provider, "any"),
+        (PROVIDER_FILE, provider, PROVIDER_FILE),
+        (PROVIDER_FILE_TMPFS, provider, PROVIDER_FILE_TMPFS),
         ("from_env", broker, "from_env"),
         ("from_cache", broker, "from_cache"),
         ("from_file", broker, "from_file"),
@@ -556,14 +594,18 @@ fn summary() {
         }
     );
     println!("load average before: {}", load_before.trim());
-    let (p50_base, p99_base, rate_base) = {
-        let s = &mut samples[0];
-        (pct(s, 0.50), pct(s, 0.99), median(&mut rates[0]))
-    };
+    let figures: Vec<(f64, f64, f64)> = (0..rows.len())
+        .map(|r| {
+            (
+                pct(&mut samples[r], 0.50),
+                pct(&mut samples[r], 0.99),
+                median(&mut rates[r]),
+            )
+        })
+        .collect();
+    let (p50_base, p99_base, rate_base) = figures[0];
     for (r, (label, _, _)) in rows.iter().enumerate() {
-        let p50 = pct(&mut samples[r], 0.50);
-        let p99 = pct(&mut samples[r], 0.99);
-        let rate = median(&mut rates[r]);
+        let (p50, p99, rate) = figures[r];
         let (calls, [a, b, c]) = totals[r];
         let per_call = |n: u64| n as f64 / calls as f64;
         let counted = if bed.serving_pid.is_some() {
@@ -587,6 +629,23 @@ fn summary() {
             rate / rate_base,
         );
     }
+    // The `file:` rows against buildx reading the same file per call (`--secret src=`).
+    let row = |label: &str| rows.iter().position(|(l, _, _)| *l == label).unwrap();
+    println!(
+        "  like for like (the provider reads the same file on every call, as buildx's src= does):"
+    );
+    for (broker_row, provider_row) in [
+        ("from_file", PROVIDER_FILE),
+        ("from_file_tmpfs", PROVIDER_FILE_TMPFS),
+    ] {
+        let (b, p) = (figures[row(broker_row)], figures[row(provider_row)]);
+        println!(
+            "  {broker_row:<16} vs {provider_row}: p50 {:.2}x  p99 {:.2}x  calls/s {:.2}x",
+            b.0 / p.0,
+            b.1 / p.1,
+            b.2 / p.2,
+        );
+    }
     println!("load average after:  {}", load().trim());
 }
 
@@ -599,6 +658,7 @@ fn profile(row: &str, calls: usize) {
     let (rt, broker, provider) = (bed.rt(), &bed.broker, &bed.provider);
     let (client, id) = match row {
         "provider" => (&provider, "any"),
+        PROVIDER_FILE | PROVIDER_FILE_TMPFS => (&provider, row),
         other => (&broker, other),
     };
     rt.block_on(async {
