@@ -13,12 +13,20 @@
 //! This module must never follow the path a second time for the read, and never put file
 //! content in an error.
 //!
-//! The read runs as one blocking task (open, stat and read together) rather than three
-//! `tokio::fs` hops: measured in `benches/get_secret.rs`, this is what keeps a file-backed
-//! GetSecret near the env-backed one. A file last found on a memory file system (tmpfs,
-//! ramfs: Docker's and Kubernetes' secret mounts, `/run`, `/dev/shm`) is read inline instead,
-//! with no hop at all: such a read never waits on a device. A file on a disk or a network file
-//! system (whose reads can wait for seconds) always goes through the blocking pool.
+//! Where the read runs depends on the file system the file was on when last opened (the first
+//! read of a path always runs as one blocking task, open, checks and read together):
+//! - a memory file system (tmpfs, ramfs: Docker's and Kubernetes' secret mounts, `/run`,
+//!   `/dev/shm`): inline, with no hop at all; such a read never waits on a device;
+//! - a local disk file system (ext4, xfs, btrfs): open and checks inline, the content read with
+//!   `RWF_NOWAIT`, so only what the page cache holds is read on the worker; anything else is
+//!   read in the blocking pool, on the same descriptor. This is what buildx itself does
+//!   (`os.ReadFile` on the calling goroutine), minus the wait for the content. (The open and
+//!   the owner checks can still wait for the disk if the kernel evicted the path's metadata
+//!   since the last read: a rare disk read on a worker, never a wait for a server.)
+//! - anything else (NFS, FUSE, SMB, whose every call can wait for a server): the blocking pool.
+//!
+//! Measured in `benches/get_secret.rs` against a provider that reads the same file per call as
+//! buildx's `--secret src=` does (docs/benchmarks.md).
 
 use std::fs::{File, Metadata};
 use std::io::{ErrorKind, Read};
@@ -40,84 +48,223 @@ pub async fn lookup(path: &Path, allow_foreign: &[PathBuf]) -> Result<Lookup, So
     static ROOT: std::sync::LazyLock<bool> =
         std::sync::LazyLock::new(|| rustix::process::geteuid().is_root());
     let trusted = *ROOT && !allow_foreign.iter().any(|p| p == path);
-    if in_memory().is_known(path) {
-        return read_capped(path, trusted);
-    }
+    let pending = match read_modes().of(path) {
+        ReadMode::Pool => None,
+        ReadMode::Memory | ReadMode::LocalDisk => match read_capped(path, trusted, Place::Inline) {
+            Outcome::Done(result) => return result,
+            // Not in the page cache: the rest of the read, on the descriptor already checked,
+            // goes to the blocking pool.
+            Outcome::WouldWait(pending) => Some(pending),
+            // The path now names a file elsewhere: all of it in the pool.
+            Outcome::Elsewhere => None,
+        },
+    };
     let path: PathBuf = path.to_path_buf();
-    tokio::task::spawn_blocking(move || read_capped(&path, trusted))
-        .await
-        .map_err(|e| SourceError::transient(format!("file read task failed: {e}")))?
+    tokio::task::spawn_blocking(move || {
+        match pending {
+            Some(pending) => pending.read(&path, Wait::Yes),
+            None => read_capped(&path, trusted, Place::Pool),
+        }
+        .done()
+    })
+    .await
+    .map_err(|e| SourceError::transient(format!("file read task failed: {e}")))?
 }
 
 /// Memory file systems, by `statfs` magic (linux/magic.h): `TMPFS_MAGIC`, `RAMFS_MAGIC`.
 const MEMORY_FILE_SYSTEMS: [u64; 2] = [0x0102_1994, 0x8584_58f6];
+/// Local disk file systems whose buffered reads honour `RWF_NOWAIT` (linux/magic.h):
+/// `EXT4_SUPER_MAGIC` (ext2/3/4), `XFS_SUPER_MAGIC`, `BTRFS_SUPER_MAGIC`. Network and FUSE file
+/// systems are not among them: their metadata calls can wait for a server, so they always
+/// take the blocking pool.
+const LOCAL_DISK_FILE_SYSTEMS: [u64; 3] = [0xEF53, 0x5846_5342, 0x9123_683E];
 /// The most paths remembered; past it, new ones are read through the blocking pool.
 const MAX_REMEMBERED: usize = 1024;
 
-/// The paths whose file was on a memory file system when last opened.
-#[derive(Default)]
-pub(crate) struct InMemory(std::sync::Mutex<std::collections::BTreeSet<PathBuf>>);
+/// How a path's file is read, from what its file system was when it was last opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ReadMode {
+    /// Not seen yet, or on a file system that is neither of the others: everything (open,
+    /// checks, read) in tokio's blocking pool.
+    Pool,
+    /// On a memory file system (tmpfs, ramfs): everything inline; such a read never waits on
+    /// a device.
+    Memory,
+    /// On a local disk file system: open and checks inline (the path's metadata is in the
+    /// kernel's caches since the last read), the content read with `RWF_NOWAIT`, and whatever
+    /// the page cache does not hold read in the blocking pool.
+    LocalDisk,
+}
 
-impl InMemory {
-    pub(crate) fn is_known(&self, path: &Path) -> bool {
+/// Per path: the read mode and the file system (`st_dev`) it was decided for; `statfs` is
+/// asked again only when the file turns up on another device.
+#[derive(Default)]
+pub(crate) struct ReadModes(std::sync::Mutex<std::collections::BTreeMap<PathBuf, (ReadMode, u64)>>);
+
+impl ReadModes {
+    pub(crate) fn of(&self, path: &Path) -> ReadMode {
         self.0
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .contains(path)
+            .get(path)
+            .map_or(ReadMode::Pool, |(mode, _)| *mode)
     }
 
-    fn note(&self, path: &Path, file: &File) {
-        let on_memory = rustix::fs::fstatfs(file)
-            .is_ok_and(|fs| MEMORY_FILE_SYSTEMS.contains(&(fs.f_type as u64)));
+    /// Records the mode for the file just opened at `path`, and returns it.
+    fn note(&self, path: &Path, file: &File, meta: &Metadata) -> ReadMode {
+        let dev = meta.dev();
+        {
+            let known = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((mode, _)) = known.get(path).filter(|(_, d)| *d == dev) {
+                return *mode;
+            }
+        }
+        let mode = match rustix::fs::fstatfs(file).map(|fs| fs.f_type as u64) {
+            Ok(magic) if MEMORY_FILE_SYSTEMS.contains(&magic) => ReadMode::Memory,
+            Ok(magic) if LOCAL_DISK_FILE_SYSTEMS.contains(&magic) => ReadMode::LocalDisk,
+            _ => ReadMode::Pool,
+        };
+        self.set(path, mode, dev);
+        mode
+    }
+
+    fn set(&self, path: &Path, mode: ReadMode, dev: u64) {
         let mut known = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if !on_memory {
-            known.remove(path);
-        } else if known.len() < MAX_REMEMBERED && !known.contains(path) {
-            known.insert(path.to_path_buf());
+        if let Some(entry) = known.get_mut(path) {
+            *entry = (mode, dev);
+        } else if known.len() < MAX_REMEMBERED {
+            known.insert(path.to_path_buf(), (mode, dev));
         }
     }
 }
 
-pub(crate) fn in_memory() -> &'static InMemory {
-    static IN_MEMORY: std::sync::LazyLock<InMemory> = std::sync::LazyLock::new(InMemory::default);
-    &IN_MEMORY
+pub(crate) fn read_modes() -> &'static ReadModes {
+    static READ_MODES: std::sync::LazyLock<ReadModes> =
+        std::sync::LazyLock::new(ReadModes::default);
+    &READ_MODES
+}
+
+/// Where a read runs: on a tokio worker, or in the blocking pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Place {
+    /// On a worker: a file found on a memory file system is read whole, one on a local disk
+    /// as far as the page cache holds it, and one anywhere else not at all.
+    Inline,
+    Pool,
+}
+
+/// Whether a read may wait for the device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Wait {
+    Yes,
+    /// Only what the page cache holds (`RWF_NOWAIT`); the rest is handed back.
+    No,
+}
+
+/// A read that ended, one that would have had to wait for the device, or one that does not
+/// belong on a worker at all (the file is no longer on a file system read inline).
+pub(super) enum Outcome {
+    Done(Result<Lookup, SourceError>),
+    WouldWait(Pending),
+    Elsewhere,
+}
+
+impl Outcome {
+    pub(super) fn done(self) -> Result<Lookup, SourceError> {
+        match self {
+            Outcome::Done(result) => result,
+            // Only an inline read hands back its rest or itself.
+            Outcome::WouldWait(_) | Outcome::Elsewhere => {
+                Err(SourceError::transient("file read did not finish"))
+            }
+        }
+    }
+}
+
+/// An opened and checked file, and what has been read of it so far.
+pub(super) struct Pending {
+    file: File,
+    fill: SecretFill,
+    dev: u64,
+}
+
+impl Pending {
+    /// Reads to the end of the file, never past the size it had when opened.
+    pub(super) fn read(mut self, path: &Path, wait: Wait) -> Outcome {
+        loop {
+            let Some(spare) = self.fill.spare() else {
+                return Outcome::Done(Err(SourceError::transient(
+                    "file changed size while being read; try again",
+                )));
+            };
+            let got = match wait {
+                Wait::Yes => self.file.read(spare),
+                // u64::MAX: at (and advancing) the file's own offset, as read(2) does.
+                Wait::No => rustix::io::preadv2(
+                    &self.file,
+                    &mut [std::io::IoSliceMut::new(spare)],
+                    u64::MAX,
+                    rustix::io::ReadWriteFlags::NOWAIT,
+                )
+                .map_err(std::io::Error::from),
+            };
+            match got {
+                Ok(0) => break,
+                Ok(n) => self.fill.advance(n),
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) if wait == Wait::No && e.kind() == ErrorKind::WouldBlock => {
+                    return Outcome::WouldWait(self);
+                }
+                Err(e)
+                    if wait == Wait::No
+                        && e.raw_os_error()
+                            == Some(rustix::io::Errno::OPNOTSUPP.raw_os_error()) =>
+                {
+                    // This file system takes no RWF_NOWAIT: from now on the path goes to the
+                    // pool whole.
+                    read_modes().set(path, ReadMode::Pool, self.dev);
+                    return Outcome::WouldWait(self);
+                }
+                Err(e) => {
+                    return Outcome::Done(Err(SourceError::permanent(format!("cannot read: {e}"))));
+                }
+            }
+        }
+        Outcome::Done(Ok(Lookup::Found(self.fill.finish())))
+    }
 }
 
 /// Opens `path` without blocking and reads it; `check_owners` applies the root daemon's rule
-/// that only root may be able to write the file and the directories leading to it.
-fn read_capped(path: &Path, check_owners: bool) -> Result<Lookup, SourceError> {
-    let (mut file, meta) = match open_regular(path) {
+/// that only root may be able to write the file and the directories leading to it. Inline,
+/// the file system the opened file is on decides how (or whether) it is read ([`Place`]).
+pub(super) fn read_capped(path: &Path, check_owners: bool, place: Place) -> Outcome {
+    let (file, meta) = match open_regular(path) {
         Ok(Some(opened)) => opened,
-        Ok(None) => return Ok(Lookup::Missing("no such file".into())),
-        Err(message) => return Err(SourceError::permanent(message)),
+        Ok(None) => return Outcome::Done(Ok(Lookup::Missing("no such file".into()))),
+        Err(message) => return Outcome::Done(Err(SourceError::permanent(message))),
     };
-    in_memory().note(path, &file);
-    if check_owners {
-        check_foreign(path, &file, &meta)?;
+    let wait = match (place, read_modes().note(path, &file, &meta)) {
+        (Place::Pool, _) | (Place::Inline, ReadMode::Memory) => Wait::Yes,
+        (Place::Inline, ReadMode::LocalDisk) => Wait::No,
+        (Place::Inline, ReadMode::Pool) => return Outcome::Elsewhere,
+    };
+    if check_owners && let Err(e) = check_foreign(path, &file, &meta) {
+        return Outcome::Done(Err(e));
     }
     if meta.len() > MAX_SECRET_BYTES as u64 {
-        return Err(SourceError::permanent(format!(
+        return Outcome::Done(Err(SourceError::permanent(format!(
             "file is {} bytes, over the {MAX_SECRET_BYTES}-byte limit that buildx and BuildKit accept",
             meta.len()
-        )));
+        ))));
     }
     // Allocate once for the size we expect, so no reallocation leaves an unzeroized copy
     // behind, and never read past that capacity: a file that grew meanwhile is an error.
-    let mut fill = SecretFill::new(meta.len() as usize + 1);
-    loop {
-        let Some(spare) = fill.spare() else {
-            return Err(SourceError::transient(
-                "file changed size while being read; try again",
-            ));
-        };
-        match file.read(spare) {
-            Ok(0) => break,
-            Ok(n) => fill.advance(n),
-            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-            Err(e) => return Err(SourceError::permanent(format!("cannot read: {e}"))),
-        }
+    Pending {
+        file,
+        fill: SecretFill::new(meta.len() as usize + 1),
+        dev: meta.dev(),
     }
-    Ok(Lookup::Found(fill.finish()))
+    .read(path, wait)
 }
 
 /// Opens `path` for reading without blocking and without becoming its controlling terminal,

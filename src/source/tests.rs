@@ -533,28 +533,46 @@ fn foreign_files_rule() {
     assert_eq!(foreign_in(&own_link), None);
 }
 
+/// The `statfs` magic of the file system `p` is on.
+fn fs_magic(p: &std::path::Path) -> u64 {
+    let dir = std::fs::File::open(p).unwrap();
+    rustix::fs::fstatfs(&dir).unwrap().f_type as u64
+}
+
+/// The read mode [`file::ReadModes`] should settle on for a file on `p`'s file system.
+fn expected_mode(p: &std::path::Path) -> file::ReadMode {
+    match fs_magic(p) {
+        0x0102_1994 | 0x8584_58f6 => file::ReadMode::Memory,
+        0xEF53 | 0x5846_5342 | 0x9123_683E => file::ReadMode::LocalDisk,
+        _ => file::ReadMode::Pool,
+    }
+}
+
 /// A file on a memory file system is read inline once seen there; one on any other file
 /// system keeps going through the blocking pool. Inline or not, the same checks and answers.
 #[tokio::test]
 async fn files_on_memory_file_systems_are_read_inline_after_the_first_read() {
-    let on_memory = |p: &std::path::Path| {
-        let dir = std::fs::File::open(p).unwrap();
-        let magic = rustix::fs::fstatfs(&dir).unwrap().f_type as u64;
-        [0x0102_1994u64, 0x8584_58f6].contains(&magic)
-    };
     let shm = std::path::Path::new("/dev/shm");
-    assert!(on_memory(shm), "the test needs /dev/shm on tmpfs");
+    assert_eq!(
+        expected_mode(shm),
+        file::ReadMode::Memory,
+        "the test needs /dev/shm on tmpfs"
+    );
     let dir = tempfile::tempdir_in(shm).unwrap();
     let path = dir.path().join("token");
     std::fs::write(&path, b"in-memory\n").unwrap();
     let spec = SourceSpec::File(path.clone());
-    assert!(!file::in_memory().is_known(&path));
+    assert_eq!(file::read_modes().of(&path), file::ReadMode::Pool);
     for _ in 0..2 {
         match lookup(&spec, "x", ctx()).await {
             Ok(Lookup::Found(v)) => assert_eq!(v.expose(), b"in-memory\n"),
             _ => panic!("expected the file's bytes"),
         }
-        assert!(file::in_memory().is_known(&path), "seen on tmpfs");
+        assert_eq!(
+            file::read_modes().of(&path),
+            file::ReadMode::Memory,
+            "seen on tmpfs"
+        );
     }
     // Replaced by a FIFO: still refused at once, inline or not.
     std::fs::remove_file(&path).unwrap();
@@ -582,7 +600,100 @@ async fn files_on_memory_file_systems_are_read_inline_after_the_first_read() {
             .is_ok()
     );
     assert_eq!(
-        file::in_memory().is_known(&path),
-        on_memory(elsewhere.path())
+        file::read_modes().of(&path),
+        expected_mode(elsewhere.path())
     );
+}
+
+/// A directory on a local disk file system (ext4, xfs, btrfs), where `file:` reads inline
+/// what the page cache holds; the test bed's machines have one.
+fn local_disk_dir() -> tempfile::TempDir {
+    let candidates = [env!("CARGO_MANIFEST_DIR"), "/var/tmp", "/tmp"];
+    let dir = candidates
+        .iter()
+        .map(std::path::Path::new)
+        .find(|p| expected_mode(p) == file::ReadMode::LocalDisk)
+        .unwrap_or_else(|| {
+            panic!("the test needs one of {candidates:?} on ext4, xfs or btrfs (a local disk)")
+        });
+    tempfile::tempdir_in(dir).unwrap()
+}
+
+/// On a local disk, a file seen before is opened and checked inline and read with
+/// `RWF_NOWAIT`: from the page cache it is read whole without a hop; evicted from it, the read
+/// stops before waiting and the rest is read, on the same descriptor, where waiting is
+/// allowed. Either way the answer is the file's bytes.
+#[tokio::test]
+async fn files_on_a_local_disk_read_inline_only_what_the_page_cache_holds() {
+    let dir = local_disk_dir();
+    let path = dir.path().join("token");
+    let value = b"on-a-local-disk\n".repeat(300);
+    std::fs::write(&path, &value).unwrap();
+    let spec = SourceSpec::File(path.clone());
+    for _ in 0..2 {
+        match lookup(&spec, "x", ctx()).await {
+            Ok(Lookup::Found(v)) => assert_eq!(v.expose(), &value[..]),
+            _ => panic!("expected the file's bytes"),
+        }
+        assert_eq!(file::read_modes().of(&path), file::ReadMode::LocalDisk);
+    }
+
+    // Cached: read whole without waiting.
+    match file::read_capped(&path, false, file::Place::Inline) {
+        file::Outcome::Done(Ok(Lookup::Found(v))) => assert_eq!(v.expose(), &value[..]),
+        file::Outcome::Done(_) => panic!("expected the file's bytes"),
+        file::Outcome::WouldWait(_) | file::Outcome::Elsewhere => {
+            panic!("a cached file was not read inline")
+        }
+    }
+
+    // Evicted from the page cache (written back first, so the pages are clean).
+    let evict = || {
+        let f = std::fs::File::open(&path).unwrap();
+        f.sync_all().unwrap();
+        rustix::fs::fadvise(&f, 0, None, rustix::fs::Advice::DontNeed).unwrap();
+    };
+    evict();
+    let pending = match file::read_capped(&path, false, file::Place::Inline) {
+        file::Outcome::WouldWait(pending) => pending,
+        file::Outcome::Done(_) | file::Outcome::Elsewhere => {
+            panic!("an evicted file was read without waiting")
+        }
+    };
+    match pending.read(&path, file::Wait::Yes).done() {
+        Ok(Lookup::Found(v)) => assert_eq!(v.expose(), &value[..]),
+        _ => panic!("expected the file's bytes from the rest of the read"),
+    }
+    // And through `lookup`, which hands the rest to the blocking pool.
+    evict();
+    match lookup(&spec, "x", ctx()).await {
+        Ok(Lookup::Found(v)) => assert_eq!(v.expose(), &value[..]),
+        _ => panic!("expected the file's bytes"),
+    }
+
+    // The path now names a file on tmpfs (through a symlink): the inline read sees another
+    // device and reads it as a memory file system's, without RWF_NOWAIT (which tmpfs may not
+    // take) and without giving up on inline reads for the path.
+    let shm = tempfile::tempdir_in("/dev/shm").unwrap();
+    let moved = shm.path().join("token");
+    std::fs::write(&moved, b"moved to tmpfs").unwrap();
+    std::fs::remove_file(&path).unwrap();
+    std::os::unix::fs::symlink(&moved, &path).unwrap();
+    for _ in 0..2 {
+        match lookup(&spec, "x", ctx()).await {
+            Ok(Lookup::Found(v)) => assert_eq!(v.expose(), b"moved to tmpfs"),
+            _ => panic!("expected the moved file's bytes"),
+        }
+        assert_eq!(file::read_modes().of(&path), file::ReadMode::Memory);
+    }
+
+    // And now a file on procfs, read inline on neither: the inline attempt stops before any
+    // check or read, and the path goes to the blocking pool from then on.
+    std::fs::remove_file(&path).unwrap();
+    std::os::unix::fs::symlink("/proc/version", &path).unwrap();
+    assert!(matches!(
+        file::read_capped(&path, false, file::Place::Inline),
+        file::Outcome::Elsewhere
+    ));
+    assert_eq!(file::read_modes().of(&path), file::ReadMode::Pool);
 }
