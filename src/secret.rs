@@ -100,6 +100,12 @@ impl SecretFill {
         self.value.buffer_mut().advance(n);
     }
 
+    /// How many bytes are in so far.
+    #[cfg(test)]
+    pub(crate) fn filled(&self) -> usize {
+        self.value.len()
+    }
+
     /// The bytes read so far.
     pub(crate) fn finish(self) -> SecretBytes {
         self.value

@@ -20,10 +20,18 @@
 //! - a local disk file system (ext4, xfs, btrfs): open and checks inline, the content read with
 //!   `RWF_NOWAIT`, so only what the page cache holds is read on the worker; anything else is
 //!   read in the blocking pool, on the same descriptor. This is what buildx itself does
-//!   (`os.ReadFile` on the calling goroutine), minus the wait for the content. (The open and
-//!   the owner checks can still wait for the disk if the kernel evicted the path's metadata
-//!   since the last read: a rare disk read on a worker, never a wait for a server.)
+//!   (`os.ReadFile` on the calling goroutine), minus the wait for the content;
 //! - anything else (NFS, FUSE, SMB, whose every call can wait for a server): the blocking pool.
+//!
+//! An inline open resolves the path from the kernel's caches alone (`openat2` with
+//! `RESOLVE_CACHED`): a step that needs a disk read, a server's answer or a write (a new
+//! symlink's access time) fails it, and the pool does it all; so does a kernel before 5.12.
+//! Root's owner walk then stats the steps that open just found cached. The file system is asked
+//! again (`fstatfs` of the opened file) on every read, so a path that now names a file
+//! elsewhere is read as that file system's at once; the one call that can still reach a server
+//! on a worker is that `fstatfs`, once, on the first read after a path was re-pointed to a
+//! network file system whose entries were already cached. A read can update the file's access
+//! time, which on ext4 and xfs joins the journal (with relatime: at most daily per file).
 //!
 //! Measured in `benches/get_secret.rs` against a provider that reads the same file per call as
 //! buildx's `--secret src=` does (docs/benchmarks.md).
@@ -55,20 +63,36 @@ pub async fn lookup(path: &Path, allow_foreign: &[PathBuf]) -> Result<Lookup, So
             // Not in the page cache: the rest of the read, on the descriptor already checked,
             // goes to the blocking pool.
             Outcome::WouldWait(pending) => Some(pending),
-            // The path now names a file elsewhere: all of it in the pool.
+            // Resolving the path would have to wait, or it now names a file on a file system
+            // read in the pool: all of it in the pool.
             Outcome::Elsewhere => None,
         },
     };
     let path: PathBuf = path.to_path_buf();
     tokio::task::spawn_blocking(move || {
+        #[cfg(test)]
+        {
+            *POOL_READS.lock().unwrap().entry(path.clone()).or_default() += 1;
+        }
         match pending {
-            Some(pending) => pending.read(&path, Wait::Yes),
+            Some(pending) => pending.read(Wait::Yes),
             None => read_capped(&path, trusted, Place::Pool),
         }
         .done()
     })
     .await
     .map_err(|e| SourceError::transient(format!("file read task failed: {e}")))?
+}
+
+/// Per path, the lookups that went to the blocking pool (for the tests that check a read
+/// stayed inline).
+#[cfg(test)]
+static POOL_READS: std::sync::Mutex<std::collections::BTreeMap<PathBuf, usize>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+
+#[cfg(test)]
+pub(super) fn pool_reads(path: &Path) -> usize {
+    POOL_READS.lock().unwrap().get(path).copied().unwrap_or(0)
 }
 
 /// Memory file systems, by `statfs` magic (linux/magic.h): `TMPFS_MAGIC`, `RAMFS_MAGIC`.
@@ -81,25 +105,29 @@ const LOCAL_DISK_FILE_SYSTEMS: [u64; 3] = [0xEF53, 0x5846_5342, 0x9123_683E];
 /// The most paths remembered; past it, new ones are read through the blocking pool.
 const MAX_REMEMBERED: usize = 1024;
 
+/// Set once a read with `RWF_NOWAIT` was refused as such (a kernel or a sandbox without it):
+/// from then on files on local disks are read in the pool, as on any other file system.
+static NOWAIT_REFUSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// How a path's file is read, from what its file system was when it was last opened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ReadMode {
     /// Not seen yet, or on a file system that is neither of the others: everything (open,
     /// checks, read) in tokio's blocking pool.
     Pool,
-    /// On a memory file system (tmpfs, ramfs): everything inline; such a read never waits on
-    /// a device.
+    /// On a memory file system (tmpfs, ramfs): read inline; such a read never waits on a
+    /// device.
     Memory,
-    /// On a local disk file system: open and checks inline (the path's metadata is in the
-    /// kernel's caches since the last read), the content read with `RWF_NOWAIT`, and whatever
-    /// the page cache does not hold read in the blocking pool.
+    /// On a local disk file system: open and checks inline, the content read with
+    /// `RWF_NOWAIT`, and whatever the page cache does not hold read in the blocking pool.
     LocalDisk,
 }
 
-/// Per path: the read mode and the file system (`st_dev`) it was decided for; `statfs` is
-/// asked again only when the file turns up on another device.
+/// The paths whose file was, when last opened, on a file system read inline, and which one.
+/// Asked again (`fstatfs` of the opened file) on every read, so a path that now names a file
+/// elsewhere is read as that file system's at once.
 #[derive(Default)]
-pub(crate) struct ReadModes(std::sync::Mutex<std::collections::BTreeMap<PathBuf, (ReadMode, u64)>>);
+pub(crate) struct ReadModes(std::sync::Mutex<std::collections::BTreeMap<PathBuf, ReadMode>>);
 
 impl ReadModes {
     pub(crate) fn of(&self, path: &Path) -> ReadMode {
@@ -107,34 +135,31 @@ impl ReadModes {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(path)
-            .map_or(ReadMode::Pool, |(mode, _)| *mode)
+            .copied()
+            .unwrap_or(ReadMode::Pool)
     }
 
     /// Records the mode for the file just opened at `path`, and returns it.
-    fn note(&self, path: &Path, file: &File, meta: &Metadata) -> ReadMode {
-        let dev = meta.dev();
-        {
-            let known = self.0.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some((mode, _)) = known.get(path).filter(|(_, d)| *d == dev) {
-                return *mode;
-            }
-        }
+    fn note(&self, path: &Path, file: &File) -> ReadMode {
         let mode = match rustix::fs::fstatfs(file).map(|fs| fs.f_type as u64) {
             Ok(magic) if MEMORY_FILE_SYSTEMS.contains(&magic) => ReadMode::Memory,
-            Ok(magic) if LOCAL_DISK_FILE_SYSTEMS.contains(&magic) => ReadMode::LocalDisk,
+            Ok(magic)
+                if LOCAL_DISK_FILE_SYSTEMS.contains(&magic)
+                    && !NOWAIT_REFUSED.load(std::sync::atomic::Ordering::Relaxed) =>
+            {
+                ReadMode::LocalDisk
+            }
             _ => ReadMode::Pool,
         };
-        self.set(path, mode, dev);
-        mode
-    }
-
-    fn set(&self, path: &Path, mode: ReadMode, dev: u64) {
         let mut known = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(entry) = known.get_mut(path) {
-            *entry = (mode, dev);
+        if mode == ReadMode::Pool {
+            known.remove(path);
+        } else if let Some(entry) = known.get_mut(path) {
+            *entry = mode;
         } else if known.len() < MAX_REMEMBERED {
-            known.insert(path.to_path_buf(), (mode, dev));
+            known.insert(path.to_path_buf(), mode);
         }
+        mode
     }
 }
 
@@ -185,12 +210,17 @@ impl Outcome {
 pub(super) struct Pending {
     file: File,
     fill: SecretFill,
-    dev: u64,
 }
 
 impl Pending {
+    /// How many bytes were read before the read stopped.
+    #[cfg(test)]
+    pub(super) fn read_so_far(&self) -> usize {
+        self.fill.filled()
+    }
+
     /// Reads to the end of the file, never past the size it had when opened.
-    pub(super) fn read(mut self, path: &Path, wait: Wait) -> Outcome {
+    pub(super) fn read(mut self, wait: Wait) -> Outcome {
         loop {
             let Some(spare) = self.fill.spare() else {
                 return Outcome::Done(Err(SourceError::transient(
@@ -215,14 +245,17 @@ impl Pending {
                 Err(e) if wait == Wait::No && e.kind() == ErrorKind::WouldBlock => {
                     return Outcome::WouldWait(self);
                 }
-                Err(e)
-                    if wait == Wait::No
-                        && e.raw_os_error()
-                            == Some(rustix::io::Errno::OPNOTSUPP.raw_os_error()) =>
-                {
-                    // This file system takes no RWF_NOWAIT: from now on the path goes to the
-                    // pool whole.
-                    read_modes().set(path, ReadMode::Pool, self.dev);
+                // Any other error of the read that may not wait is asked again where waiting
+                // is allowed, which reports it if it is the file's. One that says the kernel
+                // (or a seccomp sandbox) does not take RWF_NOWAIT at all stops inline reads
+                // from local disks for good.
+                Err(e) if wait == Wait::No => {
+                    use rustix::io::Errno;
+                    let refused = [Errno::OPNOTSUPP, Errno::NOSYS, Errno::INVAL, Errno::PERM]
+                        .map(|e| e.raw_os_error());
+                    if e.raw_os_error().is_some_and(|raw| refused.contains(&raw)) {
+                        NOWAIT_REFUSED.store(true, std::sync::atomic::Ordering::Relaxed);
+                    }
                     return Outcome::WouldWait(self);
                 }
                 Err(e) => {
@@ -238,12 +271,30 @@ impl Pending {
 /// that only root may be able to write the file and the directories leading to it. Inline,
 /// the file system the opened file is on decides how (or whether) it is read ([`Place`]).
 pub(super) fn read_capped(path: &Path, check_owners: bool, place: Place) -> Outcome {
-    let (file, meta) = match open_regular(path) {
+    let opened = match place {
+        Place::Pool => open_regular(path),
+        // Inline, the path is resolved from the kernel's caches only (`RESOLVE_CACHED`):
+        // a step that needs a disk read or a server's answer (NFS revalidation, an automount)
+        // fails with EAGAIN instead of waiting, and then the pool does it all. So does a kernel
+        // without openat2 (before 5.6) or RESOLVE_CACHED (before 5.12).
+        Place::Inline => match rustix::fs::openat2(
+            rustix::fs::CWD,
+            path,
+            READ_FLAGS,
+            Mode::empty(),
+            rustix::fs::ResolveFlags::CACHED,
+        ) {
+            Ok(fd) => accept_regular(path, fd).map(Some),
+            Err(rustix::io::Errno::NOENT) => Ok(None),
+            Err(_) => return Outcome::Elsewhere,
+        },
+    };
+    let (file, meta) = match opened {
         Ok(Some(opened)) => opened,
         Ok(None) => return Outcome::Done(Ok(Lookup::Missing("no such file".into()))),
         Err(message) => return Outcome::Done(Err(SourceError::permanent(message))),
     };
-    let wait = match (place, read_modes().note(path, &file, &meta)) {
+    let wait = match (place, read_modes().note(path, &file)) {
         (Place::Pool, _) | (Place::Inline, ReadMode::Memory) => Wait::Yes,
         (Place::Inline, ReadMode::LocalDisk) => Wait::No,
         (Place::Inline, ReadMode::Pool) => return Outcome::Elsewhere,
@@ -262,17 +313,15 @@ pub(super) fn read_capped(path: &Path, check_owners: bool, place: Place) -> Outc
     Pending {
         file,
         fill: SecretFill::new(meta.len() as usize + 1),
-        dev: meta.dev(),
     }
-    .read(path, wait)
+    .read(wait)
 }
 
 /// Opens `path` for reading without blocking and without becoming its controlling terminal,
 /// and accepts it only if the opened descriptor is a regular file; `None` when it does not
 /// exist. Shared with the other files the daemon reads at request time (known_hosts).
 pub(crate) fn open_regular(path: &Path) -> Result<Option<(File, Metadata)>, String> {
-    let flags = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC | OFlags::NOCTTY;
-    let fd = match rustix::fs::open(path, flags, Mode::empty()) {
+    let fd = match rustix::fs::open(path, READ_FLAGS, Mode::empty()) {
         Ok(fd) => fd,
         Err(rustix::io::Errno::NOENT) => return Ok(None),
         Err(e) => {
@@ -283,6 +332,18 @@ pub(crate) fn open_regular(path: &Path) -> Result<Option<(File, Metadata)>, Stri
             ));
         }
     };
+    accept_regular(path, fd).map(Some)
+}
+
+/// How every file is opened: read-only, never waiting for a FIFO's writer, never becoming the
+/// controlling terminal.
+const READ_FLAGS: OFlags = OFlags::RDONLY
+    .union(OFlags::NONBLOCK)
+    .union(OFlags::CLOEXEC)
+    .union(OFlags::NOCTTY);
+
+/// The descriptor `path` was opened as, if it is a regular file.
+fn accept_regular(path: &Path, fd: rustix::fd::OwnedFd) -> Result<(File, Metadata), String> {
     let file = File::from(fd);
     let meta = file
         .metadata()
@@ -295,7 +356,7 @@ pub(crate) fn open_regular(path: &Path) -> Result<Option<(File, Metadata)>, Stri
             describe(kind)
         ));
     }
-    Ok(Some((file, meta)))
+    Ok((file, meta))
 }
 
 fn describe(kind: FileType) -> &'static str {

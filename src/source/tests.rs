@@ -563,7 +563,7 @@ async fn files_on_memory_file_systems_are_read_inline_after_the_first_read() {
     std::fs::write(&path, b"in-memory\n").unwrap();
     let spec = SourceSpec::File(path.clone());
     assert_eq!(file::read_modes().of(&path), file::ReadMode::Pool);
-    for _ in 0..2 {
+    for _ in 0..3 {
         match lookup(&spec, "x", ctx()).await {
             Ok(Lookup::Found(v)) => assert_eq!(v.expose(), b"in-memory\n"),
             _ => panic!("expected the file's bytes"),
@@ -572,6 +572,11 @@ async fn files_on_memory_file_systems_are_read_inline_after_the_first_read() {
             file::read_modes().of(&path),
             file::ReadMode::Memory,
             "seen on tmpfs"
+        );
+        assert_eq!(
+            file::pool_reads(&path),
+            1,
+            "only the first read in the pool"
         );
     }
     // Replaced by a FIFO: still refused at once, inline or not.
@@ -608,7 +613,8 @@ async fn files_on_memory_file_systems_are_read_inline_after_the_first_read() {
 /// A directory on a local disk file system (ext4, xfs, btrfs), where `file:` reads inline
 /// what the page cache holds; the test bed's machines have one.
 fn local_disk_dir() -> tempfile::TempDir {
-    let candidates = [env!("CARGO_MANIFEST_DIR"), "/var/tmp", "/tmp"];
+    // The checkout last: a root test run in a user's checkout would meet root's owner rule.
+    let candidates = ["/var/tmp", "/tmp", env!("CARGO_MANIFEST_DIR")];
     let dir = candidates
         .iter()
         .map(std::path::Path::new)
@@ -621,21 +627,24 @@ fn local_disk_dir() -> tempfile::TempDir {
 
 /// On a local disk, a file seen before is opened and checked inline and read with
 /// `RWF_NOWAIT`: from the page cache it is read whole without a hop; evicted from it, the read
-/// stops before waiting and the rest is read, on the same descriptor, where waiting is
-/// allowed. Either way the answer is the file's bytes.
+/// stops before waiting and the rest is read, on the same descriptor and from where it
+/// stopped, where waiting is allowed. Either way the answer is the file's bytes.
 #[tokio::test]
 async fn files_on_a_local_disk_read_inline_only_what_the_page_cache_holds() {
     let dir = local_disk_dir();
     let path = dir.path().join("token");
-    let value = b"on-a-local-disk\n".repeat(300);
+    // Three pages and a bit, no two alike, so a read resumed at the wrong offset shows.
+    let value: Vec<u8> = (0..12_300u32).map(|i| (i % 251) as u8).collect();
     std::fs::write(&path, &value).unwrap();
     let spec = SourceSpec::File(path.clone());
-    for _ in 0..2 {
+    for reads in 1..=3 {
         match lookup(&spec, "x", ctx()).await {
             Ok(Lookup::Found(v)) => assert_eq!(v.expose(), &value[..]),
             _ => panic!("expected the file's bytes"),
         }
         assert_eq!(file::read_modes().of(&path), file::ReadMode::LocalDisk);
+        // The first read learns the file system in the pool; the others stay on the worker.
+        assert_eq!(file::pool_reads(&path), 1, "after {reads} reads");
     }
 
     // Cached: read whole without waiting.
@@ -647,53 +656,86 @@ async fn files_on_a_local_disk_read_inline_only_what_the_page_cache_holds() {
         }
     }
 
-    // Evicted from the page cache (written back first, so the pages are clean).
-    let evict = || {
+    // Evicted from the page cache (written back first, so its pages are clean), except its
+    // first page when `first_page`, read back with readahead off.
+    let evict = |first_page: bool| {
         let f = std::fs::File::open(&path).unwrap();
         f.sync_all().unwrap();
         rustix::fs::fadvise(&f, 0, None, rustix::fs::Advice::DontNeed).unwrap();
-    };
-    evict();
-    let pending = match file::read_capped(&path, false, file::Place::Inline) {
-        file::Outcome::WouldWait(pending) => pending,
-        file::Outcome::Done(_) | file::Outcome::Elsewhere => {
-            panic!("an evicted file was read without waiting")
+        if first_page {
+            let g = std::fs::File::open(&path).unwrap();
+            rustix::fs::fadvise(&g, 0, None, rustix::fs::Advice::Random).unwrap();
+            let mut page = [0u8; 4096];
+            std::os::unix::fs::FileExt::read_exact_at(&g, &mut page, 0).unwrap();
         }
     };
-    match pending.read(&path, file::Wait::Yes).done() {
-        Ok(Lookup::Found(v)) => assert_eq!(v.expose(), &value[..]),
-        _ => panic!("expected the file's bytes from the rest of the read"),
+    for first_page in [false, true] {
+        evict(first_page);
+        let pending = match file::read_capped(&path, false, file::Place::Inline) {
+            file::Outcome::WouldWait(pending) => pending,
+            file::Outcome::Done(_) | file::Outcome::Elsewhere => {
+                panic!("an evicted file was read without waiting")
+            }
+        };
+        assert_eq!(
+            pending.read_so_far(),
+            if first_page { 4096 } else { 0 },
+            "inline, only the cached page is read"
+        );
+        match pending.read(file::Wait::Yes).done() {
+            Ok(Lookup::Found(v)) => assert_eq!(v.expose(), &value[..]),
+            _ => panic!("expected the file's bytes from the rest of the read"),
+        }
     }
     // And through `lookup`, which hands the rest to the blocking pool.
-    evict();
+    evict(true);
     match lookup(&spec, "x", ctx()).await {
         Ok(Lookup::Found(v)) => assert_eq!(v.expose(), &value[..]),
         _ => panic!("expected the file's bytes"),
     }
+    assert_eq!(
+        file::pool_reads(&path),
+        2,
+        "the rest of the read went to the pool"
+    );
 
     // The path now names a file on tmpfs (through a symlink): the inline read sees another
-    // device and reads it as a memory file system's, without RWF_NOWAIT (which tmpfs may not
-    // take) and without giving up on inline reads for the path.
+    // file system and reads it as a memory file system's, without RWF_NOWAIT (which tmpfs may
+    // not take) and without giving up on inline reads for the path.
     let shm = tempfile::tempdir_in("/dev/shm").unwrap();
     let moved = shm.path().join("token");
     std::fs::write(&moved, b"moved to tmpfs").unwrap();
     std::fs::remove_file(&path).unwrap();
     std::os::unix::fs::symlink(&moved, &path).unwrap();
-    for _ in 0..2 {
+    // (One of the first reads after the move may take the pool: following a new symlink
+    // updates its access time once, and an open from the kernel's caches alone does not write.)
+    let mut settled = 0;
+    for reads in 1..=5 {
         match lookup(&spec, "x", ctx()).await {
             Ok(Lookup::Found(v)) => assert_eq!(v.expose(), b"moved to tmpfs"),
             _ => panic!("expected the moved file's bytes"),
         }
         assert_eq!(file::read_modes().of(&path), file::ReadMode::Memory);
+        match reads {
+            1..=2 => {}
+            3 => settled = file::pool_reads(&path),
+            _ => assert_eq!(
+                file::pool_reads(&path),
+                settled,
+                "read inline after the move"
+            ),
+        }
     }
+    assert!(settled <= 3, "{settled} pool reads");
 
-    // And now a file on procfs, read inline on neither: the inline attempt stops before any
-    // check or read, and the path goes to the blocking pool from then on.
+    // And now a file on procfs, read inline on neither: from then on the path goes to the
+    // blocking pool whole (what procfs answers, a size of 0 and then more, does not matter).
     std::fs::remove_file(&path).unwrap();
     std::os::unix::fs::symlink("/proc/version", &path).unwrap();
-    assert!(matches!(
-        file::read_capped(&path, false, file::Place::Inline),
-        file::Outcome::Elsewhere
-    ));
+    let before = file::pool_reads(&path);
+    for _ in 0..3 {
+        let _ = lookup(&spec, "x", ctx()).await;
+    }
+    assert_eq!(file::pool_reads(&path), before + 3);
     assert_eq!(file::read_modes().of(&path), file::ReadMode::Pool);
 }
