@@ -172,35 +172,31 @@ fn counts(serving_pid: Option<u32>) -> [u64; 3] {
 /// `from_cache` is an exec: source (a real program, ~1 ms) behind `cache_ttl`: after the
 /// first call every answer is a cache hit. `from_client_env` reads PATH from the environment
 /// of `client_pid`, a real process standing in for buildx, as `from_env` reads the daemon's.
-async fn start_session(
-    token_file: &std::path::Path,
-    tmpfs_token_file: &std::path::Path,
-    client_pid: u32,
-) -> tokio::io::DuplexStream {
+async fn start_session(files: &Files, client_pid: u32) -> tokio::io::DuplexStream {
     let (daemon_io, broker_daemon_side) = tokio::io::duplex(1 << 20);
-    serve_session(token_file, tmpfs_token_file, client_pid, broker_daemon_side);
+    serve_session(files, client_pid, broker_daemon_side);
     daemon_io
 }
 
 /// The broker's session on `daemon_side`, its end of the connection from the stand-in daemon.
-fn serve_session<I>(
-    token_file: &std::path::Path,
-    tmpfs_token_file: &std::path::Path,
-    client_pid: u32,
-    daemon_side: I,
-) where
+/// `from_file_nowalk` reads a copy of the `from_file` file that `[file] allow_foreign` names,
+/// so the root daemon skips its owner walk for it, as a daemon running as a user does.
+fn serve_session<I>(files: &Files, client_pid: u32, daemon_side: I)
+where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let text = format!(
-        "[secrets.from_env]\nsources = [\"env:PATH\"]\n\
-         [secrets.from_file]\nsources = [\"file:{}\"]\n\
-         [secrets.from_file_tmpfs]\nsources = [\"file:{}\"]\n\
+        "[file]\nallow_foreign = [\"{nowalk}\"]\n\
+         [secrets.from_env]\nsources = [\"env:PATH\"]\n\
+         [secrets.from_file]\nsources = [\"file:{token}\"]\n\
+         [secrets.from_file_nowalk]\nsources = [\"file:{nowalk}\"]\n\
+         [secrets.from_file_tmpfs]\nsources = [\"file:{tmpfs}\"]\n\
          [secrets.from_client]\nsources = [\"client\"]\n\
          [secrets.from_client_env]\nsources = [\"client-env:PATH\"]\n\
-         [secrets.from_cache]\nsources = [\"exec:/bin/cat {}\"]\ncache_ttl = \"1h\"\n",
-        token_file.display(),
-        tmpfs_token_file.display(),
-        token_file.display()
+         [secrets.from_cache]\nsources = [\"exec:/bin/cat {token}\"]\ncache_ttl = \"1h\"\n",
+        token = files.token.display(),
+        nowalk = files.unwalked_token.display(),
+        tmpfs = files.tmpfs_token.display(),
     );
     let env = HostEnv {
         euid: 0,
@@ -321,6 +317,8 @@ fn runtime() -> tokio::runtime::Runtime {
 /// Kubernetes mount secrets, read inline).
 struct Files {
     token: std::path::PathBuf,
+    /// A copy of `token` beside it, named in `[file] allow_foreign`.
+    unwalked_token: std::path::PathBuf,
     tmpfs_token: std::path::PathBuf,
     _dir: tempfile::TempDir,
     _tmpfs_dir: tempfile::TempDir,
@@ -331,11 +329,14 @@ impl Files {
         let dir = tempfile::tempdir().unwrap();
         let token = dir.path().join("token");
         std::fs::write(&token, b"file-token-value").unwrap();
+        let unwalked_token = dir.path().join("token-unwalked");
+        std::fs::write(&unwalked_token, b"file-token-value").unwrap();
         let tmpfs_dir = tempfile::tempdir_in("/dev/shm").unwrap();
         let tmpfs_token = tmpfs_dir.path().join("token");
         std::fs::write(&tmpfs_token, b"file-token-value").unwrap();
         Files {
             token,
+            unwalked_token,
             tmpfs_token,
             _dir: dir,
             _tmpfs_dir: tmpfs_dir,
@@ -420,11 +421,7 @@ impl Bed {
                 .unwrap()
         });
         let buildx = Buildx(stand_in_client());
-        let broker_io = serving.block_on(start_session(
-            &files.token,
-            &files.tmpfs_token,
-            buildx.0.id(),
-        ));
+        let broker_io = serving.block_on(start_session(&files, buildx.0.id()));
         let provider_io = serving.block_on(start_provider_session(&files));
         let rt = daemon.as_ref().unwrap_or(&serving);
         let broker = rt.block_on(connect_daemon(broker_io));
@@ -465,7 +462,7 @@ fn serve_daemon_process() -> i32 {
             .spawn()
             .expect("start the stand-in daemon process");
         let (io, _) = broker.accept().await.expect("the daemon's broker session");
-        serve_session(&files.token, &files.tmpfs_token, buildx.0.id(), io);
+        serve_session(&files, buildx.0.id(), io);
         let (io, _) = provider
             .accept()
             .await
@@ -484,6 +481,7 @@ fn bench_get_secret(c: &mut Criterion) {
         "from_env",
         "from_client_env",
         "from_file",
+        "from_file_nowalk",
         "from_file_tmpfs",
         "from_client",
         "from_cache",
@@ -518,6 +516,7 @@ fn summary() {
         ("from_env", broker, "from_env"),
         ("from_cache", broker, "from_cache"),
         ("from_file", broker, "from_file"),
+        ("from_file_nowalk", broker, "from_file_nowalk"),
         ("from_file_tmpfs", broker, "from_file_tmpfs"),
         ("from_client_env", broker, "from_client_env"),
         ("from_client", broker, "from_client"),
@@ -632,10 +631,11 @@ fn summary() {
     // The `file:` rows against buildx reading the same file per call (`--secret src=`).
     let row = |label: &str| rows.iter().position(|(l, _, _)| *l == label).unwrap();
     println!(
-        "  like for like (the provider reads the same file on every call, as buildx's src= does):"
+        "  like for like (the provider reads a file like it on every call, as buildx's src= does):"
     );
     for (broker_row, provider_row) in [
         ("from_file", PROVIDER_FILE),
+        ("from_file_nowalk", PROVIDER_FILE),
         ("from_file_tmpfs", PROVIDER_FILE_TMPFS),
     ] {
         let (b, p) = (figures[row(broker_row)], figures[row(provider_row)]);
