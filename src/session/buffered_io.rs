@@ -8,6 +8,11 @@
 //! It never holds bytes back: reads hand over what arrived, and a flush that it defers wakes
 //! the writer at once, whose next poll writes everything out if nothing more was queued. It
 //! holds at most its two fixed capacities per connection and never looks at what it carries.
+//! Two kinds of flush are deferred once: a bulk transfer's (a full DATA frame queued), to
+//! gather the frames other tasks are about to add; and, inside the session's own poll
+//! (`calls::in_rounds`), a small one, for one more round of that poll: a GetSecret answer's
+//! HEADERS and DATA then leave with its trailers, which the call adds as soon as h2 has taken
+//! the DATA, in one write instead of two.
 //!
 //! It does carry secrets (a GetSecret answer on its way to the daemon, a `client` value on its
 //! way from the build client), so it keeps no copy of what it passed on: bytes the reader has
@@ -48,6 +53,9 @@ pub struct BufferedIo<T> {
     wcap: usize,
     /// The last flush was deferred and nothing was written since: the next one writes.
     deferred: bool,
+    /// A small flush was held for one more round of the session's poll: the next writes,
+    /// whatever was queued meanwhile.
+    held_small: bool,
 }
 
 impl<T> BufferedIo<T> {
@@ -64,6 +72,7 @@ impl<T> BufferedIo<T> {
             wend: 0,
             wcap: write_capacity,
             deferred: false,
+            held_small: false,
         }
     }
 }
@@ -192,8 +201,24 @@ impl<T: Write + Unpin> Write for BufferedIo<T> {
             super::wake_after_others(cx);
             return Poll::Ready(Ok(()));
         }
+        if this.wcap > 0
+            && !this.deferred
+            && !this.held_small
+            && this.queued() > 0
+            && this.queued() < DEFER_FROM
+            && super::calls::in_rounds()
+        {
+            // A small write inside the session's own poll (a GetSecret answer's HEADERS and
+            // DATA): the call that queued it sends its trailers as soon as h2 has taken the
+            // DATA, in the next round of the same poll. One more round, and the answer leaves
+            // in one write instead of two (and the daemon reads it with one wakeup).
+            this.held_small = true;
+            cx.waker().wake_by_ref();
+            return Poll::Ready(Ok(()));
+        }
         ready!(this.drain(cx))?;
         this.deferred = false;
+        this.held_small = false;
         Pin::new(&mut this.inner).poll_flush(cx)
     }
 
@@ -242,6 +267,54 @@ mod tests {
         let mut io = BufferedIo::new(TokioIo::new(near), 256 * 1024, 256 * 1024);
         write_and_flush_once(&mut io, 1100).await;
         assert_eq!(received(&mut far), 1100, "not held back by the first flush");
+    }
+
+    /// Inside the session's own poll, a small answer waits one round for the frames its call
+    /// adds next (gRPC trailers), asking for that round through the waker; the next flush
+    /// writes it with them in one write, and never holds it again.
+    #[tokio::test]
+    async fn a_small_answer_inside_the_sessions_poll_waits_one_round_for_its_trailers() {
+        struct Count(std::sync::atomic::AtomicUsize);
+        impl std::task::Wake for Count {
+            fn wake(self: std::sync::Arc<Self>) {
+                self.wake_by_ref();
+            }
+            fn wake_by_ref(self: &std::sync::Arc<Self>) {
+                self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        let count = std::sync::Arc::new(Count(Default::default()));
+        let wakes = || count.0.load(std::sync::atomic::Ordering::Relaxed);
+        let waker = std::task::Waker::from(count.clone());
+        let (near, mut far) = tokio::io::duplex(1 << 20);
+        let mut io = BufferedIo::new(TokioIo::new(near), 256 * 1024, 256 * 1024);
+        let write = |io: &mut BufferedIo<_>, n: usize| {
+            let mut cx = Context::from_waker(&waker);
+            let data = vec![7u8; n];
+            assert!(matches!(
+                Pin::new(&mut *io).poll_write(&mut cx, &data),
+                Poll::Ready(Ok(w)) if w == n
+            ));
+            assert!(matches!(
+                Pin::new(&mut *io).poll_flush(&mut cx),
+                Poll::Ready(Ok(()))
+            ));
+        };
+        {
+            let _in_rounds = super::super::calls::InRounds::enter();
+            write(&mut io, 1100);
+            assert_eq!(received(&mut far), 0, "held for one round");
+            assert_eq!(wakes(), 1, "and that round asked for");
+            write(&mut io, 10);
+            assert_eq!(
+                received(&mut far),
+                1110,
+                "the next flush writes the answer and its trailers in one write"
+            );
+        }
+        // Outside the session's poll (the build client's half), at once, as before.
+        write(&mut io, 1100);
+        assert_eq!(received(&mut far), 1100);
     }
 
     #[tokio::test]

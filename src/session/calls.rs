@@ -132,6 +132,35 @@ thread_local! {
     static YIELD: Cell<bool> = const { Cell::new(false) };
 }
 
+thread_local! {
+    /// Set while [`Driven::poll`] polls its connection (see [`in_rounds`]).
+    static IN_ROUNDS: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether the caller runs inside [`Driven`]'s poll of its connection, where a wake of the
+/// context's waker asks for one more round of the same poll (the calls, then the connection
+/// again) instead of another poll of the task: for a write buffer that holds a small answer
+/// back until the call that queued it has added its last frames (`buffered_io`).
+pub(crate) fn in_rounds() -> bool {
+    IN_ROUNDS.get()
+}
+
+/// Marks [`in_rounds`] for as long as it lives (a panic in the connection's poll included).
+pub(super) struct InRounds;
+
+impl InRounds {
+    pub(super) fn enter() -> Self {
+        IN_ROUNDS.set(true);
+        InRounds
+    }
+}
+
+impl Drop for InRounds {
+    fn drop(&mut self) {
+        IN_ROUNDS.set(false);
+    }
+}
+
 /// Wakes `cx`'s task to run again *after* the worker's other ready tasks, not at once: for a
 /// write buffer that deferred a flush so that more frames join it (`buffered_io`,
 /// `control::message_stream`). Those frames come from other tasks (the relay's other half,
@@ -193,7 +222,11 @@ impl<C: Future> Future for Driven<C> {
         let mut inner = Context::from_waker(&this.waker);
         for _ in 0..ROUNDS {
             shared.this_round.store(0, Ordering::Relaxed);
-            if let Poll::Ready(out) = this.conn.as_mut().poll(&mut inner) {
+            let polled = {
+                let _in_rounds = InRounds::enter();
+                this.conn.as_mut().poll(&mut inner)
+            };
+            if let Poll::Ready(out) = polled {
                 rounds.state.store(IDLE, Ordering::Release);
                 return Poll::Ready(out);
             }
