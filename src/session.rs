@@ -58,7 +58,9 @@ pub(crate) const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
 const READ_AHEAD: usize = 256 * 1024;
 pub(crate) const WRITE_COALESCE: usize = 256 * 1024;
 
-pub(crate) use buffered_io::{BufferedIo, defer_flush};
+pub(crate) use buffered_io::{BufferedIo, defer_flush, hold_small_flush};
+#[cfg(test)]
+pub(crate) use calls::InRounds;
 pub(crate) use calls::wake_after_others;
 
 /// What carries the two halves of a session, which decides the buffering under h2.

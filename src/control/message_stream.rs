@@ -246,6 +246,9 @@ pub struct MessageStream<B = Incoming> {
     staged: BytesMut,
     /// The last flush was deferred and nothing was written since: the next one sends.
     deferred: bool,
+    /// A small flush was held for one more round of the session's poll: the next one sends,
+    /// whatever was staged meanwhile.
+    held_small: bool,
     outbound: PollSender<Result<Frame<Bytes>, BoxError>>,
     outcome: Arc<Outcome>,
 }
@@ -262,6 +265,7 @@ impl<B> MessageStream<B> {
             inbound_done: false,
             staged: BytesMut::new(),
             deferred: false,
+            held_small: false,
             outbound: PollSender::new(outbound),
             outcome,
         }
@@ -443,8 +447,18 @@ impl<B: Unpin> AsyncWrite for MessageStream<B> {
             crate::session::wake_after_others(cx);
             return Poll::Ready(Ok(()));
         }
+        let staged = this.staged.len().saturating_sub(HEADER_ROOM);
+        if crate::session::hold_small_flush(cx, staged, this.deferred, this.held_small) {
+            // BuildKit's half inside the session's own poll: a GetSecret answer's HEADERS and
+            // DATA wait one round for the trailers its call adds next, and the three leave as
+            // one message (as `session::buffered_io` does on a socket).
+            this.held_small = true;
+            return Poll::Ready(Ok(()));
+        }
+        ready!(this.poll_send_staged(cx))?;
         this.deferred = false;
-        this.poll_send_staged(cx)
+        this.held_small = false;
+        Poll::Ready(Ok(()))
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -37,6 +37,24 @@ pub(crate) fn defer_flush(queued: usize, deferred: bool, capacity: usize) -> boo
     queued >= DEFER_FROM && !deferred && queued < capacity / 2
 }
 
+/// Whether a small flush (`queued` bytes, less than a full DATA frame) should wait one more
+/// round of the session's own poll (`calls::in_rounds`), for the frames the call that queued
+/// it adds next: a GetSecret answer's HEADERS and DATA then leave with its trailers, in one
+/// write (or one `Control/Session` message) instead of two. `held`: it already waited, and
+/// the next flush writes whatever is queued. Asks for that round through `cx`'s waker.
+pub(crate) fn hold_small_flush(
+    cx: &Context<'_>,
+    queued: usize,
+    deferred: bool,
+    held: bool,
+) -> bool {
+    let hold = queued > 0 && queued < DEFER_FROM && !deferred && !held && super::calls::in_rounds();
+    if hold {
+        cx.waker().wake_by_ref();
+    }
+    hold
+}
+
 /// A connection with a fixed-size read-ahead buffer and a write buffer drained on flush.
 pub struct BufferedIo<T> {
     inner: T,
@@ -201,19 +219,12 @@ impl<T: Write + Unpin> Write for BufferedIo<T> {
             super::wake_after_others(cx);
             return Poll::Ready(Ok(()));
         }
-        if this.wcap > 0
-            && !this.deferred
-            && !this.held_small
-            && this.queued() > 0
-            && this.queued() < DEFER_FROM
-            && super::calls::in_rounds()
-        {
+        if this.wcap > 0 && hold_small_flush(cx, this.queued(), this.deferred, this.held_small) {
             // A small write inside the session's own poll (a GetSecret answer's HEADERS and
             // DATA): the call that queued it sends its trailers as soon as h2 has taken the
             // DATA, in the next round of the same poll. One more round, and the answer leaves
             // in one write instead of two (and the daemon reads it with one wakeup).
             this.held_small = true;
-            cx.waker().wake_by_ref();
             return Poll::Ready(Ok(()));
         }
         ready!(this.drain(cx))?;

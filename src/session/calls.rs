@@ -130,9 +130,6 @@ thread_local! {
     /// Set by [`wake_after_others`] during a poll; read and cleared by [`Driven::poll`], on
     /// the same thread, before that poll returns.
     static YIELD: Cell<bool> = const { Cell::new(false) };
-}
-
-thread_local! {
     /// Set while [`Driven::poll`] polls its connection (see [`in_rounds`]).
     static IN_ROUNDS: Cell<bool> = const { Cell::new(false) };
 }
@@ -146,10 +143,10 @@ pub(crate) fn in_rounds() -> bool {
 }
 
 /// Marks [`in_rounds`] for as long as it lives (a panic in the connection's poll included).
-pub(super) struct InRounds;
+pub(crate) struct InRounds;
 
 impl InRounds {
-    pub(super) fn enter() -> Self {
+    pub(crate) fn enter() -> Self {
         IN_ROUNDS.set(true);
         InRounds
     }

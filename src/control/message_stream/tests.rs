@@ -217,6 +217,56 @@ async fn bulk_writes_are_coalesced_across_one_flush() {
     assert_eq!(messages[1], &b"answer"[..]);
 }
 
+/// Inside the session's own poll (BuildKit's half on the docker-container path), a small
+/// answer waits one round for the trailers its call adds next, asking for that round through
+/// the waker: HEADERS, DATA and trailers leave as one message, not two. Outside it, at once.
+#[tokio::test]
+async fn a_small_answer_inside_the_sessions_poll_leaves_with_its_trailers_in_one_message() {
+    struct Count(std::sync::atomic::AtomicUsize);
+    impl std::task::Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.wake_by_ref();
+        }
+        fn wake_by_ref(self: &Arc<Self>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+    let count = Arc::new(Count(Default::default()));
+    let waker = std::task::Waker::from(count.clone());
+    let (mut stream, _outcome, out) = stream_of(vec![]);
+    let mut write_and_flush = |data: &[u8]| {
+        let mut cx = Context::from_waker(&waker);
+        assert!(matches!(
+            Pin::new(&mut stream).poll_write(&mut cx, data),
+            Poll::Ready(Ok(n)) if n == data.len()
+        ));
+        assert!(matches!(
+            Pin::new(&mut stream).poll_flush(&mut cx),
+            Poll::Ready(Ok(()))
+        ));
+    };
+    {
+        let _in_rounds = crate::session::InRounds::enter();
+        write_and_flush(b"headers+data");
+        assert_eq!(
+            count.0.load(std::sync::atomic::Ordering::Relaxed),
+            1,
+            "one more round asked for"
+        );
+        write_and_flush(b"+trailers");
+    }
+    write_and_flush(b"outside");
+    let messages = sent_messages(stream, out).await;
+    assert_eq!(
+        messages,
+        vec![
+            Bytes::from_static(b"headers+data+trailers"),
+            Bytes::from_static(b"outside")
+        ],
+        "the held answer and its trailers in one message; outside the poll, at once"
+    );
+}
+
 /// A BytesMessage with `data` twice (the last one wins) and an unknown field between.
 fn unusual_message(data: &[u8]) -> Vec<u8> {
     let mut field = vec![0x0a, 0x01, b'!', 0x10, 0x01];
