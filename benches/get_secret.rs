@@ -15,6 +15,9 @@
 //! summary on stdout). `GET_SECRET_SUMMARY_ONLY=1` prints the summary only;
 //! `GET_SECRET_DAEMON_THREAD=1` gives the stand-in daemon a thread of its own, and
 //! `GET_SECRET_DAEMON_PROCESS=1` a process of its own, on unix sockets (see [`Bed`]).
+//! `GET_SECRET_TRANSPORT=messages` carries both sessions as `Control/Session` messages (the
+//! docker-container and remote drivers' transport, `control::message_stream`) instead of byte
+//! pipes; in-process only (see [`daemon_pipe`]).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -24,6 +27,7 @@ use buildbroker::access::PeerInfo;
 use buildbroker::broker::Broker;
 use buildbroker::channel::{ClientChannel, RelayBody, SessionInfo};
 use buildbroker::config::{HostEnv, Policy, PolicyOrigin};
+use buildbroker::control::message_stream::{self, MessageStream, Outcome, Side};
 use buildbroker::proto::secrets::secrets_client::SecretsClient;
 use buildbroker::proto::secrets::secrets_server::{Secrets, SecretsServer};
 use buildbroker::proto::secrets::{GetSecretRequest, GetSecretResponse};
@@ -172,10 +176,48 @@ fn counts(serving_pid: Option<u32>) -> [u64; 3] {
 /// `from_cache` is an exec: source (a real program, ~1 ms) behind `cache_ttl`: after the
 /// first call every answer is a cache hit. `from_client_env` reads PATH from the environment
 /// of `client_pid`, a real process standing in for buildx, as `from_env` reads the daemon's.
-async fn start_session(files: &Files, client_pid: u32) -> tokio::io::DuplexStream {
-    let (daemon_io, broker_daemon_side) = tokio::io::duplex(1 << 20);
+async fn start_session(files: &Files, client_pid: u32) -> Box<dyn Pipe> {
+    let (daemon_io, broker_daemon_side) = daemon_pipe();
     serve_session(files, client_pid, broker_daemon_side);
     daemon_io
+}
+
+/// One end of the stand-in daemon's connection to a session.
+trait Pipe: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static> Pipe for T {}
+
+/// `GET_SECRET_TRANSPORT=messages`: sessions ride `Control/Session` messages.
+fn over_messages() -> bool {
+    std::env::var("GET_SECRET_TRANSPORT").is_ok_and(|t| t == "messages")
+}
+
+/// The stand-in daemon's end and the session's end of one connection: an in-memory byte pipe,
+/// or with `GET_SECRET_TRANSPORT=messages`, a pair of [`MessageStream`]s on each other's
+/// bodies, as the session's h2 rides `Control/Session` on the docker-container driver (the
+/// daemon's end stands in for BuildKit's grpchijack; the Control API connection that carries
+/// the messages on the real path is left out).
+fn daemon_pipe() -> (Box<dyn Pipe>, Box<dyn Pipe>) {
+    if !over_messages() {
+        let (a, b) = tokio::io::duplex(1 << 20);
+        return (Box::new(a), Box::new(b));
+    }
+    let outcome = Arc::new(Outcome::default());
+    let (to_session, session_in) = message_stream::channel();
+    let (to_daemon, daemon_in) = message_stream::channel();
+    (
+        Box::new(MessageStream::new(
+            daemon_in,
+            Side::Client,
+            to_session,
+            outcome.clone(),
+        )),
+        Box::new(MessageStream::new(
+            session_in,
+            Side::Daemon,
+            to_daemon,
+            outcome,
+        )),
+    )
 }
 
 /// The broker's session on `daemon_side`, its end of the connection from the stand-in daemon.
@@ -229,7 +271,11 @@ where
     tokio::spawn(session::run(
         TokioIo::new(daemon_side),
         TokioIo::new(broker_client_side),
-        session::Halves::Sockets,
+        if over_messages() {
+            session::Halves::Messages
+        } else {
+            session::Halves::Sockets
+        },
         broker,
         info,
         CancellationToken::new(),
@@ -239,8 +285,8 @@ where
 /// The baseline (issue 14): the same stand-in daemon calling GetSecret on a session served by
 /// buildx's own kind of provider (the stand-in buildx, answering from memory), with no broker
 /// in between: what a build pays for `--secret` without buildbroker.
-async fn start_provider_session(files: &Files) -> tokio::io::DuplexStream {
-    let (daemon_io, buildx_io) = tokio::io::duplex(1 << 20);
+async fn start_provider_session(files: &Files) -> Box<dyn Pipe> {
+    let (daemon_io, buildx_io) = daemon_pipe();
     tokio::spawn(serve_fake_buildx(buildx_io, Some(files.paths())));
     daemon_io
 }
@@ -390,6 +436,10 @@ struct Bed {
 
 impl Bed {
     fn start() -> Bed {
+        assert!(
+            !(over_messages() && std::env::var_os("GET_SECRET_DAEMON_PROCESS").is_some()),
+            "GET_SECRET_TRANSPORT=messages runs in one process"
+        );
         if let Some(dir) = std::env::var_os(DAEMON_PROCESS_DIR) {
             let dir = std::path::PathBuf::from(dir);
             let rt = runtime();
@@ -523,6 +573,14 @@ fn summary() {
     ];
     let load = || std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let load_before = load();
+    println!(
+        "sessions carried over: {}",
+        if over_messages() {
+            "Control/Session messages (GET_SECRET_TRANSPORT=messages)"
+        } else {
+            "byte pipes"
+        }
+    );
     let mut samples: Vec<Vec<Duration>> = vec![Vec::new(); rows.len()];
     let mut rates: Vec<Vec<f64>> = vec![Vec::new(); rows.len()];
     // Per row, over the sequential calls: the calls, then the [`counts`].
