@@ -76,7 +76,7 @@ TOML
 export PYPI_TOKEN=pypi-bench-token-value
 declare -A pid_of
 wait_ready() { # LOG LINE
-  for _ in $(seq 1 200); do grep -q "$2" "$1" && return 0; sleep 0.05; done
+  for _ in $(seq 1 200); do grep -qs "$2" "$1" && return 0; sleep 0.05; done
   echo "not ready: $1" >&2; cat "$1" >&2; exit 1
 }
 start_broker() { # BINARY SIDE
