@@ -436,10 +436,6 @@ struct Bed {
 
 impl Bed {
     fn start() -> Bed {
-        assert!(
-            !(over_messages() && std::env::var_os("GET_SECRET_DAEMON_PROCESS").is_some()),
-            "GET_SECRET_TRANSPORT=messages runs in one process"
-        );
         if let Some(dir) = std::env::var_os(DAEMON_PROCESS_DIR) {
             let dir = std::path::PathBuf::from(dir);
             let rt = runtime();
@@ -743,6 +739,10 @@ fn main() {
     if !clearing {
         buildbroker::zeroize_alloc::ZeroizeOnFree::disable_for_benchmark();
     }
+    assert!(
+        !(over_messages() && std::env::var_os("GET_SECRET_DAEMON_PROCESS").is_some()),
+        "GET_SECRET_TRANSPORT=messages runs in one process: unset GET_SECRET_DAEMON_PROCESS"
+    );
     // The serving side of `GET_SECRET_DAEMON_PROCESS=1` (see [`Bed`]); the daemon it starts
     // runs what follows.
     if std::env::var_os("GET_SECRET_DAEMON_PROCESS").is_some()

@@ -435,11 +435,8 @@ impl<B: Unpin> AsyncWrite for MessageStream<B> {
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if crate::session::defer_flush(
-            this.staged.len().saturating_sub(HEADER_ROOM),
-            this.deferred,
-            crate::session::WRITE_COALESCE,
-        ) {
+        let staged = this.staged.len().saturating_sub(HEADER_ROOM);
+        if crate::session::defer_flush(staged, this.deferred, crate::session::WRITE_COALESCE) {
             // A bulk transfer: h2 flushes after every DATA frame; let it stage the frames it
             // has ready first, so they leave as one message (as the session's socket buffer
             // does, `session::buffered_io`). It is polled again at once.
@@ -447,7 +444,6 @@ impl<B: Unpin> AsyncWrite for MessageStream<B> {
             crate::session::wake_after_others(cx);
             return Poll::Ready(Ok(()));
         }
-        let staged = this.staged.len().saturating_sub(HEADER_ROOM);
         if crate::session::hold_small_flush(cx, staged, this.deferred, this.held_small) {
             // BuildKit's half inside the session's own poll: a GetSecret answer's HEADERS and
             // DATA wait one round for the trailers its call adds next, and the three leave as
