@@ -4,7 +4,8 @@
 #   2. large build contexts relayed through the session, interleaved in one run: direct, through
 #      a plain byte splice (examples/splice_proxy.rs: no HTTP/2 termination, the floor of any
 #      proxy on this machine) and through buildbroker.
-# Prints medians, spread and ratios. Needs the test bed (bash tests/testbed/setup.sh).
+# Prints medians, spread and ratios, and with 5+ rounds a 95 % bootstrap interval for each
+# ratio to direct (rounds resampled). Needs the test bed (bash tests/testbed/setup.sh).
 #   scripts/bench-e2e.sh [RUNS=15] [CONTEXT_MIB=1024[,256,...]] [DRIVER=docker]
 # Environment:
 #   BIG_RUNS=5          runs per side for each context size (cache pruned before every run)
@@ -171,7 +172,7 @@ done > "$work/perf.txt"
 if [ -n "${KEEP_RESULTS:-}" ]; then cp "$work"/*.tsv "$work/perf.txt" "$KEEP_RESULTS"/; fi
 
 python3 - "$work/seed.tsv" "$work/big.tsv" "$work/perf.txt" <<'PY'
-import statistics, sys
+import random, statistics, sys
 from collections import defaultdict
 seed = {"direct": [], "broker": []}
 for line in open(sys.argv[1]):
@@ -198,6 +199,29 @@ for mib, by_side in big.items():
         if side.startswith("broker") and "splice" in by_side:
             s = statistics.median(by_side["splice"]) / statistics.median(by_side[side])
             print(f"  {side} throughput vs splice {s:6.3f}")
+    # Every round ran each side once, so the runs pair up by round. The spread of the ratio
+    # itself: a 95 % bootstrap interval over the rounds (fixed seed: the same data give the
+    # same interval), for the ratio of medians above and for the median of per-round ratios.
+    rounds = min(len(ts) for ts in by_side.values())
+    if rounds >= 5:
+        rng = random.Random(14)
+        print(f"  95 % bootstrap intervals over the {rounds} rounds (throughput vs direct; share of rounds >= 0.95):")
+        for side in by_side:
+            if side == "direct":
+                continue
+            dt, st = by_side["direct"][:rounds], by_side[side][:rounds]
+            pairs = [a / b for a, b in zip(dt, st)]
+            of_medians, median_pairs = [], []
+            for _ in range(4000):
+                pick = [rng.randrange(rounds) for _ in range(rounds)]
+                of_medians.append(statistics.median(dt[i] for i in pick) / statistics.median(st[i] for i in pick))
+                median_pairs.append(statistics.median(pairs[i] for i in pick))
+            def interval(xs):
+                xs = sorted(xs)
+                return f"{xs[int(0.025 * len(xs))]:.3f}-{xs[int(0.975 * len(xs)) - 1]:.3f}"
+            share = sum(r >= 0.95 for r in pairs) / rounds
+            print(f"  {side:<9} ratio of medians {statistics.median(dt) / statistics.median(st):.3f} [{interval(of_medians)}]  "
+                  f"median pair ratio {statistics.median(pairs):.3f} [{interval(median_pairs)}]  >= 0.95 in {share:.0%}")
 # perf stat counters per MiB of context, median over the runs of each side and size.
 acc = defaultdict(lambda: defaultdict(list)); key = None
 for line in open(sys.argv[3]):
