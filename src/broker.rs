@@ -150,6 +150,11 @@ impl Broker {
                 "[ssh.*] socket changed; agent sockets are bound at start and change at the next restart"
             );
         }
+        if next.server.worker_threads != current.policy.server.worker_threads {
+            tracing::warn!(
+                "[server] worker_threads changed; the runtime keeps its threads until the next restart"
+            );
+        }
         if next.server.socket_group != current.policy.server.socket_group {
             tracing::warn!(
                 "[server] socket_group changed; the sockets keep their group until the next restart"

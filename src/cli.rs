@@ -275,10 +275,11 @@ fn serve(config: Option<PathBuf>, env: HostEnv) -> ExitCode {
     if policy.server.metrics_listen.is_some() || activated.metrics.is_some() {
         crate::metrics::enable();
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = policy.server.worker_threads {
+        builder.worker_threads(n.get());
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("buildbroker: cannot start the async runtime: {e}");
@@ -443,7 +444,8 @@ fn serve(config: Option<PathBuf>, env: HostEnv) -> ExitCode {
         if !shutdown.is_cancelled() {
             health.set_serving(true);
         }
-        tracing::info!(policy = %origin, "buildbroker ready: serving the Docker Engine API on {addrs}, upstream {upstream}{buildkit}{agents}{metrics}");
+        let workers = tokio::runtime::Handle::current().metrics().num_workers();
+        tracing::info!(policy = %origin, workers, "buildbroker ready: serving the Docker Engine API on {addrs}, upstream {upstream}{buildkit}{agents}{metrics}");
         crate::systemd::ready(&format!("serving the Docker Engine API on {addrs}"));
         tokio::join!(
             crate::server::run(listeners, broker.clone(), shutdown.clone()),

@@ -115,6 +115,10 @@ pub struct Server {
     /// `[server] insecure_tcp = true`: tcp:// listeners without `[server.tls]` are served as
     /// plain tcp, and only on loopback addresses (checked at load).
     pub insecure_tcp: bool,
+    /// `[server] worker_threads`: the async runtime's worker threads, read at start; absent,
+    /// one per core. One worker relays with fewer wake-ups across threads (docs/benchmarks.md,
+    /// issue 14) and caps the daemon at one core.
+    pub worker_threads: Option<std::num::NonZeroUsize>,
     /// `[upstream_tls]`: TLS towards a tcp:// `upstream`.
     pub upstream_tls: Option<TlsClientFiles>,
     /// `[buildkit_upstream_tls]`: TLS towards a tcp:// `buildkit_upstream`.
@@ -169,6 +173,8 @@ impl fmt::Display for BuildkitUpstream {
 
 /// The default `[server] fetch_timeout`.
 pub const DEFAULT_FETCH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// The most `[server] worker_threads` accepted: far above any core count this daemon needs.
+pub const MAX_WORKER_THREADS: usize = 256;
 
 /// How much of a failed secret or ssh request reaches the build's output (`[server]
 /// build_errors`). The daemon log and the audit always keep the whole story.
@@ -496,6 +502,7 @@ struct RawServer {
     metrics_listen: Option<Spanned<String>>,
     tls: Option<Spanned<tls::RawServerTls>>,
     insecure_tcp: Option<bool>,
+    worker_threads: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -687,6 +694,26 @@ impl Policy {
 
         let (buildkit_listen, buildkit_upstream) =
             check_buildkit_endpoint(&raw.server, &listen, upstream.as_ref(), &mut c);
+
+        let worker_threads = raw.server.worker_threads.as_ref().and_then(|n| {
+            match usize::try_from(*n.get_ref())
+                .ok()
+                .filter(|&n| n <= MAX_WORKER_THREADS)
+                .and_then(std::num::NonZeroUsize::new)
+            {
+                Some(n) => Some(n),
+                None => {
+                    c.push(
+                        n.span(),
+                        format!(
+                            "[server] worker_threads: expected a number of threads from 1 to {MAX_WORKER_THREADS}; got {}",
+                            n.get_ref()
+                        ),
+                    );
+                    None
+                }
+            }
+        });
 
         // An IP address and port only: a host name would be resolved once at start and could
         // silently bind somewhere else than the operator meant.
@@ -952,6 +979,7 @@ impl Policy {
                 metrics_listen,
                 tls: server_tls,
                 insecure_tcp,
+                worker_threads,
                 upstream_tls,
                 buildkit_upstream_tls,
                 buildkit_listen,

@@ -522,6 +522,27 @@ fn metrics_listen_is_off_by_default_and_takes_an_ip_and_port_only() {
 }
 
 #[test]
+fn worker_threads_default_to_the_runtimes_own_and_take_1_to_256() {
+    assert_eq!(parse("").unwrap().server.worker_threads, None);
+    for n in [1, 2, 256] {
+        let p = parse(&format!("[server]\nworker_threads = {n}\n")).unwrap();
+        assert_eq!(p.server.worker_threads.map(|n| n.get()), Some(n));
+    }
+    for bad in ["0", "-1", "257"] {
+        let e = errors(&format!("[server]\nworker_threads = {bad}\n"));
+        assert_eq!(e.len(), 1, "{bad}: {e:?}");
+        assert!(
+            e[0].contains("policy.toml:2:18") && e[0].contains("from 1 to 256; got"),
+            "{e:?}"
+        );
+    }
+    // Not a number: the TOML type error, located.
+    let e = errors("[server]\nworker_threads = \"two\"\n");
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(e[0].contains("policy.toml:2:"), "{e:?}");
+}
+
+#[test]
 fn template_errors_are_located() {
     let errs = errors(
         "[secrets.a]\nsources = [\"env:A\"]\n\

@@ -243,24 +243,21 @@ fn config_is_found_through_buildbroker_config() {
 
 /// `buildbroker serve` with no policy file at all runs on the embedded default, as a normal
 /// user would on a fresh machine: socket under $XDG_RUNTIME_DIR, ready line, SIGTERM → exit 0.
-#[test]
-fn serve_runs_on_the_embedded_default_as_a_normal_user() {
-    let dir = tempfile::tempdir().unwrap();
-    let runtime = dir.path().join("run");
-    std::fs::create_dir(&runtime).unwrap();
-    // As root, run as nobody, so the test exercises the non-root defaults and never touches /run.
-    let mut cmd = as_nobody_when_root(dir.path(), &[]);
+/// Runs `serve` with `args` (as nobody when root, with `dir` as its home and `runtime` as its
+/// XDG_RUNTIME_DIR) until `sock` exists, then stops it with SIGTERM; its output.
+fn serve_until_ready(dir: &Path, runtime: &Path, sock: &Path, args: &[&str]) -> Output {
+    let mut cmd = as_nobody_when_root(dir, &[]);
     let mut child = cmd
         .arg("serve")
+        .args(args)
         .env_clear()
         .env("PATH", "/usr/bin:/bin")
-        .env("HOME", dir.path())
-        .env("XDG_RUNTIME_DIR", &runtime)
+        .env("HOME", dir)
+        .env("XDG_RUNTIME_DIR", runtime)
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let started = Instant::now();
-    let sock = runtime.join("buildbroker/docker.sock");
     while !sock.exists() {
         assert!(
             started.elapsed() < Duration::from_secs(10),
@@ -278,7 +275,17 @@ fn serve_runs_on_the_embedded_default_as_a_normal_user() {
         .arg(child.id().to_string())
         .status()
         .unwrap();
-    let out = child.wait_with_output().unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn serve_runs_on_the_embedded_default_as_a_normal_user() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = dir.path().join("run");
+    std::fs::create_dir(&runtime).unwrap();
+    // As root, run as nobody, so the test exercises the non-root defaults and never touches /run.
+    let sock = runtime.join("buildbroker/docker.sock");
+    let out = serve_until_ready(dir.path(), &runtime, &sock, &[]);
     let t = text(&out);
     assert_eq!(out.status.code(), Some(0), "{t}");
     assert!(
@@ -290,11 +297,47 @@ fn serve_runs_on_the_embedded_default_as_a_normal_user() {
     );
     assert!(t.contains("upstream unix:///var/run/docker.sock"), "{t}");
     assert!(t.contains("policy=<embedded default policy>"), "{t}");
+    // One worker per core unless the policy says otherwise.
+    let cores = std::thread::available_parallelism().unwrap().get();
+    let ready = t.lines().find(|l| l.contains("buildbroker ready")).unwrap();
+    let workers = format!("workers={cores}");
+    assert!(ready.split_whitespace().any(|w| w == workers), "{ready}");
     let mode = std::fs::metadata(runtime.join("buildbroker")).map(|m| {
         use std::os::unix::fs::PermissionsExt;
         m.permissions().mode() & 0o777
     });
     assert_eq!(mode.unwrap(), 0o750, "the socket directory is created 0750");
+}
+
+#[test]
+fn serve_runs_as_many_worker_threads_as_the_policy_says() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = dir.path().join("run");
+    std::fs::create_dir(&runtime).unwrap();
+    let sock = runtime.join("bb.sock");
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        format!(
+            "[server]\nlisten = [\"unix://{}\"]\nworker_threads = 1\n",
+            sock.display()
+        ),
+    )
+    .unwrap();
+    let out = serve_until_ready(
+        dir.path(),
+        &runtime,
+        &sock,
+        &["--config", policy.to_str().unwrap()],
+    );
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{t}");
+    assert!(t.contains("buildbroker ready"), "{t}");
+    let ready = t.lines().find(|l| l.contains("buildbroker ready")).unwrap();
+    assert!(
+        ready.split_whitespace().any(|w| w == "workers=1"),
+        "{ready}"
+    );
 }
 
 #[test]
