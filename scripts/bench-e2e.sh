@@ -17,6 +17,8 @@
 #   BIN_DIR=DIR         take buildbroker and examples/splice_proxy from DIR, built beforehand
 #   BROKER_B=PATH       a second buildbroker binary, run as one more interleaved side
 #                       ("broker_b"), to A/B a change in one run
+#   BROKER_B_SERVER=TOML  lines added to broker_b's [server] table (e.g. "worker_threads = 1"),
+#                       to A/B a policy setting; BROKER_B then defaults to the same binary
 # DRIVER=docker-container runs every side on buildx's docker-container driver with the test
 # bed's stand-in BuildKit image: one builder created directly on the engine, one created and
 # used through each proxy (the Control API then rides an exec stream through it).
@@ -43,6 +45,7 @@ fi
 work=$(mktemp -d)
 pids=()
 sides=(direct splice broker)
+if [ -n "${BROKER_B_SERVER:-}" ] && [ -z "${BROKER_B:-}" ]; then BROKER_B=$bin_dir/buildbroker; fi
 if [ -n "${BROKER_B:-}" ]; then sides+=(broker_b); fi
 host_of() { case $1 in direct) echo "$engine" ;; *) echo "unix://$work/$1.sock" ;; esac; }
 builder_of() { if [ "$driver" = docker-container ]; then echo "--builder bbbench_${1}_$$"; fi; }
@@ -82,6 +85,10 @@ wait_ready() { # LOG LINE
 }
 start_broker() { # BINARY SIDE
   policy "$work/$2.sock" > "$work/$2.toml"
+  if [ "$2" = broker_b ] && [ -n "${BROKER_B_SERVER:-}" ]; then
+    printf '[server]\n%s\n' "$BROKER_B_SERVER" | cat - <(sed '1d' "$work/$2.toml") > "$work/$2.toml.new"
+    mv "$work/$2.toml.new" "$work/$2.toml"
+  fi
   "$1" serve --config "$work/$2.toml" 2> "$work/$2.log" &
   pids+=($!); pid_of[$2]=$!
   wait_ready "$work/$2.log" "buildbroker ready"
