@@ -278,6 +278,16 @@ fn serve_until_ready(dir: &Path, runtime: &Path, sock: &Path, args: &[&str]) -> 
     child.wait_with_output().unwrap()
 }
 
+/// The daemon's ready line in `output` reports exactly `n` runtime workers (`workers=N`).
+fn assert_ready_workers(output: &str, n: usize) {
+    let ready = output
+        .lines()
+        .find(|l| l.contains("buildbroker ready"))
+        .unwrap_or_else(|| panic!("no ready line: {output}"));
+    let workers = format!("workers={n}");
+    assert!(ready.split_whitespace().any(|w| w == workers), "{ready}");
+}
+
 #[test]
 fn serve_runs_on_the_embedded_default_as_a_normal_user() {
     let dir = tempfile::tempdir().unwrap();
@@ -298,10 +308,7 @@ fn serve_runs_on_the_embedded_default_as_a_normal_user() {
     assert!(t.contains("upstream unix:///var/run/docker.sock"), "{t}");
     assert!(t.contains("policy=<embedded default policy>"), "{t}");
     // One worker per core unless the policy says otherwise.
-    let cores = std::thread::available_parallelism().unwrap().get();
-    let ready = t.lines().find(|l| l.contains("buildbroker ready")).unwrap();
-    let workers = format!("workers={cores}");
-    assert!(ready.split_whitespace().any(|w| w == workers), "{ready}");
+    assert_ready_workers(&t, std::thread::available_parallelism().unwrap().get());
     let mode = std::fs::metadata(runtime.join("buildbroker")).map(|m| {
         use std::os::unix::fs::PermissionsExt;
         m.permissions().mode() & 0o777
@@ -332,12 +339,7 @@ fn serve_runs_as_many_worker_threads_as_the_policy_says() {
     );
     let t = text(&out);
     assert_eq!(out.status.code(), Some(0), "{t}");
-    assert!(t.contains("buildbroker ready"), "{t}");
-    let ready = t.lines().find(|l| l.contains("buildbroker ready")).unwrap();
-    assert!(
-        ready.split_whitespace().any(|w| w == "workers=1"),
-        "{ready}"
-    );
+    assert_ready_workers(&t, 1);
 }
 
 #[test]
