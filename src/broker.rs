@@ -152,7 +152,7 @@ impl Broker {
         }
         if next.server.worker_threads != current.policy.server.worker_threads {
             tracing::warn!(
-                "[server] worker_threads changed; the runtime keeps its threads until the next restart"
+                "[server] worker_threads changed; the connection threads stay as they are until the next restart"
             );
         }
         if next.server.socket_group != current.policy.server.socket_group {

@@ -275,18 +275,30 @@ fn serve(config: Option<PathBuf>, env: HostEnv) -> ExitCode {
     if policy.server.metrics_listen.is_some() || activated.metrics.is_some() {
         crate::metrics::enable();
     }
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = policy.server.worker_threads {
-        builder.worker_threads(n.get());
-    }
-    let runtime = match builder.enable_all().build() {
+    // The main runtime accepts, handles signals and serves `/metrics` and the SSH agent
+    // sockets; every accepted connection runs on a connection thread (see
+    // [`crate::connection_threads`]), one per core unless the policy says otherwise.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("buildbroker: cannot start the async runtime: {e}");
             return ExitCode::from(2);
         }
     };
-    runtime.block_on(async move {
+    let threads = policy.server.worker_threads.unwrap_or_else(|| {
+        std::thread::available_parallelism().unwrap_or(std::num::NonZeroUsize::MIN)
+    });
+    let threads = match crate::connection_threads::ConnectionThreads::start(threads) {
+        Ok(t) => Arc::new(t),
+        Err(e) => {
+            eprintln!("buildbroker: cannot start the connection threads: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let code = runtime.block_on(async {
         let listen = policy.server.listen.clone();
         let upstream = policy.server.upstream.clone();
         let buildkit_listen = policy.server.buildkit_listen.clone();
@@ -444,16 +456,21 @@ fn serve(config: Option<PathBuf>, env: HostEnv) -> ExitCode {
         if !shutdown.is_cancelled() {
             health.set_serving(true);
         }
-        let workers = tokio::runtime::Handle::current().metrics().num_workers();
+        let workers = threads.len();
         tracing::info!(policy = %origin, workers, "buildbroker ready: serving the Docker Engine API on {addrs}, upstream {upstream}{buildkit}{agents}{metrics}");
         crate::systemd::ready(&format!("serving the Docker Engine API on {addrs}"));
         tokio::join!(
-            crate::server::run(listeners, broker.clone(), shutdown.clone()),
+            crate::server::run(listeners, threads.clone(), broker.clone(), shutdown.clone()),
             crate::ssh::socket::run(agent_sockets, broker, shutdown),
         );
-        tracing::info!("buildbroker stopped");
         ExitCode::SUCCESS
-    })
+    });
+    // Stops the connection threads: whatever outlived the drain is dropped there.
+    drop(threads);
+    if code == ExitCode::SUCCESS {
+        tracing::info!("buildbroker stopped");
+    }
+    code
 }
 
 /// Binds `[server] listen`: unix sockets as [`crate::server::bind`] does, tcp addresses with

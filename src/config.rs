@@ -115,9 +115,9 @@ pub struct Server {
     /// `[server] insecure_tcp = true`: tcp:// listeners without `[server.tls]` are served as
     /// plain tcp, and only on loopback addresses (checked at load).
     pub insecure_tcp: bool,
-    /// `[server] worker_threads`: the async runtime's worker threads, read at start; absent,
-    /// one per core. One worker relays with fewer wake-ups across threads (docs/benchmarks.md,
-    /// issue 14) and caps the daemon at one core.
+    /// `[server] worker_threads`: how many connection threads serve the accepted connections
+    /// ([`crate::connection_threads`]), read at start; absent, one per core. Each connection
+    /// stays on one thread; 1 caps every build the daemon relays at one core together.
     pub worker_threads: Option<std::num::NonZeroUsize>,
     /// `[upstream_tls]`: TLS towards a tcp:// `upstream`.
     pub upstream_tls: Option<TlsClientFiles>,

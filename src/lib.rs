@@ -7,7 +7,8 @@
 //!
 //! A tour, in the order a request travels:
 //!
-//! - [`server`] binds the unix listeners and runs one accept loop for both APIs; [`proxy`] relays the Docker
+//! - [`server`] binds the unix listeners and runs one accept loop for both APIs, and hands each
+//!   connection to one of the [`connection_threads`]; [`proxy`] relays the Docker
 //!   Engine API to the real engine and checks each peer with [`access`]; [`peers`] counts live
 //!   connections and sessions per uid and closes them when a reload revokes a peer.
 //!   [`daemon_files`] makes every socket and file the daemon creates so that another user
@@ -52,6 +53,7 @@ pub mod cache;
 pub mod channel;
 pub mod cli;
 pub mod config;
+pub mod connection_threads;
 pub mod control;
 pub mod daemon_files;
 pub mod dockerfile;

@@ -92,6 +92,54 @@ pub enum Incoming {
     },
 }
 
+/// An accepted connection taken off the runtime that accepted it, to be registered with the
+/// runtime that will serve it ([`crate::connection_threads`]): a socket's readiness then wakes
+/// only the thread that serves it.
+pub enum Detached {
+    Unix(std::os::unix::net::UnixStream),
+    Tcp {
+        stream: std::net::TcpStream,
+        remote: SocketAddr,
+        tls: Option<Arc<TlsAcceptor>>,
+    },
+}
+
+impl Incoming {
+    /// Deregisters the socket from this runtime; it stays non-blocking.
+    pub fn detach(self) -> std::io::Result<Detached> {
+        Ok(match self {
+            Incoming::Unix(stream) => Detached::Unix(stream.into_std()?),
+            Incoming::Tcp {
+                stream,
+                remote,
+                tls,
+            } => Detached::Tcp {
+                stream: stream.into_std()?,
+                remote,
+                tls,
+            },
+        })
+    }
+}
+
+impl Detached {
+    /// Registers the socket with the current runtime. Call it inside the runtime that serves it.
+    pub fn attach(self) -> std::io::Result<Incoming> {
+        Ok(match self {
+            Detached::Unix(stream) => Incoming::Unix(UnixStream::from_std(stream)?),
+            Detached::Tcp {
+                stream,
+                remote,
+                tls,
+            } => Incoming::Tcp {
+                stream: TcpStream::from_std(stream)?,
+                remote,
+                tls,
+            },
+        })
+    }
+}
+
 /// A connection with its caller: ready for `[access]` and the endpoint's protocol.
 pub struct Connected {
     pub io: ClientIo,

@@ -114,7 +114,8 @@ impl SecretFill {
 
 /// How much stack [`scrub_stack`] clears: more than a key load or a signature uses below
 /// its caller (the core-image test found a debug build's copies up to ~60 KiB down; release
-/// frames are smaller), far less than a tokio worker's 2 MiB stack.
+/// frames are smaller), far less than a connection thread's 2 MiB stack (the main thread
+/// has 8 MiB).
 const SCRUB_STACK_BYTES: usize = 128 * 1024;
 
 /// Zeroes the stack below the caller. Call it right after a function that handled key

@@ -15,6 +15,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::broker::Broker;
 use crate::config::Endpoint;
+use crate::connection_threads::ConnectionThreads;
 use crate::daemon_files::{self, PathError, SocketFile, SocketSpec};
 use crate::listen::Listener;
 use crate::{buildkit_endpoint, proxy};
@@ -133,10 +134,12 @@ pub(crate) fn bind_unix(
 }
 
 /// Serves until `shutdown` is cancelled, then stops accepting and gives open connections and
-/// sessions up to [`DRAIN_TIMEOUT`] to finish. Unix and tcp listeners alike: each connection's
-/// caller is established (peer credentials, or the TLS handshake) in its own task.
+/// sessions up to [`DRAIN_TIMEOUT`] to finish. Unix and tcp listeners alike: each connection
+/// is served on one of `threads`, and its caller is established (peer credentials, or the TLS
+/// handshake) there, in its own task.
 pub async fn run(
     listeners: Vec<(Api, Listener)>,
+    threads: Arc<ConnectionThreads>,
     broker: Arc<Broker>,
     shutdown: CancellationToken,
 ) {
@@ -146,21 +149,38 @@ pub async fn run(
         let broker = broker.clone();
         let tasks2 = tasks.clone();
         let shutdown = shutdown.clone();
+        let threads = threads.clone();
         accept_loops.push(tokio::spawn(async move {
             loop {
                 tokio::select! {
                     accepted = bound.accept() => match accepted {
                         Ok(stream) => {
                             crate::metrics::connection_accepted();
-                            match api {
-                                Api::DockerEngine => {
-                                    let conn_tasks = tasks2.clone();
-                                    tasks2.spawn(proxy::serve_connection(stream, broker.clone(), conn_tasks, shutdown.clone()));
+                            let stream = match stream.detach() {
+                                Ok(stream) => stream,
+                                Err(e) => {
+                                    crate::metrics::error_seen("accept");
+                                    tracing::warn!(error = %e, listener = %bound.describe(), "cannot hand an accepted connection to a connection thread");
+                                    continue;
                                 }
-                                Api::BuildKit => {
-                                    tasks2.spawn(buildkit_endpoint::serve_incoming(stream, broker.clone(), shutdown.clone()));
+                            };
+                            let broker = broker.clone();
+                            let conn_tasks = tasks2.clone();
+                            let shutdown = shutdown.clone();
+                            threads.spawn(&tasks2, move || async move {
+                                let stream = match stream.attach() {
+                                    Ok(stream) => stream,
+                                    Err(e) => {
+                                        crate::metrics::error_seen("accept");
+                                        tracing::warn!(error = %e, "cannot register an accepted connection with its thread");
+                                        return;
+                                    }
+                                };
+                                match api {
+                                    Api::DockerEngine => proxy::serve_connection(stream, broker, conn_tasks, shutdown).await,
+                                    Api::BuildKit => buildkit_endpoint::serve_incoming(stream, broker, shutdown).await,
                                 }
-                            }
+                            });
                         }
                         Err(e) => {
                             // EMFILE and friends: back off instead of spinning.

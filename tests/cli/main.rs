@@ -245,7 +245,14 @@ fn config_is_found_through_buildbroker_config() {
 /// user would on a fresh machine: socket under $XDG_RUNTIME_DIR, ready line, SIGTERM → exit 0.
 /// Runs `serve` with `args` (as nobody when root, with `dir` as its home and `runtime` as its
 /// XDG_RUNTIME_DIR) until `sock` exists, then stops it with SIGTERM; its output.
-fn serve_until_ready(dir: &Path, runtime: &Path, sock: &Path, args: &[&str]) -> Output {
+/// Runs `serve` until its socket exists, then stops it with SIGTERM: its output, and the names
+/// of its threads while it served.
+fn serve_until_ready(
+    dir: &Path,
+    runtime: &Path,
+    sock: &Path,
+    args: &[&str],
+) -> (Output, Vec<String>) {
     let mut cmd = as_nobody_when_root(dir, &[]);
     let mut child = cmd
         .arg("serve")
@@ -270,15 +277,34 @@ fn serve_until_ready(dir: &Path, runtime: &Path, sock: &Path, args: &[&str]) -> 
         }
         std::thread::sleep(Duration::from_millis(10));
     }
+    let mut threads: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", child.id()))
+        .unwrap()
+        .map(|t| std::fs::read_to_string(t.unwrap().path().join("comm")).unwrap())
+        .map(|name| name.trim_end().to_string())
+        .collect();
+    threads.sort();
     Command::new("kill")
         .arg("-TERM")
         .arg(child.id().to_string())
         .status()
         .unwrap();
-    child.wait_with_output().unwrap()
+    (child.wait_with_output().unwrap(), threads)
 }
 
-/// The daemon's ready line in `output` reports exactly `n` runtime workers (`workers=N`).
+/// The daemon serves connections on exactly `n` connection threads (`conn-0` …), besides its
+/// main thread and helper threads.
+fn assert_connection_threads(threads: &[String], n: usize) {
+    let mut conn: Vec<&String> = threads.iter().filter(|t| t.starts_with("conn-")).collect();
+    conn.sort_by_key(|t| t["conn-".len()..].parse::<usize>().unwrap_or(usize::MAX));
+    let expected: Vec<String> = (0..n).map(|i| format!("conn-{i}")).collect();
+    assert_eq!(
+        conn,
+        expected.iter().collect::<Vec<_>>(),
+        "threads: {threads:?}"
+    );
+}
+
+/// The daemon's ready line in `output` reports exactly `n` connection threads (`workers=N`).
 fn assert_ready_workers(output: &str, n: usize) {
     let ready = output
         .lines()
@@ -295,7 +321,7 @@ fn serve_runs_on_the_embedded_default_as_a_normal_user() {
     std::fs::create_dir(&runtime).unwrap();
     // As root, run as nobody, so the test exercises the non-root defaults and never touches /run.
     let sock = runtime.join("buildbroker/docker.sock");
-    let out = serve_until_ready(dir.path(), &runtime, &sock, &[]);
+    let (out, threads) = serve_until_ready(dir.path(), &runtime, &sock, &[]);
     let t = text(&out);
     assert_eq!(out.status.code(), Some(0), "{t}");
     assert!(
@@ -308,7 +334,9 @@ fn serve_runs_on_the_embedded_default_as_a_normal_user() {
     assert!(t.contains("upstream unix:///var/run/docker.sock"), "{t}");
     assert!(t.contains("policy=<embedded default policy>"), "{t}");
     // One worker per core unless the policy says otherwise.
-    assert_ready_workers(&t, std::thread::available_parallelism().unwrap().get());
+    let cores = std::thread::available_parallelism().unwrap().get();
+    assert_ready_workers(&t, cores);
+    assert_connection_threads(&threads, cores);
     let mode = std::fs::metadata(runtime.join("buildbroker")).map(|m| {
         use std::os::unix::fs::PermissionsExt;
         m.permissions().mode() & 0o777
@@ -331,7 +359,7 @@ fn serve_runs_as_many_worker_threads_as_the_policy_says() {
         ),
     )
     .unwrap();
-    let out = serve_until_ready(
+    let (out, threads) = serve_until_ready(
         dir.path(),
         &runtime,
         &sock,
@@ -340,6 +368,7 @@ fn serve_runs_as_many_worker_threads_as_the_policy_says() {
     let t = text(&out);
     assert_eq!(out.status.code(), Some(0), "{t}");
     assert_ready_workers(&t, 1);
+    assert_connection_threads(&threads, 1);
 }
 
 #[test]
