@@ -275,8 +275,8 @@ fn serve(config: Option<PathBuf>, env: HostEnv) -> ExitCode {
     if policy.server.metrics_listen.is_some() || activated.metrics.is_some() {
         crate::metrics::enable();
     }
-    // The main runtime accepts, handles signals and serves `/metrics` and the SSH agent
-    // sockets; every accepted connection runs on a connection thread (see
+    // The main runtime accepts, handles signals and serves `/metrics`; every accepted
+    // connection (both APIs and the SSH agent sockets) runs on a connection thread (see
     // [`crate::connection_threads`]), one per core unless the policy says otherwise.
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -461,12 +461,14 @@ fn serve(config: Option<PathBuf>, env: HostEnv) -> ExitCode {
         crate::systemd::ready(&format!("serving the Docker Engine API on {addrs}"));
         tokio::join!(
             crate::server::run(listeners, threads.clone(), broker.clone(), shutdown.clone()),
-            crate::ssh::socket::run(agent_sockets, broker, shutdown),
+            crate::ssh::socket::run(agent_sockets, threads.clone(), broker, shutdown),
         );
         ExitCode::SUCCESS
     });
-    // Stops the connection threads: whatever outlived the drain is dropped there.
+    // Stops the connection threads: whatever outlived the drain is dropped there. Neither
+    // runtime waits more than a moment for blocking work (a stalled read) at exit.
     drop(threads);
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     if code == ExitCode::SUCCESS {
         tracing::info!("buildbroker stopped");
     }

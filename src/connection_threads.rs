@@ -1,7 +1,8 @@
 //! The threads that serve connections: each accepted connection runs, with every task it
 //! spawns (its HTTP/2 halves, its connection upstream, the session relayed inside it), on one
-//! thread of a small pool, each thread a single-threaded tokio runtime of its own. The main
-//! runtime keeps the accept loops, signals, `/metrics` and the SSH agent sockets.
+//! thread of a small pool, each thread a single-threaded tokio runtime of its own (the SSH
+//! agent sockets' connections too). The main runtime keeps the accept loops, signals and
+//! `/metrics`.
 //!
 //! Why not one work-stealing runtime for everything: a relay is a chain of tasks that wake
 //! each other for every few frames (a connection's reader wakes the other side's writer). On
@@ -11,16 +12,19 @@
 //! futex call and cut the broker's CPU per MiB by about an eighth. A pool of such threads keeps
 //! that for every connection while concurrent builds still use every core.
 //!
-//! A connection is placed when it is accepted, on the thread with the fewest open connections
-//! (ties go round the pool), and never moves. The cost of that model: two heavy connections
-//! that land on one thread share its core while another thread may idle. Its sockets are
+//! A connection is placed when it is accepted, on the thread with the fewest live tasks (ties
+//! go round the pool), and never moves. Tasks, not connections, are counted: on the Docker
+//! endpoint the HTTP connection ends when it upgrades, and the session or stream it became
+//! lives on as a task of its own. The cost of that model: two heavy connections that land on
+//! one thread share its core while another thread may idle, and CPU-bound work on a thread
+//! (decrypting a held ssh key) holds up the other connections there. Its sockets are
 //! registered with that thread's runtime ([`crate::listen::Detached`]), so their readiness
 //! wakes no other thread.
 
 use std::future::Future;
 use std::num::NonZeroUsize;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
@@ -40,18 +44,12 @@ pub struct ConnectionThreads {
 
 struct Thread {
     handle: Handle,
-    open: Arc<AtomicUsize>,
     join: Option<std::thread::JoinHandle<()>>,
 }
 
-/// Counts one connection on its thread until dropped.
-struct Open(Arc<AtomicUsize>);
-
-impl Drop for Open {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
+/// How long a stopping thread waits for its blocking work (a stalled `/proc` or NFS read)
+/// before it leaves it behind, so that a hung read cannot hold up the daemon's exit.
+const BLOCKING_GRACE: Duration = Duration::from_secs(1);
 
 impl ConnectionThreads {
     /// Starts `n` threads, named `conn-0`, `conn-1`, ….
@@ -73,13 +71,12 @@ impl ConnectionThreads {
                 .stack_size(STACK)
                 .spawn(move || {
                     runtime.block_on(stop.cancelled());
-                    // Dropping the runtime here drops the tasks still on it (after the drain
-                    // timeout), in the thread that ran them.
-                    drop(runtime);
+                    // Drops the tasks still on it (after the drain timeout) in the thread
+                    // that ran them.
+                    runtime.shutdown_timeout(BLOCKING_GRACE);
                 })?;
             pool.threads.push(Thread {
                 handle,
-                open: Arc::new(AtomicUsize::new(0)),
                 join: Some(join),
             });
         }
@@ -104,15 +101,7 @@ impl ConnectionThreads {
         Fut: Future<Output = ()> + Send + 'static,
     {
         let thread = self.least_busy();
-        thread.open.fetch_add(1, Ordering::Relaxed);
-        let open = Open(thread.open.clone());
-        tasks.spawn_on(
-            async move {
-                let _open = open;
-                serve().await
-            },
-            &thread.handle,
-        );
+        tasks.spawn_on(async move { serve().await }, &thread.handle);
     }
 
     fn least_busy(&self) -> &Thread {
@@ -120,15 +109,15 @@ impl ConnectionThreads {
         let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
         (0..n)
             .map(|k| &self.threads[(start + k) % n])
-            .min_by_key(|t| t.open.load(Ordering::Relaxed))
+            .min_by_key(|t| t.handle.metrics().num_alive_tasks())
             .expect("a pool has at least one thread")
     }
 
-    /// Open connections per thread, in thread order.
-    pub fn open_per_thread(&self) -> Vec<usize> {
+    /// Live tasks per thread, in thread order: the connections there and what they started.
+    pub fn tasks_per_thread(&self) -> Vec<usize> {
         self.threads
             .iter()
-            .map(|t| t.open.load(Ordering::Relaxed))
+            .map(|t| t.handle.metrics().num_alive_tasks())
             .collect()
     }
 }
@@ -147,7 +136,7 @@ impl Drop for ConnectionThreads {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Mutex;
+    use std::sync::{Arc, Mutex};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     fn pool(n: usize) -> ConnectionThreads {
@@ -183,7 +172,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn connections_go_to_the_thread_with_the_fewest_open() {
+    async fn connections_go_to_the_thread_with_the_fewest_tasks() {
         let threads = pool(3);
         let tasks = TaskTracker::new();
         let hold = || {
@@ -193,24 +182,75 @@ mod tests {
             release
         };
         let held: Vec<_> = (0..3).map(|_| hold()).collect();
-        assert_eq!(threads.open_per_thread(), vec![1, 1, 1]);
+        assert_eq!(threads.tasks_per_thread(), vec![1, 1, 1]);
         // The second connection ends: its thread is the one with a free place. Going round the
         // pool, the next pick would start at the first thread; fewest-open must win.
         held[1].cancel();
-        while threads.open_per_thread() != vec![1, 0, 1] {
+        while threads.tasks_per_thread() != vec![1, 0, 1] {
             tokio::task::yield_now().await;
         }
         let late = hold();
-        assert_eq!(threads.open_per_thread(), vec![1, 1, 1]);
+        assert_eq!(threads.tasks_per_thread(), vec![1, 1, 1]);
         // Three more go one to each thread, never two to one.
         let more: Vec<_> = (0..3).map(|_| hold()).collect();
-        assert_eq!(threads.open_per_thread(), vec![2, 2, 2]);
+        assert_eq!(threads.tasks_per_thread(), vec![2, 2, 2]);
         for r in held.iter().chain(&more).chain([&late]) {
             r.cancel();
         }
         tasks.close();
         tasks.wait().await;
-        assert_eq!(threads.open_per_thread(), vec![0, 0, 0]);
+        settle(&threads, vec![0, 0, 0]).await;
+    }
+
+    /// Waits until the threads hold `expected` tasks (a finished task leaves its thread's
+    /// count a moment after its tracker hears of it).
+    async fn settle(threads: &ConnectionThreads, expected: Vec<usize>) {
+        let start = std::time::Instant::now();
+        while threads.tasks_per_thread() != expected {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "tasks per thread: {:?}, expected {expected:?}",
+                threads.tasks_per_thread()
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn an_upgraded_connection_keeps_its_thread_counted_after_its_first_task_ends() {
+        // As on the Docker endpoint: the HTTP connection's future returns once it upgraded,
+        // and what it became (here two streams) runs on as tasks it spawned.
+        let threads = pool(2);
+        let tasks = TaskTracker::new();
+        let release = CancellationToken::new();
+        let on_thread = |tasks: &TaskTracker| {
+            let names = Arc::new(Mutex::new(Vec::new()));
+            let (n, r) = (names.clone(), release.clone());
+            threads.spawn(tasks, move || async move {
+                n.lock()
+                    .unwrap()
+                    .push(std::thread::current().name().unwrap_or("").to_string());
+                r.cancelled().await
+            });
+            names
+        };
+        let plain = on_thread(&tasks);
+        let (r, streams) = (release.clone(), tasks.clone());
+        threads.spawn(&tasks, move || async move {
+            for _ in 0..2 {
+                let r = r.clone();
+                streams.spawn(async move { r.cancelled().await });
+            }
+        });
+        settle(&threads, vec![1, 2]).await;
+        // The upgraded connection's thread is the busier one, though its own future is done.
+        let next = on_thread(&tasks);
+        assert_eq!(threads.tasks_per_thread(), vec![2, 2]);
+        release.cancel();
+        tasks.close();
+        tasks.wait().await;
+        assert_eq!(*plain.lock().unwrap(), ["conn-0"]);
+        assert_eq!(*next.lock().unwrap(), ["conn-0"]);
     }
 
     #[tokio::test]
@@ -263,7 +303,20 @@ mod tests {
                 std::future::pending::<()>().await
             });
         }
+        // A connection stuck in a blocking read (a stalled /proc or NFS read) must not hold
+        // up the daemon's exit.
+        threads.spawn(&tasks, || async {
+            let _ =
+                tokio::task::spawn_blocking(|| std::thread::sleep(Duration::from_secs(60))).await;
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        let stopping = std::time::Instant::now();
         drop(threads);
+        assert!(
+            stopping.elapsed() < Duration::from_secs(10),
+            "stopping took {:?}",
+            stopping.elapsed()
+        );
         assert_eq!(dropped.load(Ordering::SeqCst), 2);
         assert!(
             tasks.is_empty(),

@@ -522,7 +522,7 @@ fn metrics_listen_is_off_by_default_and_takes_an_ip_and_port_only() {
 }
 
 #[test]
-fn worker_threads_default_to_the_runtimes_own_and_take_1_to_256() {
+fn worker_threads_default_to_one_per_core_and_take_1_to_256() {
     assert_eq!(parse("").unwrap().server.worker_threads, None);
     for n in [1, 2, 256] {
         let p = parse(&format!("[server]\nworker_threads = {n}\n")).unwrap();

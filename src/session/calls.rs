@@ -61,8 +61,9 @@ struct Shared {
     /// session's task pushes and drains it (hyper calls `execute` from the connection's poll).
     waiting: Mutex<Vec<Call>>,
     /// Calls handed over since [`Driven`] last polled the connection: the first of them runs
-    /// here; the others of a burst get tasks of their own, so that a burst of calls in one
-    /// session still uses every worker.
+    /// here; the others of a burst get tasks of their own, so that one slow call does not hold
+    /// up the rest of its burst. (In the daemon they stay on the session's connection thread
+    /// and interleave there; on a multi-threaded runtime they may run on other workers.)
     this_round: AtomicUsize,
 }
 

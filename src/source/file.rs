@@ -169,7 +169,8 @@ pub(crate) fn read_modes() -> &'static ReadModes {
     &READ_MODES
 }
 
-/// Where a read runs: on a tokio worker, or in the blocking pool.
+/// Where a read runs: on the runtime's thread (in the daemon, the connection's thread, shared
+/// with the other connections placed there), or in the blocking pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Place {
     /// On a worker: a file found on a memory file system is read whole, one on a local disk

@@ -20,6 +20,7 @@ use super::{AgentConnection, Origin, wire};
 use crate::access::{PeerInfo, check_peer, supplementary_groups};
 use crate::broker::Broker;
 use crate::config::Policy;
+use crate::connection_threads::ConnectionThreads;
 use crate::daemon_files::SocketSpec;
 use crate::server::{BindError, BoundListener, bind_unix};
 
@@ -57,18 +58,39 @@ pub fn bind(policy: &Policy, euid: u32) -> Result<Vec<AgentListener>, BindError>
 
 /// Serves every agent socket until `shutdown`; open agent connections end with it (an agent
 /// connection holds no state worth draining).
-pub async fn run(listeners: Vec<AgentListener>, broker: Arc<Broker>, shutdown: CancellationToken) {
+/// Each connection is served on one of `threads`, as the API endpoints' are: a key load or a
+/// signature never runs on the thread that accepts and handles signals.
+pub async fn run(
+    listeners: Vec<AgentListener>,
+    threads: Arc<ConnectionThreads>,
+    broker: Arc<Broker>,
+    shutdown: CancellationToken,
+) {
     let tasks = TaskTracker::new();
     for listener in listeners {
         let broker = broker.clone();
         let shutdown = shutdown.clone();
         let conns = tasks.clone();
+        let threads = threads.clone();
         tasks.spawn(async move {
             loop {
                 tokio::select! {
                     accepted = listener.bound.listener.accept() => match accepted {
                         Ok((stream, _)) => {
-                            conns.spawn(serve(stream, listener.id.clone(), broker.clone(), shutdown.clone()));
+                            let stream = match stream.into_std() {
+                                Ok(s) => s,
+                                Err(e) => {
+                                    tracing::warn!(error = %e, path = %listener.path().display(), "cannot hand an agent socket connection to a connection thread");
+                                    continue;
+                                }
+                            };
+                            let (id, broker, shutdown) = (listener.id.clone(), broker.clone(), shutdown.clone());
+                            threads.spawn(&conns, move || async move {
+                                match UnixStream::from_std(stream) {
+                                    Ok(stream) => serve(stream, id, broker, shutdown).await,
+                                    Err(e) => tracing::warn!(error = %e, "cannot register an agent socket connection with its thread"),
+                                }
+                            });
                         }
                         Err(e) => {
                             tracing::warn!(error = %e, path = %listener.path().display(), "agent socket accept failed");

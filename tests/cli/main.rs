@@ -279,7 +279,8 @@ fn serve_until_ready(
     }
     let mut threads: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", child.id()))
         .unwrap()
-        .map(|t| std::fs::read_to_string(t.unwrap().path().join("comm")).unwrap())
+        // A helper thread may end between the listing and the read.
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
         .map(|name| name.trim_end().to_string())
         .collect();
     threads.sort();
