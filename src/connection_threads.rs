@@ -17,8 +17,8 @@
 //! endpoint the HTTP connection ends when it upgrades, and the session or stream it became
 //! lives on as a task of its own. The cost of that model: two heavy connections that land on
 //! one thread share its core while another thread may idle, and CPU-bound work on a thread
-//! (decrypting a held ssh key) holds up the other connections there. Its sockets are
-//! registered with that thread's runtime ([`crate::listen::Detached`]), so their readiness
+//! (decrypting a held ssh key) holds up the other connections there. Its socket is moved to
+//! that thread's runtime ([`Movable`], [`ConnectionThreads::serve_socket`]), so its readiness
 //! wakes no other thread.
 
 use std::future::Future;
@@ -33,6 +33,26 @@ use tokio_util::task::TaskTracker;
 /// Each thread's stack, as a tokio worker's: [`crate::secret::scrub_stack`] relies on it
 /// being far deeper than what it clears.
 const STACK: usize = 2 * 1024 * 1024;
+
+/// An accepted socket that can leave the runtime that accepted it for the one that serves it.
+pub trait Movable: Sized {
+    /// The socket between the two runtimes: registered with neither, still non-blocking.
+    type Detached: Send + 'static;
+    /// Deregisters the socket from the current runtime.
+    fn detach(self) -> std::io::Result<Self::Detached>;
+    /// Registers it with the current runtime; called inside the runtime that serves it.
+    fn attach(detached: Self::Detached) -> std::io::Result<Self>;
+}
+
+impl Movable for tokio::net::UnixStream {
+    type Detached = std::os::unix::net::UnixStream;
+    fn detach(self) -> std::io::Result<Self::Detached> {
+        self.into_std()
+    }
+    fn attach(detached: Self::Detached) -> std::io::Result<Self> {
+        tokio::net::UnixStream::from_std(detached)
+    }
+}
 
 /// The pool; dropping it stops every thread, dropping what still runs on them.
 pub struct ConnectionThreads {
@@ -95,13 +115,39 @@ impl ConnectionThreads {
 
     /// Runs one connection on the least busy thread, tracked by `tasks`. `serve` is called on
     /// that thread, so the sockets it registers belong to that thread's runtime.
-    pub fn spawn<F, Fut>(&self, tasks: &TaskTracker, serve: F)
+    fn spawn<F, Fut>(&self, tasks: &TaskTracker, serve: F)
     where
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
         let thread = self.least_busy();
         tasks.spawn_on(async move { serve().await }, &thread.handle);
+    }
+
+    /// Serves one accepted socket on the least busy thread, tracked by `tasks`: the socket
+    /// moves to that thread's runtime before `serve` gets it. A socket that cannot move is
+    /// closed, logged and counted as an accept error.
+    pub fn serve_socket<S, F, Fut>(&self, tasks: &TaskTracker, socket: S, serve: F)
+    where
+        S: Movable,
+        F: FnOnce(S) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let failed = |e: std::io::Error| {
+            crate::metrics::error_seen("accept");
+            tracing::warn!(error = %e, "cannot move an accepted connection to a connection thread");
+        };
+        let detached = match socket.detach() {
+            Ok(d) => d,
+            Err(e) => return failed(e),
+        };
+        self.spawn(tasks, move || async move {
+            let socket = match S::attach(detached) {
+                Ok(socket) => socket,
+                Err(e) => return failed(e),
+            };
+            serve(socket).await
+        });
     }
 
     fn least_busy(&self) -> &Thread {
@@ -186,9 +232,7 @@ mod tests {
         // The second connection ends: its thread is the one with a free place. Going round the
         // pool, the next pick would start at the first thread; fewest-open must win.
         held[1].cancel();
-        while threads.tasks_per_thread() != vec![1, 0, 1] {
-            tokio::task::yield_now().await;
-        }
+        settle(&threads, vec![1, 0, 1]).await;
         let late = hold();
         assert_eq!(threads.tasks_per_thread(), vec![1, 1, 1]);
         // Three more go one to each thread, never two to one.
@@ -263,11 +307,9 @@ mod tests {
         let client = tokio::net::UnixStream::connect(&path);
         let (accepted, client) = tokio::join!(listener.accept(), client);
         let mut client = client.unwrap();
-        let detached = crate::listen::Incoming::Unix(accepted.unwrap().0)
-            .detach()
-            .unwrap();
-        threads.spawn(&tasks, move || async move {
-            let crate::listen::Incoming::Unix(mut s) = detached.attach().unwrap() else {
+        let accepted = crate::listen::Incoming::Unix(accepted.unwrap().0);
+        threads.serve_socket(&tasks, accepted, |incoming| async move {
+            let crate::listen::Incoming::Unix(mut s) = incoming else {
                 unreachable!()
             };
             let mut buf = [0u8; 5];

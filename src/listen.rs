@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::access::{PeerInfo, check_peer, supplementary_groups};
 use crate::broker::Broker;
+use crate::connection_threads::Movable;
 use crate::peers::ConnectionSlot;
 use crate::server::BoundListener;
 use crate::tls::{AcceptError, HANDSHAKE_TIMEOUT, IdentityError, TlsAcceptor};
@@ -92,9 +93,8 @@ pub enum Incoming {
     },
 }
 
-/// An accepted connection taken off the runtime that accepted it, to be registered with the
-/// runtime that will serve it ([`crate::connection_threads`]): a socket's readiness then wakes
-/// only the thread that serves it.
+/// An [`Incoming`] between the runtime that accepted it and the one that serves it
+/// ([`crate::connection_threads`]).
 pub enum Detached {
     Unix(std::os::unix::net::UnixStream),
     Tcp {
@@ -104,9 +104,10 @@ pub enum Detached {
     },
 }
 
-impl Incoming {
-    /// Deregisters the socket from this runtime; it stays non-blocking.
-    pub fn detach(self) -> std::io::Result<Detached> {
+impl Movable for Incoming {
+    type Detached = Detached;
+
+    fn detach(self) -> std::io::Result<Detached> {
         Ok(match self {
             Incoming::Unix(stream) => Detached::Unix(stream.into_std()?),
             Incoming::Tcp {
@@ -120,12 +121,9 @@ impl Incoming {
             },
         })
     }
-}
 
-impl Detached {
-    /// Registers the socket with the current runtime. Call it inside the runtime that serves it.
-    pub fn attach(self) -> std::io::Result<Incoming> {
-        Ok(match self {
+    fn attach(detached: Detached) -> std::io::Result<Incoming> {
+        Ok(match detached {
             Detached::Unix(stream) => Incoming::Unix(UnixStream::from_std(stream)?),
             Detached::Tcp {
                 stream,

@@ -156,26 +156,10 @@ pub async fn run(
                     accepted = bound.accept() => match accepted {
                         Ok(stream) => {
                             crate::metrics::connection_accepted();
-                            let stream = match stream.detach() {
-                                Ok(stream) => stream,
-                                Err(e) => {
-                                    crate::metrics::error_seen("accept");
-                                    tracing::warn!(error = %e, listener = %bound.describe(), "cannot hand an accepted connection to a connection thread");
-                                    continue;
-                                }
-                            };
                             let broker = broker.clone();
                             let conn_tasks = tasks2.clone();
                             let shutdown = shutdown.clone();
-                            threads.spawn(&tasks2, move || async move {
-                                let stream = match stream.attach() {
-                                    Ok(stream) => stream,
-                                    Err(e) => {
-                                        crate::metrics::error_seen("accept");
-                                        tracing::warn!(error = %e, "cannot register an accepted connection with its thread");
-                                        return;
-                                    }
-                                };
+                            threads.serve_socket(&tasks2, stream, move |stream| async move {
                                 match api {
                                     Api::DockerEngine => proxy::serve_connection(stream, broker, conn_tasks, shutdown).await,
                                     Api::BuildKit => buildkit_endpoint::serve_incoming(stream, broker, shutdown).await,

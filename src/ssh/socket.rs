@@ -77,20 +77,8 @@ pub async fn run(
                 tokio::select! {
                     accepted = listener.bound.listener.accept() => match accepted {
                         Ok((stream, _)) => {
-                            let stream = match stream.into_std() {
-                                Ok(s) => s,
-                                Err(e) => {
-                                    tracing::warn!(error = %e, path = %listener.path().display(), "cannot hand an agent socket connection to a connection thread");
-                                    continue;
-                                }
-                            };
                             let (id, broker, shutdown) = (listener.id.clone(), broker.clone(), shutdown.clone());
-                            threads.spawn(&conns, move || async move {
-                                match UnixStream::from_std(stream) {
-                                    Ok(stream) => serve(stream, id, broker, shutdown).await,
-                                    Err(e) => tracing::warn!(error = %e, "cannot register an agent socket connection with its thread"),
-                                }
-                            });
+                            threads.serve_socket(&conns, stream, move |stream| serve(stream, id, broker, shutdown));
                         }
                         Err(e) => {
                             tracing::warn!(error = %e, path = %listener.path().display(), "agent socket accept failed");
