@@ -669,17 +669,33 @@ async fn files_on_a_local_disk_read_inline_only_what_the_page_cache_holds() {
             std::os::unix::fs::FileExt::read_exact_at(&g, &mut page, 0).unwrap();
         }
     };
+    // `POSIX_FADV_DONTNEED` may leave a page behind (one still in another CPU's LRU batch, or
+    // briefly referenced), which CI met under parallel tests: evict again, a bounded number of
+    // times, before a page left cached counts against the code.
+    const EVICTIONS: usize = 20;
     for first_page in [false, true] {
-        evict(first_page);
-        let pending = match file::read_capped(&path, false, file::Place::Inline) {
-            file::Outcome::WouldWait(pending) => pending,
-            file::Outcome::Done(_) | file::Outcome::Elsewhere => {
-                panic!("an evicted file was read without waiting")
+        let expected = if first_page { 4096 } else { 0 };
+        let mut tries = 0;
+        let pending = loop {
+            tries += 1;
+            evict(first_page);
+            match file::read_capped(&path, false, file::Place::Inline) {
+                file::Outcome::WouldWait(pending)
+                    if pending.read_so_far() == expected || tries == EVICTIONS =>
+                {
+                    break pending;
+                }
+                file::Outcome::WouldWait(_) => {}
+                file::Outcome::Done(_) if tries < EVICTIONS => {}
+                file::Outcome::Done(_) | file::Outcome::Elsewhere => {
+                    panic!("an evicted file was read without waiting")
+                }
             }
+            std::thread::sleep(std::time::Duration::from_millis(10));
         };
         assert_eq!(
             pending.read_so_far(),
-            if first_page { 4096 } else { 0 },
+            expected,
             "inline, only the cached page is read"
         );
         match pending.read(file::Wait::Yes).done() {
@@ -687,11 +703,17 @@ async fn files_on_a_local_disk_read_inline_only_what_the_page_cache_holds() {
             _ => panic!("expected the file's bytes from the rest of the read"),
         }
     }
-    // And through `lookup`, which hands the rest to the blocking pool.
-    evict(true);
-    match lookup(&spec, "x", ctx()).await {
-        Ok(Lookup::Found(v)) => assert_eq!(v.expose(), &value[..]),
-        _ => panic!("expected the file's bytes"),
+    // And through `lookup`, which hands the rest to the blocking pool (evicted again if a
+    // page stayed cached, as above).
+    for _ in 0..EVICTIONS {
+        evict(true);
+        match lookup(&spec, "x", ctx()).await {
+            Ok(Lookup::Found(v)) => assert_eq!(v.expose(), &value[..]),
+            _ => panic!("expected the file's bytes"),
+        }
+        if file::pool_reads(&path) > 1 {
+            break;
+        }
     }
     assert_eq!(
         file::pool_reads(&path),
