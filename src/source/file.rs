@@ -84,6 +84,16 @@ pub async fn lookup(path: &Path, allow_foreign: &[PathBuf]) -> Result<Lookup, So
     .map_err(|e| SourceError::transient(format!("file read task failed: {e}")))?
 }
 
+thread_local! {
+    /// Tests: when set, a read on this thread that may not wait (`RWF_NOWAIT`) acts as if the
+    /// page cache held the file's first this-many bytes and no more. Whether a real read of an
+    /// evicted page waits is the kernel's call (a fast disk can finish the readahead such a read
+    /// starts before the read looks), so the hand-off to the pool is tested with this.
+    #[cfg(test)]
+    pub(super) static CACHED_ONLY: std::cell::Cell<Option<usize>> =
+        const { std::cell::Cell::new(None) };
+}
+
 /// Per path, the lookups that went to the blocking pool (for the tests that check a read
 /// stayed inline).
 #[cfg(test)]
@@ -223,6 +233,15 @@ impl Pending {
     /// Reads to the end of the file, never past the size it had when opened.
     pub(super) fn read(mut self, wait: Wait) -> Outcome {
         loop {
+            // Tests: a read that may not wait stops where this thread's page cache "ends".
+            #[cfg(test)]
+            let cached_only = match (wait, CACHED_ONLY.get()) {
+                (Wait::No, Some(end)) if self.fill.filled() >= end => {
+                    return Outcome::WouldWait(self);
+                }
+                (Wait::No, Some(end)) => Some(end - self.fill.filled()),
+                _ => None,
+            };
             let Some(spare) = self.fill.spare() else {
                 return Outcome::Done(Err(SourceError::transient(
                     "file changed size while being read; try again",
@@ -233,7 +252,17 @@ impl Pending {
                 // u64::MAX: at (and advancing) the file's own offset, as read(2) does.
                 Wait::No => rustix::io::preadv2(
                     &self.file,
-                    &mut [std::io::IoSliceMut::new(spare)],
+                    &mut [std::io::IoSliceMut::new({
+                        #[cfg(test)]
+                        let spare = match cached_only {
+                            Some(room) => {
+                                let end = room.min(spare.len());
+                                &mut spare[..end]
+                            }
+                            None => spare,
+                        };
+                        spare
+                    })],
                     u64::MAX,
                     rustix::io::ReadWriteFlags::NOWAIT,
                 )
