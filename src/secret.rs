@@ -130,6 +130,36 @@ pub(crate) fn scrub_stack() {
     std::hint::black_box(&mut area);
 }
 
+/// Runs `work` (parsing, decrypting or signing with a private key) on a thread of its own
+/// that exits when it is done, and waits for it without blocking the caller's runtime. A
+/// thread leaves key material in two places no allocator reaches: its stack, and its
+/// registers (a `memcpy` of a key goes through vector registers, and an idle thread keeps
+/// them; the core-image test found a held key's scalar in a parked blocking-pool thread's
+/// XMM registers, in the core's register notes). An exiting thread takes both with it (glibc
+/// also discards the pages of a finished thread's stack), and `work`'s frames are scrubbed
+/// first anyway. Costs a thread start, tens of microseconds. `None` if no thread could be
+/// started or `work` panicked.
+pub(crate) async fn on_own_thread<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Option<T> {
+    let (done, result) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("key-work".into())
+        .spawn(move || {
+            let out = run_unscrubbed(work);
+            scrub_stack();
+            let _ = done.send(out);
+        })
+        .ok()?;
+    result.await.ok()
+}
+
+/// Runs `work` in a frame below its caller's, so [`scrub_stack`] after it reaches every copy.
+#[inline(never)]
+fn run_unscrubbed<T>(work: impl FnOnce() -> T) -> T {
+    work()
+}
+
 /// Lets `Bytes` own a `SecretBytes` (and so zeroize it on drop). Private: nothing else may
 /// view secret bytes through `AsRef`.
 struct WireOwner(SecretBytes);
@@ -143,6 +173,38 @@ impl AsRef<[u8]> for WireOwner {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Key work runs on a thread of its own that is gone once the answer is in, so its
+    /// registers and stack go with it; a panic there is `None`, not the caller's panic.
+    #[tokio::test]
+    async fn key_work_runs_on_a_thread_that_exits_after_it() {
+        let caller = std::thread::current().id();
+        let (name, id, task) = on_own_thread(|| {
+            let me = std::thread::current();
+            // "PID/task/TID"
+            let task = std::path::Path::new("/proc")
+                .join(std::fs::read_link("/proc/thread-self").unwrap());
+            assert!(task.exists(), "{task:?}");
+            (me.name().map(str::to_owned), me.id(), task)
+        })
+        .await
+        .expect("the work ran");
+        assert_eq!(name.as_deref(), Some("key-work"));
+        assert_ne!(id, caller);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while task.exists() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the key-work thread did not exit"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(
+            on_own_thread(|| -> u8 { panic!("in key work") })
+                .await
+                .is_none()
+        );
+    }
 
     #[test]
     fn wire_bytes_share_the_buffer_and_release_it() {

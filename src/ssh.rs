@@ -135,8 +135,9 @@ impl ManagedId {
                 let keys =
                     HeldKeys::load(&self.id, private_keys, passphrase.as_ref(), &self.sources)
                         .await;
-                // `load`'s own frame (below this one now) still holds the bytes of each key
-                // it moved into the list: a move leaves its source behind on the stack.
+                // Keys are parsed, and boxed, on threads of their own (`held::build_key`), so
+                // `load`'s frames below this one should hold none; scrubbed anyway, once per
+                // load, in case a future change moves a key through them.
                 crate::secret::scrub_stack();
                 keys.map(Arc::new)
             })

@@ -214,10 +214,12 @@ impl AgentConnection {
         let (held, host) = self.authorize_sign(managed, &request).await?;
         let signature = match (&managed.rule().keys, held) {
             (_, Some(keys)) => {
-                let signer = keys
-                    .find(request.credential.key_data())
-                    .ok_or(SignError::NotExposed)?;
-                signer.sign(&request.data, request.flags)?
+                let (data, flags) = (request.data, request.flags);
+                keys.sign_with(request.credential.key_data(), move |key| {
+                    key.sign(&data, flags)
+                })
+                .await
+                .ok_or(SignError::NotExposed)??
             }
             (SshKeys::Upstream { agent, .. }, None) => {
                 self.upstream(agent).await?.sign(request).await?
@@ -270,10 +272,14 @@ impl AgentConnection {
         let (held, host) = self.authorize_sign(managed, request).await?;
         let answer = match (&managed.rule().keys, held) {
             (_, Some(keys)) => {
-                let signer = keys
-                    .find(request.credential.key_data())
-                    .ok_or(SignError::NotExposed)?;
-                wire::sign_response("ssh-rsa", &signer.sign_rsa_sha1(&request.data)?)
+                let data = request.data.clone();
+                let signature = keys
+                    .sign_with(request.credential.key_data(), move |key| {
+                        key.sign_rsa_sha1(&data)
+                    })
+                    .await
+                    .ok_or(SignError::NotExposed)??;
+                wire::sign_response("ssh-rsa", &signature)
             }
             (SshKeys::Upstream { agent, .. }, None) => upstream::sign_raw(agent, frame).await?,
             (SshKeys::Held { .. }, None) => return Err(SignError::NotExposed),

@@ -25,14 +25,20 @@ use ssh_key::{Algorithm, Fingerprint, HashAlg, PrivateKey, Signature};
 use zeroize::Zeroizing;
 
 use pkcs8::DecodePrivateKey;
+use std::sync::Arc;
 
-use crate::secret::{SecretBytes, scrub_stack};
+use crate::secret::{SecretBytes, on_own_thread, scrub_stack};
 use crate::source::{ResolveContext, SourceRuntime, SourceSpec, resolve_chain};
 
 /// The keys of one ssh id, loaded once and held until the policy is reloaded.
 #[derive(Default)]
 pub struct HeldKeys {
-    keys: Vec<HeldKey>,
+    /// Boxed where they are built, so no move leaves a copy of a key in a stack frame.
+    #[allow(
+        clippy::vec_box,
+        reason = "moving a key out of its box copies it on the stack"
+    )]
+    keys: Vec<Box<HeldKey>>,
 }
 
 /// One private key, ready to sign.
@@ -124,49 +130,33 @@ impl HeldKeys {
         sources: &SourceRuntime,
     ) -> Result<HeldKeys, KeyLoadError> {
         let mut keys = Vec::with_capacity(private_keys.len());
-        let mut pass: Option<SecretBytes> = None;
+        let mut pass: Option<Arc<SecretBytes>> = None;
         for spec in private_keys {
             let source_uri = spec.to_string();
-            let bytes =
-                resolve_one(spec, id, sources)
-                    .await
-                    .map_err(|message| KeyLoadError::Source {
-                        source_uri: source_uri.clone(),
-                        message,
-                    })?;
-            let parsed = match parse_private_key(bytes.expose(), None) {
-                Err(KeyParseError::Encrypted) => {
-                    let Some(pspec) = passphrase else {
-                        return Err(KeyLoadError::NeedsPassphrase { source_uri });
-                    };
-                    if pass.is_none() {
-                        pass = Some(resolve_one(pspec, id, sources).await.map_err(|message| {
-                            KeyLoadError::Passphrase {
-                                source_uri: pspec.to_string(),
-                                message,
-                            }
-                        })?);
-                    }
-                    let pass = pass.as_ref().expect("just resolved");
-                    parse_private_key(bytes.expose(), Some(trim_newline(pass.expose())))
+            let bytes = Arc::new(resolve_one(spec, id, sources).await.map_err(|message| {
+                KeyLoadError::Source {
+                    source_uri: source_uri.clone(),
+                    message,
                 }
-                other => other,
-            };
-            let (keypair, comment) = parsed.map_err(|error| KeyLoadError::Parse {
-                source_uri: source_uri.clone(),
-                error,
-            })?;
-            let comment = if comment.is_empty() {
-                source_uri.clone()
-            } else {
-                comment
-            };
-            let key = HeldKey::new(&keypair, comment);
-            drop(keypair);
-            // The parse and the key's construction left copies of the private key in their
-            // (returned) stack frames.
-            scrub_stack();
-            keys.push(key.map_err(|error| KeyLoadError::Parse { source_uri, error })?);
+            })?);
+            let mut built = build_key(bytes.clone(), None, source_uri.clone()).await;
+            if matches!(built, Err(KeyParseError::Encrypted)) {
+                let Some(pspec) = passphrase else {
+                    return Err(KeyLoadError::NeedsPassphrase { source_uri });
+                };
+                if pass.is_none() {
+                    let resolved = resolve_one(pspec, id, sources).await.map_err(|message| {
+                        KeyLoadError::Passphrase {
+                            source_uri: pspec.to_string(),
+                            message,
+                        }
+                    })?;
+                    pass = Some(Arc::new(resolved));
+                }
+                built = build_key(bytes.clone(), pass.clone(), source_uri.clone()).await;
+            }
+            drop(bytes);
+            keys.push(built.map_err(|error| KeyLoadError::Parse { source_uri, error })?);
         }
         Ok(HeldKeys { keys })
     }
@@ -184,8 +174,66 @@ impl HeldKeys {
 
     /// The held key whose public half is `public`.
     pub fn find(&self, public: &KeyData) -> Option<&HeldKey> {
-        self.keys.iter().find(|k| k.public == *public)
+        self.keys.iter().find(|k| k.public == *public).map(|k| &**k)
     }
+
+    /// Runs `sign` with the held key whose public half is `public` (`None` when no held key
+    /// has it, or its thread failed). An RSA private-key operation takes milliseconds (tens at
+    /// 4096 bits) and runs on a thread of its own ([`on_own_thread`]), off the connection's
+    /// thread; ed25519 and ecdsa take microseconds and run where called.
+    pub async fn sign_with<T: Send + 'static>(
+        self: &Arc<Self>,
+        public: &KeyData,
+        sign: impl FnOnce(&HeldKey) -> T + Send + 'static,
+    ) -> Option<T> {
+        let key = self.find(public)?;
+        if !matches!(key.signer, KeySigner::Rsa(_)) {
+            return Some(sign(key));
+        }
+        let keys = Arc::clone(self);
+        let public = public.clone();
+        on_own_thread(move || keys.find(&public).map(sign))
+            .await
+            .flatten()
+    }
+}
+
+/// Parses a private key and prepares its signer on a thread of its own
+/// ([`secret::on_own_thread`](crate::secret::on_own_thread), which takes the stack and
+/// register copies of the key with it): decrypting an OpenSSH key runs bcrypt-pbkdf for as
+/// many rounds as `ssh-keygen -a` asked (about a second at 100), and on a connection's thread
+/// that would hold up every connection placed there (README, "Operations → Threads"). The
+/// comment is the key's own, or `source_uri`.
+async fn build_key(
+    bytes: Arc<SecretBytes>,
+    pass: Option<Arc<SecretBytes>>,
+    source_uri: String,
+) -> Result<Box<HeldKey>, KeyParseError> {
+    // Boxed where it is built: only the box's pointer leaves that thread.
+    let built = on_own_thread(move || parse_boxed(&bytes, pass.as_deref(), source_uri)).await;
+    // A panic's message is not shown: it could quote what the parser was reading.
+    built.unwrap_or_else(|| {
+        Err(KeyParseError::Malformed {
+            format: "private",
+            message: "the key parser stopped (no thread could be started, or it failed)".into(),
+        })
+    })
+}
+
+/// Parses a private key and builds its [`HeldKey`] on the heap.
+fn parse_boxed(
+    bytes: &SecretBytes,
+    pass: Option<&SecretBytes>,
+    source_uri: String,
+) -> Result<Box<HeldKey>, KeyParseError> {
+    let (keypair, comment) =
+        parse_private_key(bytes.expose(), pass.map(|p| trim_newline(p.expose())))?;
+    let comment = if comment.is_empty() {
+        source_uri
+    } else {
+        comment
+    };
+    HeldKey::new(&keypair, comment).map(Box::new)
 }
 
 /// A passphrase file usually ends with a newline that is not part of the passphrase.

@@ -8,6 +8,7 @@
 //! expected answer is `SSH_AGENT_FAILURE`, written out below.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use ssh_agent_lib::proto::extension::SessionBind;
 use ssh_agent_lib::ssh_encoding::Encode;
@@ -858,4 +859,85 @@ async fn known_hosts_reads_are_capped_and_regular_files_only() {
         }
         other => panic!("expected a refusal, got {other:?}"),
     }
+}
+
+/// The longest pause, while `work` runs, of a task that ticks every millisecond on the same
+/// (current-thread) runtime, and how long `work` took.
+async fn longest_pause_during<T>(
+    work: impl std::future::Future<Output = T>,
+) -> (T, Duration, Duration) {
+    let ticks = Arc::new(std::sync::Mutex::new(Vec::<Instant>::new()));
+    let ticker = tokio::spawn({
+        let ticks = ticks.clone();
+        async move {
+            loop {
+                ticks.lock().unwrap().push(Instant::now());
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+    });
+    tokio::task::yield_now().await;
+    let started = Instant::now();
+    let out = work.await;
+    let took = started.elapsed();
+    ticker.abort();
+    let mut last = started;
+    let mut pause = Duration::ZERO;
+    for &t in ticks.lock().unwrap().iter().filter(|&&t| t >= started) {
+        pause = pause.max(t - last);
+        last = t;
+    }
+    pause = pause.max(started + took - last);
+    (out, took, pause)
+}
+
+/// Decrypting a held key (bcrypt-pbkdf, as many rounds as `ssh-keygen -a` asked) and RSA
+/// private-key operations run on threads of their own: the other tasks of the connection's
+/// thread (other builds' relays) keep running meanwhile.
+#[tokio::test(flavor = "current_thread")]
+async fn key_decryption_and_rsa_signing_leave_the_connections_thread_free() {
+    let dir = tempfile::tempdir().unwrap();
+    let pass_file = dir.path().join("pass");
+    std::fs::write(&pass_file, "slow horse\n").unwrap();
+    let (path, pubkey) = keygen(
+        dir.path(),
+        "slow",
+        &["-t", "rsa", "-b", "2048", "-a", "32", "-N", "slow horse"],
+    );
+    let public = ssh_key::PublicKey::from_openssh(&pubkey).unwrap();
+    let (keys, took, pause) =
+        longest_pause_during(load_held("t", &[file(&path)], Some(&file(&pass_file)))).await;
+    let keys = Arc::new(keys.unwrap());
+    assert!(
+        took >= Duration::from_millis(100),
+        "the decryption is meant to take a while: {took:?}"
+    );
+    assert!(
+        pause < took / 2,
+        "the thread stopped for {pause:?} of a {took:?} key load"
+    );
+
+    let (signature, took, pause) = longest_pause_during(async {
+        let mut last = None;
+        for _ in 0..8 {
+            last = keys
+                .sign_with(public.key_data(), |key| key.sign(b"data", 4))
+                .await;
+        }
+        last
+    })
+    .await;
+    let signature = signature.expect("the held key").unwrap();
+    {
+        use ed25519_dalek::Verifier as _;
+        public.key_data().verify(b"data", &signature).unwrap();
+    }
+    assert!(
+        took >= Duration::from_millis(50),
+        "RSA signatures are meant to take a while: {took:?}"
+    );
+    assert!(
+        pause < took / 4,
+        "the thread stopped for {pause:?} of 8 RSA signatures taking {took:?}"
+    );
 }
