@@ -13,6 +13,11 @@
 //! daemon runs as in production: audit log file on, log level info. Rounds alternate between
 //! the three so machine noise falls on all of them alike.
 //!
+//! `SSH_SIGN_KEY=rsa` uses an RSA-3072 key (ssh-keygen's default size) and rsa-sha2-256
+//! instead: the held key's private-key operation then runs on a thread of its own in the
+//! broker (`secret::on_own_thread`), so this measures that hop too. Its rounds are a tenth
+//! as long.
+//!
 //! Run: `cargo bench --bench ssh_sign` (criterion medians, then a percentile and throughput
 //! summary on stdout for docs/benchmarks.md).
 
@@ -26,11 +31,41 @@ use ssh_agent_lib::blocking::Client;
 use ssh_agent_lib::proto::SignRequest;
 use ssh_key::public::KeyData;
 
+/// The key the three agents sign with.
+#[derive(Clone, Copy)]
+struct KeyKind {
+    name: &'static str,
+    keygen: &'static [&'static str],
+    /// The sign request's flags (`SSH_AGENT_RSA_SHA2_256` for rsa).
+    flags: u32,
+    /// Signatures per round and per throughput client, as a divisor of the ed25519 counts.
+    slower: usize,
+}
+
+fn key_kind() -> KeyKind {
+    match std::env::var("SSH_SIGN_KEY").as_deref() {
+        Ok("rsa") => KeyKind {
+            name: "rsa",
+            keygen: &["-t", "rsa", "-b", "3072"],
+            flags: 2,
+            slower: 10,
+        },
+        Ok("ed25519") | Err(_) => KeyKind {
+            name: "ed25519",
+            keygen: &["-t", "ed25519"],
+            flags: 0,
+            slower: 1,
+        },
+        Ok(other) => panic!("SSH_SIGN_KEY={other}: expected ed25519 or rsa"),
+    }
+}
+
 struct Bed {
     _dir: tempfile::TempDir,
     agent: Child,
     broker: Child,
     key: KeyData,
+    kind: KeyKind,
     targets: [(&'static str, PathBuf); 3],
 }
 
@@ -58,9 +93,11 @@ fn wait_for(path: &Path) {
 fn start() -> Bed {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let key_path = d.join("id_ed25519");
+    let kind = key_kind();
+    let key_path = d.join("id_bench");
     let ok = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-C", "bench", "-f"])
+        .args(kind.keygen)
+        .args(["-q", "-N", "", "-C", "bench", "-f"])
         .arg(&key_path)
         .status()
         .expect("ssh-keygen (openssh-client)");
@@ -91,7 +128,7 @@ fn start() -> Bed {
         "[server]\nlisten = [\"unix://{d}/docker.sock\"]\nupstream = \"unix:///var/run/docker.sock\"\n\
          audit_log = \"{d}/audit.jsonl\"\n\
          [ssh.upstream]\nagent = \"{d}/agent.sock\"\nkeys = [\"{fingerprint}\"]\nsocket = \"{d}/upstream.sock\"\n\
-         [ssh.held]\nprivate_keys = [\"file:{d}/id_ed25519\"]\nsocket = \"{d}/held.sock\"\n",
+         [ssh.held]\nprivate_keys = [\"file:{d}/id_bench\"]\nsocket = \"{d}/held.sock\"\n",
         d = d.display()
     );
     std::fs::write(d.join("policy.toml"), policy).unwrap();
@@ -115,6 +152,7 @@ fn start() -> Bed {
         agent,
         broker,
         key: public.key_data().clone(),
+        kind,
     }
 }
 
@@ -125,21 +163,22 @@ fn client(socket: &Path) -> Client<UnixStream> {
     c
 }
 
-fn sign(c: &mut Client<UnixStream>, key: &KeyData) {
+fn sign(c: &mut Client<UnixStream>, key: &KeyData, flags: u32) {
     let request = SignRequest {
         credential: key.clone().into(),
         data: vec![0x5a; 150],
-        flags: 0,
+        flags,
     };
     c.sign(request).expect("signature");
 }
 
 fn bench_sign(c: &mut Criterion) {
     let bed = start();
-    let mut group = c.benchmark_group("ssh_sign_ed25519");
+    let mut group = c.benchmark_group(format!("ssh_sign_{}", bed.kind.name));
+    let flags = bed.kind.flags;
     for (name, socket) in &bed.targets {
         let mut client = client(socket);
-        group.bench_function(*name, |b| b.iter(|| sign(&mut client, &bed.key)));
+        group.bench_function(*name, |b| b.iter(|| sign(&mut client, &bed.key, flags)));
     }
     group.finish();
 }
@@ -153,19 +192,20 @@ fn percentile(sorted: &[Duration], q: f64) -> Duration {
 fn summary() {
     let bed = start();
     const ROUNDS: usize = 6;
-    const PER_ROUND: usize = 2_000;
+    let (flags, per_round) = (bed.kind.flags, 2_000 / bed.kind.slower);
+    let per_client = 1_000 / bed.kind.slower;
     let mut samples: Vec<Vec<Duration>> = vec![Vec::new(); 3];
     let mut clients: Vec<_> = bed.targets.iter().map(|(_, s)| client(s)).collect();
     for c in clients.iter_mut() {
-        for _ in 0..500 {
-            sign(c, &bed.key);
+        for _ in 0..500 / bed.kind.slower {
+            sign(c, &bed.key, flags);
         }
     }
     for _ in 0..ROUNDS {
         for (i, c) in clients.iter_mut().enumerate() {
-            for _ in 0..PER_ROUND {
+            for _ in 0..per_round {
                 let t = Instant::now();
-                sign(c, &bed.key);
+                sign(c, &bed.key, flags);
                 samples[i].push(t.elapsed());
             }
         }
@@ -180,8 +220,8 @@ fn summary() {
                     let key = bed.key.clone();
                     std::thread::spawn(move || {
                         let mut c = client(&socket);
-                        for _ in 0..1_000 {
-                            sign(&mut c, &key);
+                        for _ in 0..per_client {
+                            sign(&mut c, &key, flags);
                         }
                     })
                 })
@@ -189,11 +229,12 @@ fn summary() {
             for t in threads {
                 t.join().unwrap();
             }
-            throughput[i] += 4_000.0 / start.elapsed().as_secs_f64() / 3.0;
+            throughput[i] += (4 * per_client) as f64 / start.elapsed().as_secs_f64() / 3.0;
         }
     }
     println!(
-        "\nSSH ed25519 signatures over a unix socket ({ROUNDS}×{PER_ROUND} sequential per agent, interleaved):"
+        "\nSSH {} signatures over a unix socket ({ROUNDS}×{per_round} sequential per agent, interleaved):",
+        bed.kind.name
     );
     let mut p50s = [Duration::ZERO; 3];
     for (i, (name, _)) in bed.targets.iter().enumerate() {
