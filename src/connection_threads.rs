@@ -17,8 +17,8 @@
 //! endpoint the HTTP connection ends when it upgrades, and the session or stream it became
 //! lives on as a task of its own. The cost of that model: two heavy connections that land on
 //! one thread share its core while another thread may idle, and CPU-bound work on a thread
-//! would hold up the other connections there (so decrypting a held ssh key and RSA signing
-//! run on threads of their own, `secret::on_own_thread`). Its socket is moved to
+//! would hold up the other connections there (so decrypting a held ssh key, and RSA and ECDSA
+//! signing, run on threads of their own, `secret::on_own_thread`). Its socket is moved to
 //! that thread's runtime ([`Movable`], [`ConnectionThreads::serve_socket`]), so its readiness
 //! wakes no other thread.
 

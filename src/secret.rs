@@ -130,28 +130,62 @@ pub(crate) fn scrub_stack() {
     std::hint::black_box(&mut area);
 }
 
+/// The name of the threads [`on_own_thread`] starts (the panic hook keys on it).
+const KEY_WORK_THREAD: &str = "key-work";
+
 /// Runs `work` (parsing, decrypting or signing with a private key) on a thread of its own
 /// that exits when it is done, and waits for it without blocking the caller's runtime. A
 /// thread leaves key material in two places no allocator reaches: its stack, and its
 /// registers (a `memcpy` of a key goes through vector registers, and an idle thread keeps
 /// them; the core-image test found a held key's scalar in a parked blocking-pool thread's
-/// XMM registers, in the core's register notes). An exiting thread takes both with it (glibc
-/// also discards the pages of a finished thread's stack), and `work`'s frames are scrubbed
-/// first anyway. Costs a thread start, tens of microseconds. `None` if no thread could be
-/// started or `work` panicked.
+/// XMM registers, in the core's register notes). An exiting thread's registers go with it;
+/// its stack may be cached for a later thread, so `work`'s frames are scrubbed before it
+/// exits, after a panic too. At most one such thread per core runs at once (the rest wait
+/// their turn, asynchronously), so a burst of requests cannot crowd out the connection
+/// threads. Costs a thread start, tens of microseconds. `None` if no thread could be started
+/// or `work` panicked (the panic is reported without its message).
 pub(crate) async fn on_own_thread<T: Send + 'static>(
     work: impl FnOnce() -> T + Send + 'static,
 ) -> Option<T> {
+    static TURNS: std::sync::LazyLock<std::sync::Arc<tokio::sync::Semaphore>> =
+        std::sync::LazyLock::new(|| {
+            let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+            std::sync::Arc::new(tokio::sync::Semaphore::new(cores))
+        });
+    quiet_key_work_panics();
+    let turn = TURNS.clone().acquire_owned().await.ok()?;
     let (done, result) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
-        .name("key-work".into())
+        .name(KEY_WORK_THREAD.into())
         .spawn(move || {
-            let out = run_unscrubbed(work);
+            let out =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_unscrubbed(work)))
+                    .ok();
             scrub_stack();
+            drop(turn);
             let _ = done.send(out);
         })
         .ok()?;
-    result.await.ok()
+    result.await.ok().flatten()
+}
+
+/// A panic on a key-work thread is reported by where it happened, without its message, which
+/// could quote what a parser was reading; every other thread's goes to the hook there was.
+fn quiet_key_work_panics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if std::thread::current().name() == Some(KEY_WORK_THREAD) {
+                let at = info.location().map(|l| l.to_string()).unwrap_or_default();
+                eprintln!(
+                    "thread '{KEY_WORK_THREAD}' panicked at {at} (message withheld: it may quote key material)"
+                );
+            } else {
+                previous(info);
+            }
+        }));
+    });
 }
 
 /// Runs `work` in a frame below its caller's, so [`scrub_stack`] after it reaches every copy.
@@ -203,6 +237,30 @@ mod tests {
             on_own_thread(|| -> u8 { panic!("in key work") })
                 .await
                 .is_none()
+        );
+    }
+
+    /// No more key-work threads run at once than there are cores; the others wait their turn.
+    #[tokio::test]
+    async fn key_work_runs_at_most_one_thread_per_core_at_once() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static NOW: AtomicUsize = AtomicUsize::new(0);
+        static MOST: AtomicUsize = AtomicUsize::new(0);
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let works = (0..cores * 3).map(|_| {
+            on_own_thread(|| {
+                let now = NOW.fetch_add(1, Ordering::SeqCst) + 1;
+                MOST.fetch_max(now, Ordering::SeqCst);
+                std::thread::sleep(std::time::Duration::from_millis(30));
+                NOW.fetch_sub(1, Ordering::SeqCst);
+            })
+        });
+        let done = futures_util::future::join_all(works).await;
+        assert!(done.iter().all(Option::is_some));
+        let most = MOST.load(Ordering::SeqCst);
+        assert!(
+            most <= cores,
+            "{most} key-work threads at once on {cores} cores"
         );
     }
 

@@ -13,8 +13,6 @@
 
 use rand_core::OsRng;
 use rsa::pkcs1::DecodeRsaPrivateKey;
-use rsa::pkcs1v15::SigningKey as RsaSigningKey;
-use rsa::signature::{RandomizedSigner, SignatureEncoding};
 use sha1::Sha1;
 use sha2::{Sha256, Sha512};
 use ssh_agent_lib::proto::Identity;
@@ -59,14 +57,14 @@ enum KeySigner {
 
 /// One RSA key, ready for either SHA-2 signature algorithm.
 struct RsaSigners {
-    /// ring's key pair, for rsa-sha2-256/512 on the keys ring takes (2048 to 4096 bits,
-    /// exponent at least 65537): its signatures take a fraction of the `rsa` crate's time.
-    /// It does not zeroize itself; the daemon's allocator clears its blocks when it is freed.
-    fast: Option<ring::signature::RsaKeyPair>,
-    sha256: RsaSigningKey<Sha256>,
-    sha512: RsaSigningKey<Sha512>,
-    /// Only used when the policy says `allow_sha1 = true`.
-    sha1: RsaSigningKey<Sha1>,
+    /// ring's key pair, for rsa-sha2-256/512 on the keys ring takes (2048, 3072 or 4096 bits:
+    /// primes a multiple of 512 bits; exponent at least 65537): its signatures take a
+    /// fraction of the `rsa` crate's time. It does not zeroize itself; the daemon's allocator
+    /// clears its blocks when it is freed.
+    ring: Option<ring::signature::RsaKeyPair>,
+    /// The `rsa` crate's key (zeroized on drop): SHA-2 signatures for the keys ring refuses,
+    /// and SHA-1 ones, only when the policy says `allow_sha1 = true`.
+    key: rsa::RsaPrivateKey,
 }
 
 /// Why a key could not be loaded. Messages name the source, never the value.
@@ -111,6 +109,10 @@ pub enum KeyParseError {
     },
     #[error("{0} keys cannot be held by buildbroker (ed25519, ecdsa and rsa can)")]
     Unsupported(String),
+    /// The thread that parses keys could not start, or the parser panicked (its message is
+    /// withheld: it could quote the key).
+    #[error("the key could not be parsed: its thread did not start, or the parser failed")]
+    Interrupted,
 }
 
 /// Why a held key did not sign.
@@ -181,24 +183,25 @@ impl HeldKeys {
         self.keys.iter().find(|k| k.public == *public).map(|k| &**k)
     }
 
-    /// Runs `sign` with the held key whose public half is `public` (`None` when no held key
-    /// has it, or its thread failed). An RSA private-key operation takes milliseconds (tens at
-    /// 4096 bits) and runs on a thread of its own ([`on_own_thread`]), off the connection's
-    /// thread; ed25519 and ecdsa take microseconds and run where called.
+    /// Runs `sign` with the held key whose public half is `public`; `None` when no held key
+    /// has it. An ed25519 signature (tens of microseconds) is made where called; RSA
+    /// (milliseconds, tens with the `rsa` crate at 4096 bits) and ECDSA (up to milliseconds
+    /// for P-521) on a thread of their own ([`on_own_thread`]), off the connection's thread.
+    /// That thread failing is [`HeldSignError::Failed`].
     pub async fn sign_with<T: Send + 'static>(
         self: &Arc<Self>,
         public: &KeyData,
-        sign: impl FnOnce(&HeldKey) -> T + Send + 'static,
-    ) -> Option<T> {
+        sign: impl FnOnce(&HeldKey) -> Result<T, HeldSignError> + Send + 'static,
+    ) -> Option<Result<T, HeldSignError>> {
         let key = self.find(public)?;
-        if !matches!(key.signer, KeySigner::Rsa(_)) {
+        if matches!(key.signer, KeySigner::Ed25519(_)) {
             return Some(sign(key));
         }
         let keys = Arc::clone(self);
         let public = public.clone();
-        on_own_thread(move || keys.find(&public).map(sign))
-            .await
-            .flatten()
+        // `find` cannot miss on the other thread: the keys are the same, and never change.
+        let signed = on_own_thread(move || keys.find(&public).map(sign)).await;
+        Some(signed.flatten().unwrap_or(Err(HeldSignError::Failed)))
     }
 }
 
@@ -215,14 +218,13 @@ async fn build_key(
 ) -> Result<Box<HeldKey>, KeyParseError> {
     // Boxed where it is built: only the box's pointer leaves that thread.
     let built = on_own_thread(move || parse_boxed(&bytes, pass.as_deref(), source_uri)).await;
-    // A panic's message is not shown: it could quote what the parser was reading.
-    built.unwrap_or_else(|| {
-        Err(KeyParseError::Malformed {
-            format: "private",
-            message: "the key parser stopped (no thread could be started, or it failed)".into(),
-        })
-    })
+    built.unwrap_or(Err(KeyParseError::Interrupted))
 }
+
+/// The names of the threads keys were parsed on (for the test that checks where).
+#[cfg(test)]
+pub(super) static PARSE_THREADS: std::sync::Mutex<std::collections::BTreeSet<Option<String>>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
 
 /// Parses a private key and builds its [`HeldKey`] on the heap.
 fn parse_boxed(
@@ -230,6 +232,11 @@ fn parse_boxed(
     pass: Option<&SecretBytes>,
     source_uri: String,
 ) -> Result<Box<HeldKey>, KeyParseError> {
+    #[cfg(test)]
+    PARSE_THREADS
+        .lock()
+        .unwrap()
+        .insert(std::thread::current().name().map(str::to_owned));
     let (keypair, comment) =
         parse_private_key(bytes.expose(), pass.map(|p| trim_newline(p.expose())))?;
     let comment = if comment.is_empty() {
@@ -281,19 +288,15 @@ impl HeldKey {
             KeypairData::Ecdsa(kp) => KeySigner::Ecdsa(kp.clone()),
             KeypairData::Rsa(kp) => {
                 let key = rsa_private_key(kp)?;
-                let fast = {
+                let ring = {
                     use rsa::pkcs1::EncodeRsaPrivateKey;
-                    // A zeroizing document; ring refuses sizes it does not support.
+                    // The DER is a zeroizing document (its encoder's intermediate buffer is
+                    // cleared by the daemon's allocator); ring refuses sizes it does not take.
                     key.to_pkcs1_der()
                         .ok()
                         .and_then(|der| ring::signature::RsaKeyPair::from_der(der.as_bytes()).ok())
                 };
-                KeySigner::Rsa(Box::new(RsaSigners {
-                    fast,
-                    sha256: RsaSigningKey::new(key.clone()),
-                    sha512: RsaSigningKey::new(key.clone()),
-                    sha1: RsaSigningKey::new(key),
-                }))
+                KeySigner::Rsa(Box::new(RsaSigners { ring, key }))
             }
             other => {
                 let name = other
@@ -315,7 +318,7 @@ impl HeldKey {
     /// Whether RSA SHA-2 signatures go through ring (tests).
     #[cfg(test)]
     pub(super) fn signs_rsa_with_ring(&self) -> bool {
-        matches!(&self.signer, KeySigner::Rsa(rsa) if rsa.fast.is_some())
+        matches!(&self.signer, KeySigner::Rsa(rsa) if rsa.ring.is_some())
     }
 
     pub fn fingerprint(&self) -> &Fingerprint {
@@ -365,11 +368,7 @@ impl HeldKey {
     /// `Signature`, so it is returned as bytes.
     pub fn sign_rsa_sha1(&self, data: &[u8]) -> Result<Vec<u8>, HeldSignError> {
         let signature = match &self.signer {
-            KeySigner::Rsa(rsa) => rsa
-                .sha1
-                .try_sign_with_rng(&mut OsRng, data)
-                .map(|s| s.to_vec())
-                .map_err(|_| HeldSignError::Failed),
+            KeySigner::Rsa(rsa) => rsa.sign_with_crate::<Sha1>(data),
             _ => Err(HeldSignError::Failed),
         };
         scrub_stack();
@@ -381,7 +380,7 @@ impl RsaSigners {
     /// A PKCS#1 v1.5 signature over SHA-256 or SHA-512 (RFC 8332), by ring where it took the
     /// key, else by the `rsa` crate.
     fn sign_sha2(&self, hash: HashAlg, data: &[u8]) -> Result<Vec<u8>, HeldSignError> {
-        if let Some(fast) = &self.fast {
+        if let Some(fast) = &self.ring {
             let padding: &'static dyn ring::signature::RsaEncoding = match hash {
                 HashAlg::Sha512 => &ring::signature::RSA_PKCS1_SHA512,
                 _ => &ring::signature::RSA_PKCS1_SHA256,
@@ -396,12 +395,20 @@ impl RsaSigners {
             .map_err(|_| HeldSignError::Failed)?;
             return Ok(signature);
         }
-        let signature = match hash {
-            HashAlg::Sha512 => self.sha512.try_sign_with_rng(&mut OsRng, data),
-            _ => self.sha256.try_sign_with_rng(&mut OsRng, data),
-        };
-        signature
-            .map(|s| s.to_vec())
+        match hash {
+            HashAlg::Sha512 => self.sign_with_crate::<Sha512>(data),
+            _ => self.sign_with_crate::<Sha256>(data),
+        }
+    }
+
+    /// A PKCS#1 v1.5 signature over `D` by the `rsa` crate (blinded).
+    fn sign_with_crate<D>(&self, data: &[u8]) -> Result<Vec<u8>, HeldSignError>
+    where
+        D: rsa::sha2::Digest + pkcs8::AssociatedOid,
+    {
+        let digest = D::digest(data);
+        self.key
+            .sign_with_rng(&mut OsRng, rsa::Pkcs1v15Sign::new::<D>(), &digest)
             .map_err(|_| HeldSignError::Failed)
     }
 }

@@ -924,6 +924,12 @@ async fn key_decryption_and_rsa_signing_leave_the_connections_thread_free() {
     let (keys, took, pause) =
         longest_pause_during(load_held("t", &[file(&path)], Some(&file(&pass_file)))).await;
     let keys = Arc::new(keys.unwrap());
+    // Every key parsed in this process so far (this one, and other tests') was parsed on a
+    // key-work thread: not inline, and not in a pooled thread that keeps its registers.
+    assert_eq!(
+        *super::held::PARSE_THREADS.lock().unwrap(),
+        std::collections::BTreeSet::from([Some("key-work".to_string())])
+    );
     assert!(
         took >= Duration::from_millis(100),
         "the decryption is meant to take a while: {took:?}"
@@ -937,27 +943,23 @@ async fn key_decryption_and_rsa_signing_leave_the_connections_thread_free() {
     // crate) is made on a thread of its own; an ed25519 one (microseconds) where asked.
     let (thread, signature) = keys
         .sign_with(public.key_data(), |key| {
-            (
-                std::thread::current().name().map(str::to_owned),
-                key.sign(b"data", 4),
-            )
+            let thread = std::thread::current().name().map(str::to_owned);
+            key.sign(b"data", 4).map(|signature| (thread, signature))
         })
         .await
-        .expect("the held key");
+        .expect("the held key")
+        .unwrap();
     assert_eq!(thread.as_deref(), Some("key-work"));
     {
         use ed25519_dalek::Verifier as _;
-        public
-            .key_data()
-            .verify(b"data", &signature.unwrap())
-            .unwrap();
+        public.key_data().verify(b"data", &signature).unwrap();
     }
     let (path, pubkey) = keygen(dir.path(), "quick", &["-t", "ed25519", "-N", ""]);
     let public = ssh_key::PublicKey::from_openssh(&pubkey).unwrap();
     let keys = Arc::new(load_held("t", &[file(&path)], None).await.unwrap());
     let caller = std::thread::current().id();
     let on = keys
-        .sign_with(public.key_data(), |_| std::thread::current().id())
+        .sign_with(public.key_data(), |_| Ok(std::thread::current().id()))
         .await;
-    assert_eq!(on, Some(caller), "ed25519 signs on the caller's thread");
+    assert_eq!(on, Some(Ok(caller)), "ed25519 signs on the caller's thread");
 }
