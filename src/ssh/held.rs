@@ -50,8 +50,12 @@ pub struct HeldKey {
 /// The signing half, prepared once so a signature costs only the signature.
 enum KeySigner {
     Ed25519(ed25519_dalek::SigningKey),
-    Ecdsa(EcdsaKeypair),
-    /// Boxed: two RSA keys are large, and every other variant is small.
+    /// ECDSA keys as their curve's signing key: ssh-key's own signer rebuilds that from the
+    /// scalar, a scalar multiplication as costly as the signature, on every signature.
+    EcdsaP256(p256::ecdsa::SigningKey),
+    EcdsaP384(p384::ecdsa::SigningKey),
+    EcdsaP521(p521::ecdsa::SigningKey),
+    /// Boxed: RSA keys are large, and every other variant is small.
     Rsa(Box<RsaSigners>),
 }
 
@@ -285,7 +289,23 @@ impl HeldKey {
             KeypairData::Ed25519(kp) => {
                 KeySigner::Ed25519(ed25519_dalek::SigningKey::try_from(kp).map_err(malformed)?)
             }
-            KeypairData::Ecdsa(kp) => KeySigner::Ecdsa(kp.clone()),
+            KeypairData::Ecdsa(kp) => {
+                let malformed = |e: p256::ecdsa::Error| KeyParseError::Malformed {
+                    format: "ECDSA",
+                    message: e.to_string(),
+                };
+                match kp {
+                    EcdsaKeypair::NistP256 { private, .. } => KeySigner::EcdsaP256(
+                        p256::ecdsa::SigningKey::from_slice(private.as_ref()).map_err(malformed)?,
+                    ),
+                    EcdsaKeypair::NistP384 { private, .. } => KeySigner::EcdsaP384(
+                        p384::ecdsa::SigningKey::from_slice(private.as_ref()).map_err(malformed)?,
+                    ),
+                    EcdsaKeypair::NistP521 { private, .. } => KeySigner::EcdsaP521(
+                        p521::ecdsa::SigningKey::from_slice(private.as_ref()).map_err(malformed)?,
+                    ),
+                }
+            }
             KeypairData::Rsa(kp) => {
                 let key = rsa_private_key(kp)?;
                 let ring = {
@@ -342,8 +362,20 @@ impl HeldKey {
             KeySigner::Ed25519(key) => {
                 Signature::new(Algorithm::Ed25519, key.sign(data).to_bytes().to_vec())
             }
-            KeySigner::Ecdsa(keypair) => {
-                return keypair.try_sign(data).map_err(|_| HeldSignError::Failed);
+            KeySigner::EcdsaP256(key) => {
+                let signature: p256::ecdsa::Signature =
+                    key.try_sign(data).map_err(|_| HeldSignError::Failed)?;
+                return Signature::try_from(signature).map_err(|_| HeldSignError::Failed);
+            }
+            KeySigner::EcdsaP384(key) => {
+                let signature: p384::ecdsa::Signature =
+                    key.try_sign(data).map_err(|_| HeldSignError::Failed)?;
+                return Signature::try_from(signature).map_err(|_| HeldSignError::Failed);
+            }
+            KeySigner::EcdsaP521(key) => {
+                let signature: p521::ecdsa::Signature =
+                    key.try_sign(data).map_err(|_| HeldSignError::Failed)?;
+                return Signature::try_from(signature).map_err(|_| HeldSignError::Failed);
             }
             // OpenSSH's agent_decode_alg checks SHA-256 first; so do we.
             KeySigner::Rsa(rsa) if flags & RSA_SHA2_256 != 0 => Signature::new(
@@ -439,14 +471,32 @@ pub fn parse_private_key(
 ) -> Result<(KeypairData, String), KeyParseError> {
     let label = pkcs8::der::pem::decode_label(bytes).map_err(|_| KeyParseError::NotAKey)?;
     if label == "OPENSSH PRIVATE KEY" {
-        let key = PrivateKey::from_openssh(bytes).map_err(|e| KeyParseError::Malformed {
+        // ssh-key 0.6 reads a P-521 scalar only at its full 66 bytes, and OpenSSH writes it as
+        // an mpint without leading zeros: about half of all P-521 keys are one byte shorter
+        // (RustCrypto/SSH#350). Its error is a bare "length invalid"; say what to do.
+        let p521 = |e: ssh_key::Error| KeyParseError::Malformed {
             format: "OpenSSH",
-            message: e.to_string(),
-        })?;
+            message: if matches!(
+                e,
+                ssh_key::Error::Encoding(ssh_agent_lib::ssh_encoding::Error::Length)
+            ) {
+                format!(
+                    "{e} (an ECDSA P-521 key? about half of them cannot be read in OpenSSH \
+                     format here; convert it to PKCS#8 with `ssh-keygen -p -m PKCS8 -f KEY`)"
+                )
+            } else {
+                e.to_string()
+            },
+        };
+        let key = PrivateKey::from_openssh(bytes).map_err(p521)?;
         let key = if key.is_encrypted() {
             let pass = passphrase.ok_or(KeyParseError::Encrypted)?;
-            key.decrypt(pass)
-                .map_err(|_| KeyParseError::WrongPassphrase)?
+            // A wrong passphrase fails the check integers (a crypto error); a right one can
+            // still meet the P-521 scalar above.
+            key.decrypt(pass).map_err(|e| match e {
+                ssh_key::Error::Encoding(_) => p521(e),
+                _ => KeyParseError::WrongPassphrase,
+            })?
         } else {
             key
         };
