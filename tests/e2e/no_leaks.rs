@@ -320,6 +320,25 @@ fn search_core(
     (lines, leaked)
 }
 
+/// 32-byte windows of an RSA key's private exponent and first prime, as big-endian bytes (how
+/// key files and DER carry them) and byte-reversed (how the `rsa` crate's and ring's
+/// little-endian 64-bit limbs hold them in memory), from an unencrypted OpenSSH key file.
+fn rsa_private_windows(path: &std::path::Path) -> Vec<(String, Vec<u8>)> {
+    let key = ssh_key::PrivateKey::read_openssh_file(path).unwrap();
+    let pair = key.key_data().rsa().expect("an rsa key");
+    let mut windows = Vec::new();
+    for (name, value) in [("d", &pair.private.d), ("p", &pair.private.p)] {
+        let be = value.as_positive_bytes().unwrap().to_vec();
+        let middle = be.len() / 2 - 16;
+        let window = be[middle..middle + 32].to_vec();
+        let mut reversed = window.clone();
+        reversed.reverse();
+        windows.push((format!("{name}, big-endian"), window));
+        windows.push((format!("{name}, little-endian limbs"), reversed));
+    }
+    windows
+}
+
 /// The ed25519 private scalar (seed) of an unencrypted OpenSSH key file.
 fn ed25519_seed(path: &std::path::Path) -> Vec<u8> {
     let key = ssh_key::PrivateKey::read_openssh_file(path).unwrap();
@@ -380,6 +399,17 @@ fn no_source_leaves_a_secret_byte_in_a_core_image_of_the_broker() {
 
     let key = crate::sshbed::Key::new(dir.path(), "corekey", "");
     let seed = ed25519_seed(&key.path);
+    let rsa_key = dir.path().join("rsakey");
+    let made = Command::new("ssh-keygen")
+        .args([
+            "-q", "-t", "rsa", "-b", "3072", "-N", "", "-C", "rsakey", "-f",
+        ])
+        .arg(&rsa_key)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+    let rsa_public = std::fs::read_to_string(rsa_key.with_extension("pub")).unwrap();
+    let rsa_windows = rsa_private_windows(&rsa_key);
     let key_text = std::fs::read_to_string(&key.path).unwrap();
     let key_lines: Vec<String> = key_text
         .lines()
@@ -403,13 +433,14 @@ fn no_source_leaves_a_secret_byte_in_a_core_image_of_the_broker() {
          [secrets.tmpl_input]\nsources = [\"file:{tmpl}\"]\n\
          [secrets.rendered]\ntemplate = \"machine h password {{{{tmpl_input}}}}\\n\"\nrequired = true\n\
          [secrets.minted]\nsources = [\"aws-credentials:?role_arn=arn:aws:iam::123456789012:role/core&duration=900\"]\nrequired = true\n\
-         [ssh.deploy]\nprivate_keys = [\"file:{key}\"]\n",
+         [ssh.deploy]\nprivate_keys = [\"file:{key}\", \"file:{rsa_key}\"]\n",
         file = file.display(),
         file_cached = file_cached.display(),
         exec = exec_file.display(),
         exec_cached = exec_cached_file.display(),
         tmpl = template_file.display(),
         key = key.path.display(),
+        rsa_key = rsa_key.display(),
     );
     eprintln!("{:?}: setup done", t0.elapsed());
     let broker = Broker::start(BrokerOptions {
@@ -444,10 +475,12 @@ fn no_source_leaves_a_secret_byte_in_a_core_image_of_the_broker() {
     // secrets and hide them from the search.
     let ssh_build = Build::new(format!(
         "FROM {SSH_IMAGE}\nCOPY corekey.pub /k.pub\n\
-         RUN --mount=type=ssh,id=deploy,required=true mkdir /o && ssh-add -T /k.pub > /o/t 2>&1; echo $? > /o/rc\n\
+         COPY rsakey.pub /r.pub\n\
+         RUN --mount=type=ssh,id=deploy,required=true mkdir /o && (ssh-add -T /k.pub && echo data > /tmp/d && ssh-keygen -Y sign -f /r.pub -n core /tmp/d) > /o/t 2>&1; echo $? > /o/rc\n\
          FROM scratch\nCOPY --from=0 /o /\n"
     ))
     .file("corekey.pub", key.public.clone())
+    .file("rsakey.pub", rsa_public.clone())
     .run(&broker);
     ssh_build.assert_ok();
     assert_eq!(
@@ -543,6 +576,25 @@ fn no_source_leaves_a_secret_byte_in_a_core_image_of_the_broker() {
             expected_prefix: None,
         },
     ];
+    // The held RSA key signs through ring (rsa-sha2-512, `ssh-keygen -Y sign`) and is also
+    // kept by the `rsa` crate (SHA-1, other sizes): its numbers are held in memory as
+    // little-endian limbs, d once (the `rsa` crate's key; ring keeps none), p twice (both
+    // keys), and never as the key file's or a DER's big-endian bytes.
+    for (kind, window) in &rsa_windows {
+        let expected = match kind.as_str() {
+            "d, little-endian limbs" => Some((1, "the rsa crate's key, held until reload")),
+            "p, little-endian limbs" => {
+                Some((2, "the rsa crate's key and ring's, held until reload"))
+            }
+            _ => None,
+        };
+        needles.push(Needle {
+            kind: format!("ssh held key: rsa {kind}"),
+            bytes: window.clone(),
+            expected,
+            expected_prefix: None,
+        });
+    }
     for (i, line) in key_lines.iter().enumerate() {
         needles.push(Needle::secret(
             format!("ssh held key: key file line {}", i + 2),
@@ -564,6 +616,18 @@ fn no_source_leaves_a_secret_byte_in_a_core_image_of_the_broker() {
     // there: search the whole live memory too.
     let (memory, memory_path) = memory_of(&broker, dir.path());
     let (lines, any) = search_core("broker memory", &memory, &memory_path, &needles);
+    // Positive control for the RSA forms: the held key's numbers are found where it holds
+    // them (so a search that found no copy at all would not pass for a clean image).
+    for held in [
+        "rsa d, little-endian limbs: 1 copy",
+        "rsa p, little-endian limbs: 2 copies",
+    ] {
+        assert!(
+            lines.iter().any(|l| l.contains(held)),
+            "the broker's memory should hold the RSA key as {held}:\n{}",
+            lines.join("\n")
+        );
+    }
     report.extend(lines);
     leaked |= any;
     std::fs::remove_file(memory_path).unwrap();
