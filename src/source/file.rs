@@ -247,22 +247,20 @@ impl Pending {
                     "file changed size while being read; try again",
                 )));
             };
+            #[cfg(test)]
+            let spare = match cached_only {
+                Some(room) => {
+                    let end = room.min(spare.len());
+                    &mut spare[..end]
+                }
+                None => spare,
+            };
             let got = match wait {
                 Wait::Yes => self.file.read(spare),
                 // u64::MAX: at (and advancing) the file's own offset, as read(2) does.
                 Wait::No => rustix::io::preadv2(
                     &self.file,
-                    &mut [std::io::IoSliceMut::new({
-                        #[cfg(test)]
-                        let spare = match cached_only {
-                            Some(room) => {
-                                let end = room.min(spare.len());
-                                &mut spare[..end]
-                            }
-                            None => spare,
-                        };
-                        spare
-                    })],
+                    &mut [std::io::IoSliceMut::new(spare)],
                     u64::MAX,
                     rustix::io::ReadWriteFlags::NOWAIT,
                 )

@@ -362,21 +362,9 @@ impl HeldKey {
             KeySigner::Ed25519(key) => {
                 Signature::new(Algorithm::Ed25519, key.sign(data).to_bytes().to_vec())
             }
-            KeySigner::EcdsaP256(key) => {
-                let signature: p256::ecdsa::Signature =
-                    key.try_sign(data).map_err(|_| HeldSignError::Failed)?;
-                return Signature::try_from(signature).map_err(|_| HeldSignError::Failed);
-            }
-            KeySigner::EcdsaP384(key) => {
-                let signature: p384::ecdsa::Signature =
-                    key.try_sign(data).map_err(|_| HeldSignError::Failed)?;
-                return Signature::try_from(signature).map_err(|_| HeldSignError::Failed);
-            }
-            KeySigner::EcdsaP521(key) => {
-                let signature: p521::ecdsa::Signature =
-                    key.try_sign(data).map_err(|_| HeldSignError::Failed)?;
-                return Signature::try_from(signature).map_err(|_| HeldSignError::Failed);
-            }
+            KeySigner::EcdsaP256(key) => return ecdsa_sign::<_, p256::ecdsa::Signature>(key, data),
+            KeySigner::EcdsaP384(key) => return ecdsa_sign::<_, p384::ecdsa::Signature>(key, data),
+            KeySigner::EcdsaP521(key) => return ecdsa_sign::<_, p521::ecdsa::Signature>(key, data),
             // OpenSSH's agent_decode_alg checks SHA-256 first; so do we.
             KeySigner::Rsa(rsa) if flags & RSA_SHA2_256 != 0 => Signature::new(
                 Algorithm::Rsa {
@@ -406,6 +394,16 @@ impl HeldKey {
         scrub_stack();
         signature
     }
+}
+
+/// An ECDSA signature by a curve's signing key, as ssh-key's `Signature`.
+fn ecdsa_sign<K, S>(key: &K, data: &[u8]) -> Result<Signature, HeldSignError>
+where
+    K: ed25519_dalek::Signer<S>,
+    Signature: TryFrom<S>,
+{
+    let signature = key.try_sign(data).map_err(|_| HeldSignError::Failed)?;
+    Signature::try_from(signature).map_err(|_| HeldSignError::Failed)
 }
 
 impl RsaSigners {
