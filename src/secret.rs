@@ -240,6 +240,47 @@ mod tests {
         );
     }
 
+    /// A panic on a key-work thread is reported by where it happened and without its message
+    /// (which could quote key material); a panic on any other thread keeps its message. Checked
+    /// in a child process of this test binary, so the real standard error is what is searched.
+    #[test]
+    fn a_key_work_panic_is_reported_without_its_message() {
+        const CHILD: &str = "BUILDBROKER_TEST_KEY_WORK_PANIC_CHILD";
+        const NAME: &str = "secret::tests::a_key_work_panic_is_reported_without_its_message";
+        if std::env::var_os(CHILD).is_some() {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            let quoted = format!("{}-{}", "quoted key material", 0x5ec2e7);
+            let got = runtime.block_on(on_own_thread(move || -> u8 { panic!("{quoted}") }));
+            assert!(got.is_none(), "the panic is the caller's None");
+            let elsewhere = std::thread::spawn(|| panic!("an ordinary panic, message kept"));
+            assert!(elsewhere.join().is_err());
+            return;
+        }
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([NAME, "--exact", "--nocapture", "--test-threads=1"])
+            .env(CHILD, "1")
+            .env("RUST_BACKTRACE", "0")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "the child test failed: {stderr}");
+        assert!(
+            !stderr.contains("quoted key material"),
+            "a key-work panic's message reached standard error: {stderr}"
+        );
+        assert!(
+            stderr.contains("thread 'key-work' panicked at src/secret.rs:")
+                && stderr.contains("message withheld"),
+            "the key-work panic is reported, with where it happened: {stderr}"
+        );
+        assert!(
+            stderr.contains("an ordinary panic, message kept"),
+            "other threads' panics keep their message: {stderr}"
+        );
+    }
+
     /// No more key-work threads run at once than there are cores; the others wait their turn.
     #[tokio::test]
     async fn key_work_runs_at_most_one_thread_per_core_at_once() {
