@@ -339,6 +339,26 @@ fn rsa_private_windows(path: &std::path::Path) -> Vec<(String, Vec<u8>)> {
     windows
 }
 
+/// An ECDSA P-256 key's private scalar from an unencrypted OpenSSH key file, as big-endian
+/// bytes (how key files and DER carry it) and byte-reversed (how the `p256` crate's signing
+/// key holds it in memory: little-endian 64-bit limbs, not in Montgomery form).
+fn p256_private_forms(path: &std::path::Path) -> Vec<(String, Vec<u8>)> {
+    let key = ssh_key::PrivateKey::read_openssh_file(path).unwrap();
+    let ssh_key::private::EcdsaKeypair::NistP256 { private, .. } =
+        key.key_data().ecdsa().expect("an ecdsa key")
+    else {
+        panic!("a P-256 key")
+    };
+    let be = private.as_slice().to_vec();
+    assert_eq!(be.len(), 32);
+    let mut le = be.clone();
+    le.reverse();
+    vec![
+        ("d, big-endian".to_string(), be),
+        ("d, little-endian limbs".to_string(), le),
+    ]
+}
+
 /// The ed25519 private scalar (seed) of an unencrypted OpenSSH key file.
 fn ed25519_seed(path: &std::path::Path) -> Vec<u8> {
     let key = ssh_key::PrivateKey::read_openssh_file(path).unwrap();
@@ -410,6 +430,17 @@ fn no_source_leaves_a_secret_byte_in_a_core_image_of_the_broker() {
     assert!(made.status.success(), "{made:?}");
     let rsa_public = std::fs::read_to_string(rsa_key.with_extension("pub")).unwrap();
     let rsa_windows = rsa_private_windows(&rsa_key);
+    let ecdsa_key = dir.path().join("ecdsakey");
+    let made = Command::new("ssh-keygen")
+        .args([
+            "-q", "-t", "ecdsa", "-b", "256", "-N", "", "-C", "ecdsakey", "-f",
+        ])
+        .arg(&ecdsa_key)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+    let ecdsa_public = std::fs::read_to_string(ecdsa_key.with_extension("pub")).unwrap();
+    let ecdsa_forms = p256_private_forms(&ecdsa_key);
     let key_text = std::fs::read_to_string(&key.path).unwrap();
     let key_lines: Vec<String> = key_text
         .lines()
@@ -433,7 +464,7 @@ fn no_source_leaves_a_secret_byte_in_a_core_image_of_the_broker() {
          [secrets.tmpl_input]\nsources = [\"file:{tmpl}\"]\n\
          [secrets.rendered]\ntemplate = \"machine h password {{{{tmpl_input}}}}\\n\"\nrequired = true\n\
          [secrets.minted]\nsources = [\"aws-credentials:?role_arn=arn:aws:iam::123456789012:role/core&duration=900\"]\nrequired = true\n\
-         [ssh.deploy]\nprivate_keys = [\"file:{key}\", \"file:{rsa_key}\"]\n",
+         [ssh.deploy]\nprivate_keys = [\"file:{key}\", \"file:{rsa_key}\", \"file:{ecdsa_key}\"]\n",
         file = file.display(),
         file_cached = file_cached.display(),
         exec = exec_file.display(),
@@ -441,6 +472,7 @@ fn no_source_leaves_a_secret_byte_in_a_core_image_of_the_broker() {
         tmpl = template_file.display(),
         key = key.path.display(),
         rsa_key = rsa_key.display(),
+        ecdsa_key = ecdsa_key.display(),
     );
     eprintln!("{:?}: setup done", t0.elapsed());
     let broker = Broker::start(BrokerOptions {
@@ -476,11 +508,13 @@ fn no_source_leaves_a_secret_byte_in_a_core_image_of_the_broker() {
     let ssh_build = Build::new(format!(
         "FROM {SSH_IMAGE}\nCOPY corekey.pub /k.pub\n\
          COPY rsakey.pub /r.pub\n\
-         RUN --mount=type=ssh,id=deploy,required=true mkdir /o && (ssh-add -T /k.pub && echo data > /tmp/d && ssh-keygen -Y sign -f /r.pub -n core /tmp/d) > /o/t 2>&1; echo $? > /o/rc\n\
+         COPY ecdsakey.pub /e.pub\n\
+         RUN --mount=type=ssh,id=deploy,required=true mkdir /o && (ssh-add -T /k.pub && echo data > /tmp/d && ssh-keygen -Y sign -f /r.pub -n core /tmp/d && ssh-keygen -Y sign -f /e.pub -n core /tmp/d) > /o/t 2>&1; echo $? > /o/rc\n\
          FROM scratch\nCOPY --from=0 /o /\n"
     ))
     .file("corekey.pub", key.public.clone())
     .file("rsakey.pub", rsa_public.clone())
+    .file("ecdsakey.pub", ecdsa_public.clone())
     .run(&broker);
     ssh_build.assert_ok();
     assert_eq!(
@@ -595,6 +629,19 @@ fn no_source_leaves_a_secret_byte_in_a_core_image_of_the_broker() {
             expected_prefix: None,
         });
     }
+    // The held ECDSA P-256 key signs on a key-work thread (`ssh-keygen -Y sign` above): its
+    // scalar is held once, as the signing key's little-endian limbs, and never as the key
+    // file's big-endian bytes (RFC 6979's nonce derivation takes those, on a scrubbed stack).
+    for (kind, form) in &ecdsa_forms {
+        let expected = (kind == "d, little-endian limbs")
+            .then_some((1, "the p256 signing key, held until reload"));
+        needles.push(Needle {
+            kind: format!("ssh held key: ecdsa p256 {kind}"),
+            bytes: form.clone(),
+            expected,
+            expected_prefix: None,
+        });
+    }
     for (i, line) in key_lines.iter().enumerate() {
         needles.push(Needle::secret(
             format!("ssh held key: key file line {}", i + 2),
@@ -616,11 +663,12 @@ fn no_source_leaves_a_secret_byte_in_a_core_image_of_the_broker() {
     // there: search the whole live memory too.
     let (memory, memory_path) = memory_of(&broker, dir.path());
     let (lines, any) = search_core("broker memory", &memory, &memory_path, &needles);
-    // Positive control for the RSA forms: the held key's numbers are found where it holds
-    // them (so a search that found no copy at all would not pass for a clean image).
+    // Positive control for the RSA and ECDSA forms: the held keys' numbers are found where
+    // they are held (so a search that found no copy at all would not pass for a clean image).
     for held in [
         "rsa d, little-endian limbs: 1 copy",
         "rsa p, little-endian limbs: 2 copies",
+        "ecdsa p256 d, little-endian limbs: 1 copy",
     ] {
         assert!(
             lines.iter().any(|l| l.contains(held)),
