@@ -339,6 +339,26 @@ fn rsa_private_windows(path: &std::path::Path) -> Vec<(String, Vec<u8>)> {
     windows
 }
 
+/// A new unencrypted key made by the real `ssh-keygen` with `kind` (e.g. `-t rsa -b 3072`) in
+/// `dir`, named and commented `name`: its path and its public key line.
+fn unencrypted_key(
+    dir: &std::path::Path,
+    name: &str,
+    kind: &[&str],
+) -> (std::path::PathBuf, String) {
+    let path = dir.join(name);
+    let made = Command::new("ssh-keygen")
+        .args(["-q", "-N", "", "-C", name])
+        .args(kind)
+        .arg("-f")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+    let public = std::fs::read_to_string(path.with_extension("pub")).unwrap();
+    (path, public)
+}
+
 /// An ECDSA P-256 key's private scalar from an unencrypted OpenSSH key file, as big-endian
 /// bytes (how key files and DER carry it) and byte-reversed (how the `p256` crate's signing
 /// key holds it in memory: little-endian 64-bit limbs, not in Montgomery form).
@@ -419,27 +439,10 @@ fn no_source_leaves_a_secret_byte_in_a_core_image_of_the_broker() {
 
     let key = crate::sshbed::Key::new(dir.path(), "corekey", "");
     let seed = ed25519_seed(&key.path);
-    let rsa_key = dir.path().join("rsakey");
-    let made = Command::new("ssh-keygen")
-        .args([
-            "-q", "-t", "rsa", "-b", "3072", "-N", "", "-C", "rsakey", "-f",
-        ])
-        .arg(&rsa_key)
-        .output()
-        .unwrap();
-    assert!(made.status.success(), "{made:?}");
-    let rsa_public = std::fs::read_to_string(rsa_key.with_extension("pub")).unwrap();
+    let (rsa_key, rsa_public) = unencrypted_key(dir.path(), "rsakey", &["-t", "rsa", "-b", "3072"]);
     let rsa_windows = rsa_private_windows(&rsa_key);
-    let ecdsa_key = dir.path().join("ecdsakey");
-    let made = Command::new("ssh-keygen")
-        .args([
-            "-q", "-t", "ecdsa", "-b", "256", "-N", "", "-C", "ecdsakey", "-f",
-        ])
-        .arg(&ecdsa_key)
-        .output()
-        .unwrap();
-    assert!(made.status.success(), "{made:?}");
-    let ecdsa_public = std::fs::read_to_string(ecdsa_key.with_extension("pub")).unwrap();
+    let (ecdsa_key, ecdsa_public) =
+        unencrypted_key(dir.path(), "ecdsakey", &["-t", "ecdsa", "-b", "256"]);
     let ecdsa_forms = p256_private_forms(&ecdsa_key);
     let key_text = std::fs::read_to_string(&key.path).unwrap();
     let key_lines: Vec<String> = key_text
