@@ -64,7 +64,7 @@ fn key_kind() -> KeyKind {
         },
         Ok("ecdsa521") => KeyKind {
             name: "ecdsa521",
-            // PKCS#8: ssh-key cannot read about half of the OpenSSH-format P-521 keys.
+            // PKCS#8: ssh-key cannot read about a quarter of the OpenSSH-format P-521 keys.
             keygen: &["-t", "ecdsa", "-b", "521", "-m", "PKCS8"],
             flags: 0,
             slower: 4,

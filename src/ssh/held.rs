@@ -469,9 +469,10 @@ pub fn parse_private_key(
 ) -> Result<(KeypairData, String), KeyParseError> {
     let label = pkcs8::der::pem::decode_label(bytes).map_err(|_| KeyParseError::NotAKey)?;
     if label == "OPENSSH PRIVATE KEY" {
-        // ssh-key 0.6 reads a P-521 scalar only at its full 66 bytes, and OpenSSH writes it as
-        // an mpint without leading zeros: about half of all P-521 keys are one byte shorter
-        // (RustCrypto/SSH#350). Its error is a bare "length invalid"; say what to do.
+        // ssh-key 0.6 reads an ECDSA scalar only at its curve's full size (66 bytes for
+        // P-521), and OpenSSH writes it as an mpint without leading zeros: about a quarter of
+        // all P-521 keys (top two bits clear) are a byte shorter, and 1 in 512 P-256 or P-384
+        // keys (RustCrypto/SSH#350). Its error is a bare "length invalid"; say what to do.
         let p521 = |e: ssh_key::Error| KeyParseError::Malformed {
             format: "OpenSSH",
             message: if matches!(
@@ -479,8 +480,9 @@ pub fn parse_private_key(
                 ssh_key::Error::Encoding(ssh_agent_lib::ssh_encoding::Error::Length)
             ) {
                 format!(
-                    "{e} (an ECDSA P-521 key? about half of them cannot be read in OpenSSH \
-                     format here; convert it to PKCS#8 with `ssh-keygen -p -m PKCS8 -f KEY`)"
+                    "{e} (an ECDSA key? about a quarter of P-521 keys, and a few P-256 or \
+                     P-384 ones, cannot be read in OpenSSH format here; convert it to PKCS#8 \
+                     with `ssh-keygen -p -m PKCS8 -f KEY`)"
                 )
             } else {
                 e.to_string()

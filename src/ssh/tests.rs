@@ -615,7 +615,8 @@ async fn held_keys_load_every_supported_format_and_sign_verifiably() {
             true,
         ),
         // P-521 as PKCS#8: ssh-key 0.6.7 rejects OpenSSH-format ECDSA keys whose private
-        // scalar has a leading zero byte (about half of all P-521 keys, 1 in 256 for P-256).
+        // scalar is shorter than the curve's size (about a quarter of all P-521 keys, 1 in 512
+        // for P-256 and P-384).
         (
             "ecdsa521_pkcs8",
             &["-t", "ecdsa", "-b", "521", "-m", "PKCS8", "-N", ""],
@@ -964,61 +965,89 @@ async fn key_decryption_and_rsa_signing_leave_the_connections_thread_free() {
     assert_eq!(on, Some(Ok(caller)), "ed25519 signs on the caller's thread");
 }
 
-/// About half of all OpenSSH-format P-521 keys carry a scalar one byte short of 66, which
-/// ssh-key 0.6 cannot read (RustCrypto/SSH#350). Such a key, plain or encrypted, fails with an
-/// error that says how to convert it (and never "wrong passphrase"); converted to PKCS#8 by
-/// the real ssh-keygen, it loads and signs. The other P-521 keys load as they are.
+/// About a quarter of all OpenSSH-format P-521 keys carry a scalar one byte short of 66 (its
+/// top two bits clear: OpenSSH writes it as an mpint without leading zeros), which ssh-key 0.6
+/// cannot read (RustCrypto/SSH#350). Such a key, plain or encrypted, fails with an error that
+/// says how to convert it (and never "wrong passphrase"); converted to PKCS#8 by the real
+/// ssh-keygen, it loads and signs. The other P-521 keys load as they are.
 #[tokio::test]
 async fn p521_keys_ssh_key_cannot_read_say_how_to_convert_them() {
     use ed25519_dalek::Verifier as _;
     let dir = tempfile::tempdir().unwrap();
     let pass_file = dir.path().join("pass");
     std::fs::write(&pass_file, "p521 pass\n").unwrap();
-    let (mut short_plain, mut short_encrypted, mut read) = (0, 0, 0);
-    for i in 0..40 {
-        let encrypted = i % 2 == 1;
-        let pass = if encrypted { "p521 pass" } else { "" };
-        let name = format!("p521-{i}");
-        let (path, pubkey) = keygen(dir.path(), &name, &["-t", "ecdsa", "-b", "521", "-N", pass]);
-        let public = ssh_key::PublicKey::from_openssh(&pubkey).unwrap();
-        let passphrase = encrypted.then(|| file(&pass_file));
-        let loaded = load_held("t", &[file(&path)], passphrase.as_ref()).await;
-        let keys = match loaded {
-            Ok(keys) => {
-                read += 1;
-                keys
-            }
-            Err(e) => {
-                let message = e.to_string();
-                assert!(
-                    message.contains("ssh-keygen -p -m PKCS8 -f KEY"),
-                    "{message}"
-                );
-                assert!(!message.contains("passphrase"), "{message}");
-                if encrypted {
-                    short_encrypted += 1;
-                } else {
-                    short_plain += 1;
-                }
-                let out = std::process::Command::new("ssh-keygen")
-                    .args(["-q", "-p", "-m", "PKCS8", "-P", pass, "-N", pass, "-f"])
-                    .arg(&path)
-                    .output()
-                    .unwrap();
-                assert!(out.status.success(), "{out:?}");
-                load_held("t", &[file(&path)], passphrase.as_ref())
-                    .await
-                    .unwrap_or_else(|e| panic!("{name} converted to PKCS#8: {e}"))
-            }
-        };
+    let passphrase = file(&pass_file);
+    let signs = |keys: &HeldKeys, public: &ssh_key::PublicKey| {
         let key = keys
             .find(public.key_data())
             .expect("the key it was made with");
         let signature = key.sign(b"p521", 0).unwrap();
         public.key_data().verify(b"p521", &signature).unwrap();
-        if short_plain > 0 && short_encrypted > 0 && read > 0 {
-            return;
+    };
+    let refused = |e: KeyLoadError| {
+        let message = e.to_string();
+        assert!(
+            message.contains("ssh-keygen -p -m PKCS8 -f KEY"),
+            "{message}"
+        );
+        assert!(!message.contains("passphrase"), "{message}");
+    };
+    // Keys from the real ssh-keygen until one of each kind: a short one and a readable one
+    // (the chance that 200 keys hold no short one is below 1e-24).
+    let (mut short, mut readable) = (None, false);
+    for i in 0..200 {
+        let (path, pubkey) = keygen(
+            dir.path(),
+            &format!("p521-{i}"),
+            &["-t", "ecdsa", "-b", "521", "-N", ""],
+        );
+        let public = ssh_key::PublicKey::from_openssh(&pubkey).unwrap();
+        match load_held("t", &[file(&path)], None).await {
+            Ok(keys) => {
+                signs(&keys, &public);
+                readable = true;
+            }
+            Err(e) => {
+                refused(e);
+                short.get_or_insert((path, public));
+            }
+        }
+        if short.is_some() && readable {
+            break;
         }
     }
-    panic!("40 keys: {short_plain} short plain, {short_encrypted} short encrypted, {read} read");
+    let (plain, public) = short.expect("a short P-521 key in 200");
+    assert!(readable, "a readable P-521 key in 200");
+    // The same short scalar, encrypted: the same advice, not "wrong passphrase".
+    let encrypted = dir.path().join("p521-encrypted");
+    std::fs::copy(&plain, &encrypted).unwrap();
+    let reencrypt = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-p", "-P", "", "-N", "p521 pass", "-f"])
+        .arg(&encrypted)
+        .output()
+        .unwrap();
+    assert!(reencrypt.status.success(), "{reencrypt:?}");
+    refused(
+        load_held("t", &[file(&encrypted)], Some(&passphrase))
+            .await
+            .err()
+            .expect("the encrypted short key is refused"),
+    );
+    // Converted as the message says, both load and sign.
+    for (path, pass) in [(&plain, ""), (&encrypted, "p521 pass")] {
+        let out = std::process::Command::new("ssh-keygen")
+            .args(["-q", "-p", "-m", "PKCS8", "-P", pass, "-N", pass, "-f"])
+            .arg(path)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let keys = load_held(
+            "t",
+            &[file(path)],
+            (!pass.is_empty()).then_some(&passphrase),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{} converted to PKCS#8: {e}", path.display()));
+        signs(&keys, &public);
+    }
 }
