@@ -130,8 +130,21 @@ pub(crate) fn scrub_stack() {
     std::hint::black_box(&mut area);
 }
 
+/// Runs `work`, which handles key material, and then zeroes the stack its frames used
+/// ([`scrub_stack`]); for work on a thread that lives on (an ed25519 signature on a
+/// connection's thread). The work runs in a frame of its own, below this one, whatever the
+/// compiler inlines into it.
+pub(crate) fn scrubbed<T>(work: impl FnOnce() -> T) -> T {
+    let out = run_unscrubbed(work);
+    scrub_stack();
+    out
+}
+
 /// The name of the threads [`on_own_thread`] starts (the panic hook keys on it).
 const KEY_WORK_THREAD: &str = "key-work";
+
+/// A key-work thread's stack, as a connection thread's.
+const KEY_WORK_STACK: usize = 2 * 1024 * 1024;
 
 /// Runs `work` (parsing, decrypting or signing with a private key) on a thread of its own
 /// that exits when it is done, and waits for it without blocking the caller's runtime. A
@@ -157,6 +170,8 @@ pub(crate) async fn on_own_thread<T: Send + 'static>(
     let (done, result) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
         .name(KEY_WORK_THREAD.into())
+        // Set, not left to `RUST_MIN_STACK`: `scrub_stack` needs far more than it clears.
+        .stack_size(KEY_WORK_STACK)
         .spawn(move || {
             let out =
                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_unscrubbed(work)))
@@ -177,8 +192,12 @@ fn quiet_key_work_panics() {
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
             if std::thread::current().name() == Some(KEY_WORK_THREAD) {
+                use std::io::Write as _;
                 let at = info.location().map(|l| l.to_string()).unwrap_or_default();
-                eprintln!(
+                // Not `eprintln!`, which panics when standard error is a closed pipe: a panic
+                // in a panic hook aborts the daemon.
+                let _ = writeln!(
+                    std::io::stderr(),
                     "thread '{KEY_WORK_THREAD}' panicked at {at} (message withheld: it may quote key material)"
                 );
             } else {

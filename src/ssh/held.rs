@@ -25,7 +25,7 @@ use zeroize::Zeroizing;
 use pkcs8::DecodePrivateKey;
 use std::sync::Arc;
 
-use crate::secret::{SecretBytes, on_own_thread, scrub_stack};
+use crate::secret::{SecretBytes, on_own_thread, scrubbed};
 use crate::source::{ResolveContext, SourceRuntime, SourceSpec, resolve_chain};
 
 /// The keys of one ssh id, loaded once and held until the policy is reloaded.
@@ -290,20 +290,40 @@ impl HeldKey {
                 KeySigner::Ed25519(ed25519_dalek::SigningKey::try_from(kp).map_err(malformed)?)
             }
             KeypairData::Ecdsa(kp) => {
-                let malformed = |e: p256::ecdsa::Error| KeyParseError::Malformed {
+                let malformed = |message: String| KeyParseError::Malformed {
                     format: "ECDSA",
-                    message: e.to_string(),
+                    message,
                 };
+                // The curve's signing key from the scalar, refused unless its public point is
+                // the one stored beside it (ssh-key does not check; a key listed under one
+                // public key must not sign as another).
+                macro_rules! signing_key {
+                    ($curve:ident, $private:expr, $public:expr) => {{
+                        let key = $curve::ecdsa::SigningKey::from_slice($private.as_ref())
+                            .map_err(|e| malformed(e.to_string()))?;
+                        let stored =
+                            $curve::ecdsa::VerifyingKey::from_sec1_bytes($public.as_bytes())
+                                .map_err(|e| malformed(format!("its public key: {e}")))?;
+                        let derived = $curve::ecdsa::VerifyingKey::from(&key);
+                        if derived.to_encoded_point(false) != stored.to_encoded_point(false) {
+                            return Err(malformed(
+                                "the private key does not match the public key stored with it"
+                                    .into(),
+                            ));
+                        }
+                        key
+                    }};
+                }
                 match kp {
-                    EcdsaKeypair::NistP256 { private, .. } => KeySigner::EcdsaP256(
-                        p256::ecdsa::SigningKey::from_slice(private.as_ref()).map_err(malformed)?,
-                    ),
-                    EcdsaKeypair::NistP384 { private, .. } => KeySigner::EcdsaP384(
-                        p384::ecdsa::SigningKey::from_slice(private.as_ref()).map_err(malformed)?,
-                    ),
-                    EcdsaKeypair::NistP521 { private, .. } => KeySigner::EcdsaP521(
-                        p521::ecdsa::SigningKey::from_slice(private.as_ref()).map_err(malformed)?,
-                    ),
+                    EcdsaKeypair::NistP256 { private, public } => {
+                        KeySigner::EcdsaP256(signing_key!(p256, private, public))
+                    }
+                    EcdsaKeypair::NistP384 { private, public } => {
+                        KeySigner::EcdsaP384(signing_key!(p384, private, public))
+                    }
+                    EcdsaKeypair::NistP521 { private, public } => {
+                        KeySigner::EcdsaP521(signing_key!(p521, private, public))
+                    }
                 }
             }
             KeypairData::Rsa(kp) => {
@@ -349,10 +369,8 @@ impl HeldKey {
     /// SHA-2 variant the flags ask for (draft-miller-ssh-agent §3.6.1); SHA-1 is
     /// [`HeldKey::sign_rsa_sha1`].
     pub fn sign(&self, data: &[u8], flags: u32) -> Result<Signature, HeldSignError> {
-        let signature = self.sign_unscrubbed(data, flags);
         // Signing copies the key (and ed25519's expanded secret) into its stack frames.
-        scrub_stack();
-        signature
+        scrubbed(|| self.sign_unscrubbed(data, flags))
     }
 
     fn sign_unscrubbed(&self, data: &[u8], flags: u32) -> Result<Signature, HeldSignError> {
@@ -387,12 +405,10 @@ impl HeldKey {
     /// `allow_sha1 = true`; the caller checks that. ssh-key 0.6 cannot hold it as a
     /// `Signature`, so it is returned as bytes.
     pub fn sign_rsa_sha1(&self, data: &[u8]) -> Result<Vec<u8>, HeldSignError> {
-        let signature = match &self.signer {
+        scrubbed(|| match &self.signer {
             KeySigner::Rsa(rsa) => rsa.sign_with_crate::<Sha1>(data),
             _ => Err(HeldSignError::Failed),
-        };
-        scrub_stack();
-        signature
+        })
     }
 }
 

@@ -752,6 +752,68 @@ async fn key_load_errors_say_what_to_do() {
     );
 }
 
+/// An OpenSSH ECDSA key file whose private scalar is not the one behind the public key stored
+/// with it (corrupted, or crafted to be listed as one key and sign as another) is refused at
+/// load, for each curve; the same halves, matched, load and sign verifiably.
+#[tokio::test]
+async fn ecdsa_keys_whose_private_half_does_not_match_their_public_half_are_refused() {
+    use ssh_key::private::{EcdsaKeypair, KeypairData};
+    let dir = tempfile::tempdir().unwrap();
+    for bits in ["256", "384"] {
+        let halves = |name: &str| {
+            let (path, _) = keygen(dir.path(), name, &["-t", "ecdsa", "-b", bits, "-N", ""]);
+            let key = ssh_key::PrivateKey::read_openssh_file(&path).unwrap();
+            key.key_data().ecdsa().unwrap().clone()
+        };
+        let (one, other) = (
+            halves(&format!("one{bits}")),
+            halves(&format!("other{bits}")),
+        );
+        let mixed = match (&one, &other) {
+            (EcdsaKeypair::NistP256 { private, .. }, EcdsaKeypair::NistP256 { public, .. }) => {
+                EcdsaKeypair::NistP256 {
+                    private: private.clone(),
+                    public: *public,
+                }
+            }
+            (EcdsaKeypair::NistP384 { private, .. }, EcdsaKeypair::NistP384 { public, .. }) => {
+                EcdsaKeypair::NistP384 {
+                    private: private.clone(),
+                    public: *public,
+                }
+            }
+            _ => unreachable!("both keys are on one curve"),
+        };
+        let write = |name: &str, keypair: EcdsaKeypair| {
+            let key = ssh_key::PrivateKey::new(KeypairData::Ecdsa(keypair), name).unwrap();
+            let path = dir.path().join(name);
+            key.write_openssh_file(&path, ssh_key::LineEnding::LF)
+                .unwrap();
+            path
+        };
+        let mixed_path = write(&format!("mixed{bits}"), mixed);
+        match load_held("t", &[file(&mixed_path)], None).await {
+            Ok(_) => panic!("P-{bits}: a key with another key's public half was loaded"),
+            Err(e) => assert!(
+                matches!(&e, KeyLoadError::Parse { error: KeyParseError::Malformed { message, .. }, .. }
+                    if message.contains("does not match the public key stored with it")),
+                "P-{bits}: {e}"
+            ),
+        }
+        // The control: the same construction with matching halves loads and signs.
+        let public = KeyData::from(ssh_key::public::EcdsaPublicKey::from(&one));
+        let matched_path = write(&format!("matched{bits}"), one);
+        let keys = Arc::new(load_held("t", &[file(&matched_path)], None).await.unwrap());
+        let signature = keys
+            .sign_with(&public, |key| key.sign(b"data", 0))
+            .await
+            .expect("the held key")
+            .unwrap();
+        use ed25519_dalek::Verifier as _;
+        public.verify(b"data", &signature).unwrap();
+    }
+}
+
 #[tokio::test]
 async fn held_keys_are_kept_until_a_reload_and_read_again_after_it() {
     let dir = tempfile::tempdir().unwrap();
