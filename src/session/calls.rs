@@ -549,6 +549,10 @@ mod tests {
         let conn = std::future::poll_fn(move |cx| Pin::new(&mut rx).poll(cx).map(Result::unwrap));
         let polls = Arc::new(AtomicUsize::new(0));
         let task = tokio::spawn(counted(Driven::new(conn, calls), polls.clone()));
+        // After its first poll has returned (pending on the channel).
+        while polls.load(Ordering::SeqCst) == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
         tx.send("woken").unwrap();
         let out = tokio::time::timeout(Duration::from_secs(5), task).await;

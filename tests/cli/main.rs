@@ -277,13 +277,36 @@ fn serve_until_ready(
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    let mut threads: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", child.id()))
-        .unwrap()
-        // A helper thread may end between the listing and the read.
-        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
-        .map(|name| name.trim_end().to_string())
-        .collect();
-    threads.sort();
+    let read = || {
+        let mut threads: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", child.id()))
+            .unwrap()
+            // A helper thread may end between the listing and the read.
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .map(|name| name.trim_end().to_string())
+            .collect();
+        threads.sort();
+        threads
+    };
+    // A new thread names itself once it first runs, which a loaded machine may delay: read
+    // until the connection threads' names are the same twice, 50 ms apart.
+    let conn = |threads: &[String]| -> Vec<String> {
+        threads
+            .iter()
+            .filter(|t| t.starts_with("conn-"))
+            .cloned()
+            .collect()
+    };
+    let mut threads = read();
+    let settle = Instant::now();
+    loop {
+        std::thread::sleep(Duration::from_millis(50));
+        let again = read();
+        let settled = conn(&again) == conn(&threads);
+        threads = again;
+        if settled || settle.elapsed() > Duration::from_secs(5) {
+            break;
+        }
+    }
     Command::new("kill")
         .arg("-TERM")
         .arg(child.id().to_string())

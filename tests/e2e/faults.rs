@@ -503,14 +503,17 @@ fn an_upstream_agent_that_dies_mid_build_fails_that_signature_and_the_next_build
                 .file("up.pub", key.public.clone())
                 .run(&broker)
         });
-        // Once the agent has answered the build's listing, it dies.
+        // Once the agent has answered the build's listing, it dies. Two listings: BuildKit's
+        // CheckAgent (the broker's check lists the upstream's keys) while the mount is
+        // prepared, then the build's `ssh-add -l`, which waits on the container's start.
         wait_for("the build's key listing", Duration::from_secs(90), || {
             std::fs::read_to_string(&agent_log)
                 .unwrap_or_default()
                 .matches("type 11")
                 .count()
-                > lists_before
+                > lists_before + 1
         });
+        // The listing's answer is on its way back to the build.
         std::thread::sleep(Duration::from_millis(300));
         let _ = agent.kill();
         let _ = agent.wait();

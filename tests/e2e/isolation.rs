@@ -123,8 +123,10 @@ fn a_client_that_never_answers_holds_up_only_its_own_build() {
         return;
     }
     let shared = unique_secret("shared");
+    // Long enough that the other build (one to several seconds alone, more on a loaded CI
+    // machine) always ends first; short enough that the stuck one ends within the test.
     let broker = Broker::start(BrokerOptions {
-        server: "fetch_timeout = \"6s\"",
+        server: "fetch_timeout = \"30s\"",
         policy: "[secrets.tok]\nsources = [\"client\"]\ncache_ttl = \"5m\"\n\
                  [secrets.shared]\nsources = [\"env:SHARED\"]\ncache_ttl = \"5m\"\n",
         env: vec![("SHARED", &shared)],

@@ -935,7 +935,8 @@ fn concurrent_lookups_against_a_stopped_keyring(pid: &str) {
                 }
             }
             assert!(
-                took < timeout + std::time::Duration::from_millis(600),
+                // Below two timeouts (one queued behind the other), with room for a loaded CI.
+                took < timeout + std::time::Duration::from_millis(900),
                 "{what}: two ids took {took:?} with a {timeout:?} timeout: one queued behind the other"
             );
             println!("{what}: both ids answered within {took:?}");
