@@ -42,43 +42,52 @@ struct KeyKind {
     slower: usize,
 }
 
-fn key_kind() -> KeyKind {
-    match std::env::var("SSH_SIGN_KEY").as_deref() {
-        Ok("rsa") => KeyKind {
-            name: "rsa",
-            keygen: &["-t", "rsa", "-b", "3072"],
-            flags: 2,
-            slower: 10,
-        },
-        Ok("ecdsa256") => KeyKind {
-            name: "ecdsa256",
-            keygen: &["-t", "ecdsa", "-b", "256"],
-            flags: 0,
-            slower: 1,
-        },
-        Ok("ecdsa384") => KeyKind {
-            name: "ecdsa384",
-            keygen: &["-t", "ecdsa", "-b", "384"],
-            flags: 0,
-            slower: 3,
-        },
-        Ok("ecdsa521") => KeyKind {
-            name: "ecdsa521",
-            // PKCS#8: ssh-key cannot read about a quarter of the OpenSSH-format P-521 keys.
-            keygen: &["-t", "ecdsa", "-b", "521", "-m", "PKCS8"],
-            flags: 0,
-            slower: 4,
-        },
-        Ok("ed25519") | Err(_) => KeyKind {
-            name: "ed25519",
-            keygen: &["-t", "ed25519"],
-            flags: 0,
-            slower: 1,
-        },
-        Ok(other) => {
-            panic!("SSH_SIGN_KEY={other}: expected ed25519, rsa, ecdsa256, ecdsa384 or ecdsa521")
+/// The keys `SSH_SIGN_KEY` names (name, ssh-keygen flags, sign flags, slower); the first is
+/// the default.
+const KEY_KINDS: [KeyKind; 5] = [
+    KeyKind::new("ed25519", &["-t", "ed25519"], 0, 1),
+    KeyKind::new("rsa", &["-t", "rsa", "-b", "3072"], 2, 10),
+    KeyKind::new("ecdsa256", &["-t", "ecdsa", "-b", "256"], 0, 1),
+    KeyKind::new("ecdsa384", &["-t", "ecdsa", "-b", "384"], 0, 3),
+    // PKCS#8: ssh-key cannot read about a quarter of the OpenSSH-format P-521 keys.
+    KeyKind::new(
+        "ecdsa521",
+        &["-t", "ecdsa", "-b", "521", "-m", "PKCS8"],
+        0,
+        4,
+    ),
+];
+
+impl KeyKind {
+    const fn new(
+        name: &'static str,
+        keygen: &'static [&'static str],
+        flags: u32,
+        slower: usize,
+    ) -> KeyKind {
+        KeyKind {
+            name,
+            keygen,
+            flags,
+            slower,
         }
     }
+}
+
+fn key_kind() -> KeyKind {
+    let Ok(wanted) = std::env::var("SSH_SIGN_KEY") else {
+        return KEY_KINDS[0];
+    };
+    KEY_KINDS
+        .into_iter()
+        .find(|kind| kind.name == wanted)
+        .unwrap_or_else(|| {
+            let names: Vec<&str> = KEY_KINDS.iter().map(|kind| kind.name).collect();
+            panic!(
+                "SSH_SIGN_KEY={wanted}: expected one of {}",
+                names.join(", ")
+            )
+        })
 }
 
 struct Bed {

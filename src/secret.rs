@@ -174,9 +174,7 @@ pub(crate) async fn on_own_thread<T: Send + 'static>(
         .stack_size(KEY_WORK_STACK)
         .spawn(move || {
             let out =
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_unscrubbed(work)))
-                    .ok();
-            scrub_stack();
+                scrubbed(|| std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)).ok());
             drop(turn);
             let _ = done.send(out);
         })

@@ -489,7 +489,7 @@ pub fn parse_private_key(
         // P-521), and OpenSSH writes it as an mpint without leading zeros: about a quarter of
         // all P-521 keys (top two bits clear) are a byte shorter, and 1 in 512 P-256 or P-384
         // keys (RustCrypto/SSH#350). Its error is a bare "length invalid"; say what to do.
-        let p521 = |e: ssh_key::Error| KeyParseError::Malformed {
+        let short_scalar = |e: ssh_key::Error| KeyParseError::Malformed {
             format: "OpenSSH",
             message: if matches!(
                 e,
@@ -504,13 +504,13 @@ pub fn parse_private_key(
                 e.to_string()
             },
         };
-        let key = PrivateKey::from_openssh(bytes).map_err(p521)?;
+        let key = PrivateKey::from_openssh(bytes).map_err(short_scalar)?;
         let key = if key.is_encrypted() {
             let pass = passphrase.ok_or(KeyParseError::Encrypted)?;
             // A wrong passphrase fails the check integers (a crypto error); a right one can
-            // still meet the P-521 scalar above.
+            // still meet the short scalar above.
             key.decrypt(pass).map_err(|e| match e {
-                ssh_key::Error::Encoding(_) => p521(e),
+                ssh_key::Error::Encoding(_) => short_scalar(e),
                 _ => KeyParseError::WrongPassphrase,
             })?
         } else {

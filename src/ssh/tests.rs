@@ -574,13 +574,19 @@ fn file(path: &std::path::Path) -> SourceSpec {
     SourceSpec::File(path.to_path_buf())
 }
 
+/// A passphrase file in `dir` holding `passphrase` (and a newline, as an editor leaves it), as
+/// the source a policy's `passphrase` names.
+fn passphrase_file(dir: &std::path::Path, passphrase: &str) -> SourceSpec {
+    let path = dir.join("pass");
+    std::fs::write(&path, format!("{passphrase}\n")).unwrap();
+    file(&path)
+}
+
 #[tokio::test]
 async fn held_keys_load_every_supported_format_and_sign_verifiably() {
     use ed25519_dalek::Verifier as _;
     let dir = tempfile::tempdir().unwrap();
-    let pass_file = dir.path().join("pass");
-    std::fs::write(&pass_file, "correct horse\n").unwrap();
-    let pass = file(&pass_file);
+    let pass = passphrase_file(dir.path(), "correct horse");
     // (name, ssh-keygen flags, needs the passphrase)
     let formats: [(&str, &[&str], bool); 8] = [
         ("ed25519", &["-t", "ed25519", "-N", ""], false),
@@ -984,8 +990,7 @@ async fn longest_pause_during<T>(
 #[tokio::test(flavor = "current_thread")]
 async fn key_decryption_and_rsa_signing_leave_the_connections_thread_free() {
     let dir = tempfile::tempdir().unwrap();
-    let pass_file = dir.path().join("pass");
-    std::fs::write(&pass_file, "slow horse\n").unwrap();
+    let pass = passphrase_file(dir.path(), "slow horse");
     let (path, pubkey) = keygen(
         dir.path(),
         "slow",
@@ -993,7 +998,7 @@ async fn key_decryption_and_rsa_signing_leave_the_connections_thread_free() {
     );
     let public = ssh_key::PublicKey::from_openssh(&pubkey).unwrap();
     let (keys, took, pause) =
-        longest_pause_during(load_held("t", &[file(&path)], Some(&file(&pass_file)))).await;
+        longest_pause_during(load_held("t", &[file(&path)], Some(&pass))).await;
     let keys = Arc::new(keys.unwrap());
     // Every key parsed in this process so far (this one, and other tests') was parsed on a
     // key-work thread: not inline, and not in a pooled thread that keeps its registers.
@@ -1044,9 +1049,7 @@ async fn key_decryption_and_rsa_signing_leave_the_connections_thread_free() {
 async fn p521_keys_ssh_key_cannot_read_say_how_to_convert_them() {
     use ed25519_dalek::Verifier as _;
     let dir = tempfile::tempdir().unwrap();
-    let pass_file = dir.path().join("pass");
-    std::fs::write(&pass_file, "p521 pass\n").unwrap();
-    let passphrase = file(&pass_file);
+    let passphrase = passphrase_file(dir.path(), "p521 pass");
     let signs = |keys: &HeldKeys, public: &ssh_key::PublicKey| {
         let key = keys
             .find(public.key_data())
